@@ -1,0 +1,464 @@
+//! Node configuration: a TOML file plus `DSM_*` environment overrides, validated completely before
+//! anything is bound or opened. Every problem is reported at once, each naming its key.
+//!
+//! ```toml
+//! node_id = "n1"
+//! trust_domain = "mesh.local"
+//! data_dir = "/var/lib/dsm"
+//! key_file = "/etc/dsm/node.kek"       # the key-encryption key (`mesh-ctl key init`)
+//! gateway_listen = "0.0.0.0:7443"       # mTLS gRPC
+//! ops_listen = "0.0.0.0:9090"           # plaintext /healthz, /readyz, /metrics
+//! [tls]
+//! ca = "/etc/dsm/ca.pem"               # trust bundle
+//! cert = "/etc/dsm/node.pem"
+//! key = "/etc/dsm/node.key"
+//! [limits]
+//! max_concurrent_requests = 512
+//! request_timeout = "10s"
+//! handshake_timeout = "5s"
+//! drain_timeout = "10s"
+//! [log]
+//! format = "text"                       # or "json"
+//! level = "info"
+//! ```
+//!
+//! Each key has an environment override: `DSM_NODE_ID`, `DSM_TRUST_DOMAIN`, `DSM_DATA_DIR`,
+//! `DSM_KEY_FILE`, `DSM_GATEWAY_LISTEN`, `DSM_OPS_LISTEN`, `DSM_TLS_CA`, `DSM_TLS_CERT`,
+//! `DSM_TLS_KEY`, `DSM_MAX_CONCURRENT_REQUESTS`, `DSM_REQUEST_TIMEOUT`, `DSM_HANDSHAKE_TIMEOUT`,
+//! `DSM_DRAIN_TIMEOUT`, `DSM_LOG_FORMAT`, `DSM_LOG_LEVEL`.
+
+use crate::identity::{Identity, is_valid_name, is_valid_trust_domain};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where configuration values come from besides the file. Tests inject a map.
+pub trait Source {
+    fn var(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy)]
+pub struct Env;
+
+impl Source for Env {
+    fn var(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Source for HashMap<String, String> {
+    fn var(&self, key: &str) -> Option<String> {
+        self.get(key).cloned()
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_id: Option<String>,
+    trust_domain: Option<String>,
+    data_dir: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    gateway_listen: Option<String>,
+    ops_listen: Option<String>,
+    #[serde(default)]
+    tls: FileTls,
+    #[serde(default)]
+    limits: FileLimits,
+    #[serde(default)]
+    log: FileLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    max_concurrent_requests: Option<u64>,
+    request_timeout: Option<String>,
+    handshake_timeout: Option<String>,
+    drain_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLog {
+    format: Option<String>,
+    level: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A complete, validated node configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_id: String,
+    pub trust_domain: String,
+    pub data_dir: PathBuf,
+    pub key_file: PathBuf,
+    pub gateway_listen: SocketAddr,
+    pub ops_listen: SocketAddr,
+    pub tls_ca: PathBuf,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    pub max_concurrent_requests: usize,
+    pub request_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problems):", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+struct Collect<'a> {
+    env: &'a dyn Source,
+    errors: Vec<String>,
+}
+
+impl Collect<'_> {
+    /// The environment override if set, else the file value.
+    fn pick(&self, env_key: &str, file: Option<String>) -> Option<String> {
+        self.env.var(env_key).or(file)
+    }
+
+    fn required(&mut self, key: &str, env_key: &str, file: Option<String>) -> Option<String> {
+        let v = self.pick(env_key, file).filter(|v| !v.is_empty());
+        if v.is_none() {
+            self.errors.push(format!(
+                "{key}: required (set it in the file or with {env_key})"
+            ));
+        }
+        v
+    }
+
+    fn addr(
+        &mut self,
+        key: &str,
+        env_key: &str,
+        file: Option<String>,
+        default: &str,
+    ) -> SocketAddr {
+        let raw = self
+            .pick(env_key, file)
+            .unwrap_or_else(|| default.to_owned());
+        raw.parse().unwrap_or_else(|_| {
+            self.errors.push(format!(
+                "{key}: `{raw}` is not an address like 127.0.0.1:7443"
+            ));
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        })
+    }
+
+    fn duration(
+        &mut self,
+        key: &str,
+        env_key: &str,
+        file: Option<String>,
+        default: Duration,
+    ) -> Duration {
+        match self.pick(env_key, file) {
+            None => default,
+            Some(raw) => {
+                match humantime::parse_duration(&raw) {
+                    Ok(d) if !d.is_zero() && d <= Duration::from_secs(3600) => d,
+                    _ => {
+                        self.errors.push(format!("{key}: `{raw}` is not a duration between 1ms and 1h (for example `10s`)"));
+                        default
+                    }
+                }
+            }
+        }
+    }
+
+    fn readable(&mut self, key: &str, path: &Option<PathBuf>) {
+        if let Some(p) = path {
+            if let Err(e) = std::fs::metadata(p) {
+                self.errors
+                    .push(format!("{key}: cannot read {}: {e}", p.display()));
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Loads the file (if any), applies environment overrides and validates everything, including
+    /// that the TLS files parse, the certificate names this node in this trust domain, and the
+    /// key file is a node key.
+    pub fn load(file: Option<&Path>, env: &dyn Source) -> Result<Config, ConfigErrors> {
+        let mut c = Collect {
+            env,
+            errors: Vec::new(),
+        };
+        let fc: FileConfig = match file {
+            None => FileConfig::default(),
+            Some(path) => match std::fs::read_to_string(path) {
+                Err(e) => {
+                    return Err(ConfigErrors(vec![format!(
+                        "cannot read config file {}: {e}",
+                        path.display()
+                    )]));
+                }
+                Ok(text) => match toml::from_str(&text) {
+                    Ok(fc) => fc,
+                    Err(e) => {
+                        return Err(ConfigErrors(vec![format!(
+                            "config file {}: {}",
+                            path.display(),
+                            e.message()
+                        )]));
+                    }
+                },
+            },
+        };
+        let path_of = |c: &Collect<'_>, env_key: &str, v: Option<PathBuf>| {
+            c.pick(env_key, v.map(|p| p.display().to_string()))
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        };
+
+        let node_id = c.required("node_id", "DSM_NODE_ID", fc.node_id);
+        if let Some(id) = &node_id {
+            if !is_valid_name(id) {
+                c.errors.push(format!(
+                    "node_id: `{id}` must be 1-63 lowercase letters, digits, `-`, `_` or `.`"
+                ));
+            }
+        }
+        let trust_domain = c.required("trust_domain", "DSM_TRUST_DOMAIN", fc.trust_domain);
+        if let Some(td) = &trust_domain {
+            if !is_valid_trust_domain(td) {
+                c.errors.push(format!(
+                    "trust_domain: `{td}` must be lowercase letters, digits, `.` and `-`"
+                ));
+            }
+        }
+        let data_dir = path_of(&c, "DSM_DATA_DIR", fc.data_dir);
+        if data_dir.is_none() {
+            c.errors
+                .push("data_dir: required (set it in the file or with DSM_DATA_DIR)".into());
+        }
+        let key_file = path_of(&c, "DSM_KEY_FILE", fc.key_file);
+        match &key_file {
+            None => c
+                .errors
+                .push("key_file: required (make one with `mesh-ctl key init`)".into()),
+            Some(p) => {
+                if let Err(e) = crate::crypto::NodeKeys::load(p) {
+                    c.errors.push(format!("key_file: {e}"));
+                }
+            }
+        }
+        let gateway_listen = c.addr(
+            "gateway_listen",
+            "DSM_GATEWAY_LISTEN",
+            fc.gateway_listen,
+            "127.0.0.1:7443",
+        );
+        let ops_listen = c.addr(
+            "ops_listen",
+            "DSM_OPS_LISTEN",
+            fc.ops_listen,
+            "127.0.0.1:9090",
+        );
+        if gateway_listen == ops_listen && gateway_listen.port() != 0 {
+            c.errors
+                .push("ops_listen: must differ from gateway_listen".into());
+        }
+
+        let tls_ca = path_of(&c, "DSM_TLS_CA", fc.tls.ca);
+        let tls_cert = path_of(&c, "DSM_TLS_CERT", fc.tls.cert);
+        let tls_key = path_of(&c, "DSM_TLS_KEY", fc.tls.key);
+        for (key, v) in [
+            ("tls.ca", &tls_ca),
+            ("tls.cert", &tls_cert),
+            ("tls.key", &tls_key),
+        ] {
+            if v.is_none() {
+                c.errors.push(format!("{key}: required"));
+            }
+            c.readable(key, v);
+        }
+        if let (Some(ca), Some(cert), Some(key)) = (&tls_ca, &tls_cert, &tls_key) {
+            match crate::tls::TlsMaterial::load(ca, cert, key) {
+                Err(e) => c.errors.push(format!("tls: {e}")),
+                Ok(m) => match Identity::from_certificate(&m.chain[0]) {
+                    Err(e) => c.errors.push(format!("tls.cert: {e}")),
+                    Ok(Identity::Node { trust_domain: td, node_id: id }) => {
+                        if Some(&id) != node_id.as_ref() || Some(&td) != trust_domain.as_ref() {
+                            c.errors.push(format!(
+                                "tls.cert: certificate is for node `{id}` in `{td}`, but this node is configured as `{}` in `{}`",
+                                node_id.as_deref().unwrap_or("?"),
+                                trust_domain.as_deref().unwrap_or("?")
+                            ));
+                        }
+                    }
+                    Ok(other) => c.errors.push(format!("tls.cert: {other} is not a node certificate (issue one with `mesh-ctl cert issue node`)")),
+                },
+            }
+        }
+
+        let max_concurrent_requests = match c.pick(
+            "DSM_MAX_CONCURRENT_REQUESTS",
+            fc.limits.max_concurrent_requests.map(|n| n.to_string()),
+        ) {
+            None => 512,
+            Some(raw) => match raw.parse::<usize>() {
+                Ok(n) if (1..=100_000).contains(&n) => n,
+                _ => {
+                    c.errors.push(format!("limits.max_concurrent_requests: `{raw}` must be a whole number from 1 to 100000"));
+                    512
+                }
+            },
+        };
+        let request_timeout = c.duration(
+            "limits.request_timeout",
+            "DSM_REQUEST_TIMEOUT",
+            fc.limits.request_timeout,
+            Duration::from_secs(10),
+        );
+        let handshake_timeout = c.duration(
+            "limits.handshake_timeout",
+            "DSM_HANDSHAKE_TIMEOUT",
+            fc.limits.handshake_timeout,
+            Duration::from_secs(5),
+        );
+        let drain_timeout = c.duration(
+            "limits.drain_timeout",
+            "DSM_DRAIN_TIMEOUT",
+            fc.limits.drain_timeout,
+            Duration::from_secs(10),
+        );
+        let log_format = match c.pick("DSM_LOG_FORMAT", fc.log.format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                c.errors
+                    .push(format!("log.format: `{other}` must be `text` or `json`"));
+                LogFormat::Text
+            }
+        };
+        let log_level = c
+            .pick("DSM_LOG_LEVEL", fc.log.level)
+            .unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            c.errors.push(format!("log.level: `{log_level}` is not a tracing filter (for example `info` or `mesh_node=debug`)"));
+        }
+
+        if !c.errors.is_empty() {
+            return Err(ConfigErrors(c.errors));
+        }
+        match (
+            node_id,
+            trust_domain,
+            data_dir,
+            key_file,
+            tls_ca,
+            tls_cert,
+            tls_key,
+        ) {
+            (
+                Some(node_id),
+                Some(trust_domain),
+                Some(data_dir),
+                Some(key_file),
+                Some(tls_ca),
+                Some(tls_cert),
+                Some(tls_key),
+            ) => Ok(Config {
+                node_id,
+                trust_domain,
+                data_dir,
+                key_file,
+                gateway_listen,
+                ops_listen,
+                tls_ca,
+                tls_cert,
+                tls_key,
+                max_concurrent_requests,
+                request_timeout,
+                handshake_timeout,
+                drain_timeout,
+                log_format,
+                log_level,
+            }),
+            _ => Err(ConfigErrors(vec!["incomplete configuration".into()])),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let env: HashMap<String, String> = [
+            ("DSM_NODE_ID", "Bad Id"),
+            ("DSM_GATEWAY_LISTEN", "nowhere"),
+            ("DSM_REQUEST_TIMEOUT", "forever"),
+            ("DSM_LOG_FORMAT", "xml"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let errs = Config::load(None, &env).expect_err("invalid").0;
+        for needle in [
+            "node_id",
+            "trust_domain",
+            "data_dir",
+            "key_file",
+            "gateway_listen",
+            "tls.ca",
+            "tls.cert",
+            "tls.key",
+            "request_timeout",
+            "log.format",
+        ] {
+            assert!(
+                errs.iter()
+                    .any(|e| e.starts_with(needle) || e.contains(needle)),
+                "{needle} missing from {errs:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "node_idd = \"n1\"\n").expect("write");
+        let errs = Config::load(Some(&path), &HashMap::new())
+            .expect_err("typo")
+            .0;
+        assert!(errs[0].contains("node_idd"), "{errs:?}");
+    }
+}

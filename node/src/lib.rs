@@ -1,0 +1,44 @@
+//! A Dark Store Mesh node: the library behind the `mesh-node` binary.
+//!
+//! Component map (pure logic first, I/O at the edges):
+//!
+//! | module        | owns                                                                  |
+//! |---------------|-----------------------------------------------------------------------|
+//! | `identity`    | SPIFFE-style mesh identities parsed from certificates                 |
+//! | `policy`      | the role table: who may call what and see which fields                |
+//! | `projection`  | an order as one role may see it (`project(order, role)`)              |
+//! | `mask`        | masking rules for phones, emails and names                            |
+//! | `validate`    | request validation that names every bad field                         |
+//! | `lifecycle`   | legal order status transitions                                        |
+//! | `ids`         | partitions (`partition_of(customer_id)`) and routable order ids       |
+//! | `crypto`      | node key file, per-customer data keys, keyed hashes                   |
+//! | `storage`     | sled store: sealed records, key layout, group commit                  |
+//! | `pki`         | mesh CA and leaf certificate issuance (shared with `mesh-ctl`)        |
+//! | `tls`         | the one place TLS configs are built (TLS 1.3, aws-lc-rs, PQ hybrid)   |
+//! | `listener`    | gateway TLS accept loop that attaches the caller's identity           |
+//! | `gateway`     | the `dsm.v1.OrderGateway` gRPC service                                |
+//! | `error`       | the node error type and its single mapping to gRPC codes              |
+//! | `ops`, `metrics` | plaintext health/readiness/metrics port                            |
+//! | `config`      | file + environment configuration, validated before anything binds     |
+//! | `server`      | node lifecycle: start, serve, drain, flush                            |
+//! | `client`      | mTLS client channel used by `mesh-ctl`, tests and benchmarks          |
+
+pub mod client;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod gateway;
+pub mod identity;
+pub mod ids;
+pub mod lifecycle;
+pub mod listener;
+pub mod mask;
+pub mod metrics;
+pub mod ops;
+pub mod pki;
+pub mod policy;
+pub mod projection;
+pub mod server;
+pub mod storage;
+pub mod tls;
+pub mod validate;

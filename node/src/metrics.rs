@@ -1,0 +1,140 @@
+//! Prometheus metrics of a node, served on the plaintext ops port.
+//!
+//! Labels are low-cardinality by construction (method names and gRPC codes); nothing about a
+//! customer or an order is ever a label or a value.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::{
+    counter::Counter, family::Family, gauge::Gauge, histogram::Histogram,
+};
+use prometheus_client::registry::{Registry, Unit};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    pub code: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InfoLabels {
+    node_id: String,
+    version: String,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<MethodLabels, Histogram>,
+    pub handshake_failures: Counter,
+    pub orders_created: Counter,
+    pub flushes: Counter,
+    pub flush_batch: Histogram,
+    pub flush_duration: Histogram,
+}
+
+impl Metrics {
+    pub fn new(node_id: &str) -> Metrics {
+        let mut registry = Registry::with_prefix("dsm");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "gateway_requests",
+            "Gateway requests by method and gRPC status code",
+            requests.clone(),
+        );
+        let request_duration = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ])
+        });
+        registry.register_with_unit(
+            "gateway_request_duration",
+            "Gateway request latency",
+            Unit::Seconds,
+            request_duration.clone(),
+        );
+        let handshake_failures = Counter::default();
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes refused or failed on the gateway",
+            handshake_failures.clone(),
+        );
+        let orders_created = Counter::default();
+        registry.register(
+            "orders_created",
+            "Orders created and made durable",
+            orders_created.clone(),
+        );
+        let flushes = Counter::default();
+        registry.register(
+            "storage_flushes",
+            "Group-commit flushes (fsyncs) of the store",
+            flushes.clone(),
+        );
+        let flush_batch = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]);
+        registry.register(
+            "storage_flush_batch_writes",
+            "Writes made durable per group-commit flush",
+            flush_batch.clone(),
+        );
+        let flush_duration = Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1]);
+        registry.register_with_unit(
+            "storage_flush_duration",
+            "Duration of one group-commit flush",
+            Unit::Seconds,
+            flush_duration.clone(),
+        );
+        let info = Family::<InfoLabels, Gauge>::default();
+        info.get_or_create(&InfoLabels {
+            node_id: node_id.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+        .set(1);
+        registry.register("node_info", "Node identity and build", info);
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            handshake_failures,
+            orders_created,
+            flushes,
+            flush_batch,
+            flush_duration,
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn observe_request(&self, method: &str, code: tonic::Code, seconds: f64) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method.to_owned(),
+                code: format!("{code:?}"),
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&MethodLabels {
+                method: method.to_owned(),
+            })
+            .observe(seconds);
+    }
+}
+
+impl crate::storage::commit::FlushObserver for Metrics {
+    fn flushed(&self, batch: usize, seconds: f64) {
+        self.flushes.inc();
+        self.flush_batch.observe(batch as f64);
+        self.flush_duration.observe(seconds);
+    }
+}

@@ -1,0 +1,69 @@
+//! Group commit: writers share fsyncs instead of each paying for one.
+//!
+//! A writer applies its change to sled (in memory), then asks the committer for durability and
+//! waits. The committer takes every request that has queued up, runs one `flush` (write + fsync),
+//! and answers them all. While a flush runs, new requests queue and form the next batch, so under
+//! load the number of fsyncs per second stays bounded while throughput grows with concurrency.
+//! Because each writer's change was applied before it queued, the flush that answers it covers it.
+
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+type Waiter = oneshot::Sender<Result<(), Arc<sled::Error>>>;
+
+/// Handle to the committer task. Cloning shares the same committer.
+#[derive(Debug, Clone)]
+pub struct GroupCommit {
+    requests: mpsc::UnboundedSender<Waiter>,
+}
+
+/// What the committer reports after each flush (for metrics).
+pub trait FlushObserver: Send + Sync + 'static {
+    fn flushed(&self, batch: usize, seconds: f64);
+}
+
+impl GroupCommit {
+    /// Starts the committer on the current runtime. It ends when every handle is dropped; the
+    /// returned task handle tells when.
+    pub fn start(
+        db: sled::Db,
+        observer: Arc<dyn FlushObserver>,
+    ) -> (GroupCommit, tokio::task::JoinHandle<()>) {
+        // Unbounded is safe here: each waiter belongs to a request that already holds a concurrency
+        // permit on the gateway, so the queue is bounded by the gateway's in-flight limit.
+        let (tx, mut rx) = mpsc::unbounded_channel::<Waiter>();
+        let task = tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while let Some(first) = rx.recv().await {
+                batch.push(first);
+                while let Ok(next) = rx.try_recv() {
+                    batch.push(next);
+                }
+                let db = db.clone();
+                let started = std::time::Instant::now();
+                let result = match tokio::task::spawn_blocking(move || db.flush()).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(Arc::new(e)),
+                    Err(_) => Err(Arc::new(sled::Error::ReportableBug(
+                        "flush task panicked".into(),
+                    ))),
+                };
+                observer.flushed(batch.len(), started.elapsed().as_secs_f64());
+                for waiter in batch.drain(..) {
+                    let _ = waiter.send(result.clone());
+                }
+            }
+        });
+        (GroupCommit { requests: tx }, task)
+    }
+
+    /// Waits until everything this task wrote before calling is durable on disk.
+    pub async fn durable(&self) -> Result<(), Arc<sled::Error>> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(tx)
+            .map_err(|_| Arc::new(sled::Error::ReportableBug("committer stopped".into())))?;
+        rx.await
+            .map_err(|_| Arc::new(sled::Error::ReportableBug("committer stopped".into())))?
+    }
+}

@@ -1,0 +1,475 @@
+//! Encrypted, durable order storage: one sled database per node.
+//!
+//! Every customer's orders are sealed under that customer's data key (see `crypto`), every key is a
+//! keyed hash (see `keys`), and every write is acknowledged only after the group committer has made
+//! it durable (see `commit`). A create or update is one sled transaction across the trees it
+//! touches, so a crash leaves either all of it or none of it.
+
+pub mod commit;
+pub mod keys;
+
+use crate::crypto::{CryptoError, DataKey, NodeKeys};
+use crate::ids::{OrderId, Partition, partition_of};
+use commit::{FlushObserver, GroupCommit};
+use mesh_proto::v1::Order;
+use prost::Message as _;
+use sled::transaction::{
+    ConflictableTransactionError as Abortable, TransactionError, Transactional,
+};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Version of the data directory layout. Bump it with a tested migration.
+pub const FORMAT_VERSION: u8 = 1;
+/// Version byte in front of every stored value.
+const RECORD_V1: u8 = 1;
+const KEY_CHECK: &[u8] = b"dark-store-mesh key check";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage error: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("could not make the write durable: {0}")]
+    Flush(Arc<sled::Error>),
+    #[error(
+        "a stored {0} failed to decrypt: the record is corrupt or was written under another key"
+    )]
+    Corrupt(&'static str),
+    #[error(
+        "the node key does not match this data directory (it was created with another key file)"
+    )]
+    KeyMismatch,
+    #[error(
+        "data directory format v{found} is not supported by this binary (it reads v{FORMAT_VERSION})"
+    )]
+    Format { found: u8 },
+    #[error("order not found")]
+    NotFound,
+    #[error("{0}")]
+    Rejected(String),
+}
+
+fn versioned(body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(body.len() + 1);
+    v.push(RECORD_V1);
+    v.extend_from_slice(body);
+    v
+}
+
+fn body<'a>(rec: &'a [u8], what: &'static str) -> Result<&'a [u8], StorageError> {
+    match rec.split_first() {
+        Some((&RECORD_V1, body)) => Ok(body),
+        Some((&other, _)) => Err(StorageError::Format { found: other }),
+        None => Err(StorageError::Corrupt(what)),
+    }
+}
+
+fn corrupt(what: &'static str) -> impl Fn(CryptoError) -> StorageError {
+    move |_| StorageError::Corrupt(what)
+}
+
+/// What a node's store holds, from an offline read of every record.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Inventory {
+    pub customers: u64,
+    pub orders: u64,
+    /// Records that failed to decrypt or decode (0 on a healthy store).
+    pub unreadable: u64,
+    /// Customers and orders per partition.
+    pub partitions: BTreeMap<u16, PartitionCount>,
+}
+
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct PartitionCount {
+    pub customers: u64,
+    pub orders: u64,
+}
+
+/// The node's order store.
+pub struct Store {
+    db: sled::Db,
+    customers: sled::Tree,
+    orders: sled::Tree,
+    order_index: sled::Tree,
+    idempotency: sled::Tree,
+    keys: Arc<NodeKeys>,
+    commit: GroupCommit,
+    /// The committer task, awaited on close so the database is released deterministically.
+    committer: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+struct NoObserver;
+impl FlushObserver for NoObserver {
+    fn flushed(&self, _: usize, _: f64) {}
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`. Must run inside a tokio runtime (it starts the group
+    /// committer). Fails if the directory was written with another key or a newer format.
+    pub fn open(
+        dir: &Path,
+        keys: Arc<NodeKeys>,
+        observer: Option<Arc<dyn FlushObserver>>,
+    ) -> Result<Store, StorageError> {
+        let db = sled::Config::new().path(dir).open()?;
+        let meta = db.open_tree("meta")?;
+        match meta.get("format")? {
+            Some(v) if v.as_ref() == [FORMAT_VERSION] => {}
+            Some(v) => {
+                return Err(StorageError::Format {
+                    found: v.first().copied().unwrap_or(0),
+                });
+            }
+            None => {
+                meta.insert(
+                    "key_check",
+                    keys.seal_with_kek(KEY_CHECK, b"meta/key_check"),
+                )?;
+                meta.insert("format", &[FORMAT_VERSION])?;
+                db.flush()?;
+            }
+        }
+        let check = meta.get("key_check")?.ok_or(StorageError::KeyMismatch)?;
+        if keys
+            .open_with_kek(&check, b"meta/key_check")
+            .ok()
+            .as_deref()
+            != Some(KEY_CHECK)
+        {
+            return Err(StorageError::KeyMismatch);
+        }
+        let (commit, committer) =
+            GroupCommit::start(db.clone(), observer.unwrap_or_else(|| Arc::new(NoObserver)));
+        Ok(Store {
+            customers: db.open_tree("customers")?,
+            orders: db.open_tree("orders")?,
+            order_index: db.open_tree("order_index")?,
+            idempotency: db.open_tree("idempotency")?,
+            db,
+            keys,
+            commit,
+            committer,
+        })
+    }
+
+    async fn durable(&self) -> Result<(), StorageError> {
+        self.commit.durable().await.map_err(StorageError::Flush)
+    }
+
+    fn data_key(&self, customer_key: &[u8]) -> Result<Option<DataKey>, StorageError> {
+        match self.customers.get(customer_key)? {
+            None => Ok(None),
+            Some(rec) => Ok(Some(
+                self.keys
+                    .unwrap_data_key(body(&rec, "customer key")?, customer_key)
+                    .map_err(corrupt("customer key"))?,
+            )),
+        }
+    }
+
+    fn open_order(dek: &DataKey, order_key: &[u8], rec: &[u8]) -> Result<Order, StorageError> {
+        let plain = dek
+            .open(body(rec, "order")?, order_key)
+            .map_err(corrupt("order"))?;
+        Order::decode(plain.as_slice()).map_err(|_| StorageError::Corrupt("order"))
+    }
+
+    /// Stores a new order (its id and timestamps already set) and returns once it is durable.
+    /// With an idempotency key that this customer used before, returns the earlier order instead.
+    pub async fn create_order(
+        &self,
+        order: &Order,
+        idempotency_key: &str,
+    ) -> Result<Order, StorageError> {
+        let id: OrderId = order
+            .order_id
+            .parse()
+            .map_err(|_| StorageError::Rejected("order id is not a mesh order id".into()))?;
+        let p = partition_of(&order.customer_id);
+        if id.partition() != p {
+            return Err(StorageError::Rejected(
+                "order id was minted for another partition".into(),
+            ));
+        }
+        let ch = keys::customer_hash(&self.keys, &order.customer_id);
+        let oh = keys::order_hash(&self.keys, &order.order_id);
+        let ck = keys::customer_key(p, &ch);
+        let ok = keys::order_key(p, &ch, &oh);
+        let ik = keys::index_key(p, &oh);
+        let idem = (!idempotency_key.is_empty()).then(|| {
+            keys::idempotency_key(p, &ch, &keys::idempotency_hash(&self.keys, idempotency_key))
+        });
+        let plain = order.encode_to_vec();
+
+        let earlier = (
+            &self.customers,
+            &self.orders,
+            &self.order_index,
+            &self.idempotency,
+        )
+            .transaction(|(customers, orders, index, idempotency)| {
+                if let Some(idem) = &idem {
+                    if let Some(earlier) = idempotency.get(idem)? {
+                        return Ok(Some(earlier));
+                    }
+                }
+                let dek = match customers.get(&ck)? {
+                    Some(rec) => {
+                        let wrapped = body(&rec, "customer key").map_err(Abortable::Abort)?;
+                        self.keys
+                            .unwrap_data_key(wrapped, &ck)
+                            .map_err(|e| Abortable::Abort(corrupt("customer key")(e)))?
+                    }
+                    None => {
+                        let (dek, wrapped) = self.keys.new_data_key(&ck);
+                        customers.insert(ck.as_slice(), versioned(&wrapped))?;
+                        dek
+                    }
+                };
+                orders.insert(ok.as_slice(), versioned(&dek.seal(&plain, &ok)))?;
+                index.insert(ik.as_slice(), &ch[..])?;
+                if let Some(idem) = &idem {
+                    idempotency.insert(idem.as_slice(), &oh[..])?;
+                }
+                Ok(None)
+            })
+            .map_err(flatten)?;
+        self.durable().await?;
+        match earlier {
+            None => Ok(order.clone()),
+            Some(earlier_hash) => {
+                let earlier_hash: [u8; keys::HASH_LEN] = earlier_hash
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| StorageError::Corrupt("idempotency record"))?;
+                let ok = keys::order_key(p, &ch, &earlier_hash);
+                let rec = self
+                    .orders
+                    .get(&ok)?
+                    .ok_or(StorageError::Corrupt("idempotency record"))?;
+                let dek = self
+                    .data_key(&ck)?
+                    .ok_or(StorageError::Corrupt("customer key"))?;
+                Self::open_order(&dek, &ok, &rec)
+            }
+        }
+    }
+
+    /// Locates an order: its customer hash, from the index.
+    fn locate(&self, id: &OrderId) -> Result<Option<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let p = id.partition();
+        let oh = keys::order_hash(&self.keys, &id.to_string());
+        let Some(ch) = self.order_index.get(keys::index_key(p, &oh))? else {
+            return Ok(None);
+        };
+        let ch: [u8; keys::HASH_LEN] = ch
+            .as_ref()
+            .try_into()
+            .map_err(|_| StorageError::Corrupt("order index"))?;
+        Ok(Some((
+            keys::customer_key(p, &ch),
+            keys::order_key(p, &ch, &oh),
+        )))
+    }
+
+    pub fn get_order(&self, id: &OrderId) -> Result<Option<Order>, StorageError> {
+        let Some((ck, ok)) = self.locate(id)? else {
+            return Ok(None);
+        };
+        let (Some(rec), Some(dek)) = (self.orders.get(&ok)?, self.data_key(&ck)?) else {
+            return Ok(None);
+        };
+        Self::open_order(&dek, &ok, &rec).map(Some)
+    }
+
+    /// Read-modify-write of one order in a transaction; `change` may reject the update. Returns the
+    /// updated order once it is durable.
+    pub async fn update_order<F>(&self, id: &OrderId, change: F) -> Result<Order, StorageError>
+    where
+        F: Fn(&mut Order) -> Result<(), String>,
+    {
+        let (ck, ok) = self.locate(id)?.ok_or(StorageError::NotFound)?;
+        let updated = (&self.customers, &self.orders)
+            .transaction(|(customers, orders)| {
+                let abort = Abortable::Abort;
+                let rec = orders.get(&ok)?.ok_or(abort(StorageError::NotFound))?;
+                let wrapped = customers.get(&ck)?.ok_or(abort(StorageError::NotFound))?;
+                let dek = self
+                    .keys
+                    .unwrap_data_key(body(&wrapped, "customer key").map_err(abort)?, &ck)
+                    .map_err(|e| abort(corrupt("customer key")(e)))?;
+                let mut order = Self::open_order(&dek, &ok, &rec).map_err(abort)?;
+                change(&mut order).map_err(|why| abort(StorageError::Rejected(why)))?;
+                orders.insert(
+                    ok.as_slice(),
+                    versioned(&dek.seal(&order.encode_to_vec(), &ok)),
+                )?;
+                Ok(order)
+            })
+            .map_err(flatten)?;
+        self.durable().await?;
+        Ok(updated)
+    }
+
+    /// Every order of a customer, oldest first.
+    pub fn customer_orders(&self, customer_id: &str) -> Result<Vec<Order>, StorageError> {
+        let p = partition_of(customer_id);
+        let ch = keys::customer_hash(&self.keys, customer_id);
+        let ck = keys::customer_key(p, &ch);
+        let Some(dek) = self.data_key(&ck)? else {
+            return Ok(Vec::new());
+        };
+        let mut orders = self
+            .orders
+            .scan_prefix(&ck)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Self::open_order(&dek, &k, &v)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        orders.sort_by_key(|o| o.created_at.map(|t| (t.seconds, t.nanos)));
+        Ok(orders)
+    }
+
+    /// Reads and decrypts every record: how many customers and orders each partition holds, and how
+    /// many records are unreadable.
+    pub fn inventory(&self) -> Result<Inventory, StorageError> {
+        let mut inv = Inventory::default();
+        let mut current: Option<(Vec<u8>, Option<DataKey>)> = None;
+        for kv in self.customers.iter() {
+            let (k, _) = kv?;
+            let p = keys::partition_of_key(&k).map_or(u16::MAX, Partition::get);
+            inv.customers += 1;
+            inv.partitions.entry(p).or_default().customers += 1;
+        }
+        for kv in self.orders.iter() {
+            let (k, v) = kv?;
+            let p = keys::partition_of_key(&k).map_or(u16::MAX, Partition::get);
+            inv.orders += 1;
+            inv.partitions.entry(p).or_default().orders += 1;
+            let ck = &k[..keys::CUSTOMER_KEY_LEN.min(k.len())];
+            if current.as_ref().is_none_or(|(c, _)| c.as_slice() != ck) {
+                current = Some((ck.to_vec(), self.data_key(ck).ok().flatten()));
+            }
+            let readable = match current.as_ref().and_then(|(_, dek)| dek.as_ref()) {
+                Some(dek) => Self::open_order(dek, &k, &v).is_ok(),
+                None => false,
+            };
+            if !readable {
+                inv.unreadable += 1;
+            }
+        }
+        Ok(inv)
+    }
+
+    /// Flushes everything to disk.
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Stops the committer, flushes, and releases the database.
+    pub async fn close(self) -> Result<(), StorageError> {
+        let Store {
+            db,
+            commit,
+            committer,
+            ..
+        } = self;
+        drop(commit);
+        let _ = committer.await;
+        db.flush()?;
+        Ok(())
+    }
+}
+
+fn flatten(e: TransactionError<StorageError>) -> StorageError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StorageError::Sled(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::generate_key_file;
+    use mesh_proto::v1::Customer;
+
+    fn order(customer: &str) -> Order {
+        Order {
+            order_id: OrderId::mint(partition_of(customer)).to_string(),
+            customer_id: customer.into(),
+            customer: Some(Customer {
+                name: "Asha Rao".into(),
+                phone: "+919812345678".into(),
+                ..Customer::default()
+            }),
+            status: 1,
+            ..Order::default()
+        }
+    }
+
+    fn keys() -> Arc<NodeKeys> {
+        Arc::new(NodeKeys::parse(&generate_key_file()).expect("key"))
+    }
+
+    #[tokio::test]
+    async fn create_get_update_list() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), keys(), None).expect("open");
+        let o = order("cust-1");
+        store.create_order(&o, "").await.expect("create");
+        let id: OrderId = o.order_id.parse().expect("id");
+        assert_eq!(store.get_order(&id).expect("get"), Some(o.clone()));
+        let updated = store
+            .update_order(&id, |o| {
+                o.status = 2;
+                Ok(())
+            })
+            .await
+            .expect("update");
+        assert_eq!(updated.status, 2);
+        let rejected = store.update_order(&id, |_| Err("no".into())).await;
+        assert!(matches!(rejected, Err(StorageError::Rejected(_))));
+        store
+            .create_order(&order("cust-1"), "")
+            .await
+            .expect("second");
+        assert_eq!(store.customer_orders("cust-1").expect("list").len(), 2);
+        assert_eq!(store.customer_orders("cust-2").expect("list").len(), 0);
+        let inv = store.inventory().expect("inventory");
+        assert_eq!((inv.customers, inv.orders, inv.unreadable), (1, 2, 0));
+    }
+
+    #[tokio::test]
+    async fn idempotency_key_returns_the_first_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), keys(), None).expect("open");
+        let first = store.create_order(&order("c"), "k1").await.expect("first");
+        let again = store.create_order(&order("c"), "k1").await.expect("again");
+        assert_eq!(first.order_id, again.order_id);
+        assert_eq!(store.customer_orders("c").expect("list").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn wrong_key_is_refused_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Store::open(dir.path(), keys(), None)
+            .expect("open")
+            .close()
+            .await
+            .expect("close");
+        assert!(matches!(
+            Store::open(dir.path(), keys(), None),
+            Err(StorageError::KeyMismatch)
+        ));
+    }
+}
