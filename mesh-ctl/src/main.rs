@@ -1,1 +1,92 @@
-fn main() {}
+//! `mesh-ctl`: the control binary of Dark Store Mesh.
+//!
+//! Noun-verb subcommands; data on stdout (`-o table|json`), logs and progress on stderr; exit codes:
+//! 0 success, 1 the operation ran and found a problem, 2 usage or input error.
+//!
+//! | module | commands                                              |
+//! |--------|-------------------------------------------------------|
+//! | `pki`  | `ca init`, `cert issue node|client|admin`, `key init` |
+//! | `up`   | `up`: a local mesh of real node processes             |
+
+mod pki;
+mod up;
+
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "mesh-ctl",
+    version,
+    about = "Control Dark Store Mesh: PKI, local meshes, and more"
+)]
+struct Cli {
+    /// Output format of the data printed on stdout.
+    #[arg(short, long, value_enum, global = true, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The mesh certificate authority.
+    Ca {
+        #[command(subcommand)]
+        command: pki::CaCommand,
+    },
+    /// Leaf certificates for nodes, clients and admins.
+    Cert {
+        #[command(subcommand)]
+        command: pki::CertCommand,
+    },
+    /// Node key-encryption keys.
+    Key {
+        #[command(subcommand)]
+        command: pki::KeyCommand,
+    },
+    /// Start a local mesh on loopback with fresh certificates, and run until interrupted.
+    Up(up::UpArgs),
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MESH_CTL_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Ca { command } => pki::ca(command, cli.output),
+        Command::Cert { command } => pki::cert(command, cli.output),
+        Command::Key { command } => pki::key(command, cli.output),
+        Command::Up(args) => up::run(args, cli.output).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "mesh-ctl",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mesh-ctl: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

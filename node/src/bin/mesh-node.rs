@@ -1,1 +1,144 @@
-fn main() {}
+//! `mesh-node`: run a Dark Store Mesh node, or inspect a node's data directory offline.
+//!
+//! Thin: parses arguments, sets up logging, and calls the library.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use mesh_node::config::{Config, Env, LogFormat};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "mesh-node", version, about = "A Dark Store Mesh node")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gateway until SIGINT/SIGTERM, then drain and flush.
+    Run {
+        /// TOML configuration file; every key can also come from a DSM_* environment variable.
+        #[arg(long, env = "DSM_CONFIG")]
+        config: Option<PathBuf>,
+        /// Once ready, write the bound addresses here as JSON (for supervisors and tests).
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
+    /// Count (and decrypt, to verify) the customers, orders and partitions in a data directory.
+    /// The node must be stopped: the store is opened exclusively.
+    Inspect {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The node's key file (`dsm-kek-v1:...`).
+        #[arg(long)]
+        key_file: PathBuf,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    // Transport internals are noise at info level and could only ever log framing, not data.
+    let filter = tracing_subscriber::EnvFilter::try_new(format!(
+        "{level},h2=warn,hyper=warn,tower=warn,rustls=warn"
+    ))
+    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn run(config: Option<PathBuf>, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref(), &Env).map_err(|e| anyhow::anyhow!("{e}"))?;
+    init_logging(config.log_format, &config.log_level);
+    let node = mesh_node::server::start(&config)
+        .await
+        .context("starting the node")?;
+    if let Some(path) = ready_file {
+        let ready = serde_json::json!({
+            "node_id": config.node_id,
+            "gateway": node.gateway_addr.to_string(),
+            "ops": node.ops_addr.to_string(),
+            "pid": std::process::id(),
+        });
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, ready.to_string())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    }
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn inspect(data_dir: PathBuf, key_file: PathBuf, output: Output) -> anyhow::Result<bool> {
+    let keys = mesh_node::crypto::NodeKeys::load(&key_file)?;
+    anyhow::ensure!(
+        data_dir.is_dir(),
+        "{} is not a data directory",
+        data_dir.display()
+    );
+    let store = mesh_node::storage::Store::open(&data_dir, std::sync::Arc::new(keys), None)
+        .with_context(|| {
+            format!(
+                "opening {} (is the node still running?)",
+                data_dir.display()
+            )
+        })?;
+    let inv = store.inventory()?;
+    store.close().await?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&inv)?),
+        Output::Table => {
+            println!("customers   {}", inv.customers);
+            println!("orders      {}", inv.orders);
+            println!("partitions  {}", inv.partitions.len());
+            println!("unreadable  {}", inv.unreadable);
+        }
+    }
+    Ok(inv.unreadable == 0)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config, ready_file } => run(config, ready_file).await.map(|()| true),
+        Command::Inspect {
+            data_dir,
+            key_file,
+            output,
+        } => inspect(data_dir, key_file, output).await,
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("mesh-node: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
