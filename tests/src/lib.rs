@@ -1,1 +1,523 @@
-//! placeholder
+//! Cluster harness for end-to-end tests and benchmarks: real `mesh-node` processes (built from this
+//! workspace), real certificates from the mesh PKI, real sled data directories, real mTLS gRPC.
+//!
+//! - [`Pki`]: a CA in a temp dir; issues node and client certificates (also deliberately bad ones).
+//! - [`NodeProcess`]: one node process: start, `kill -9`, restart on the same data, stop gracefully,
+//!   inspect offline. If a test panics, the node's log tail is printed.
+//! - [`sample_order`]: a valid order request with distinctive, searchable PII.
+//! - [`python`]: a Python interpreter with the test requirements (a venv under `target/`).
+
+use anyhow::{Context as _, bail};
+use mesh_node::identity::Identity;
+use mesh_node::pki::{CertificateAuthority, LeafSpec};
+use mesh_node::policy::Role;
+use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
+use mesh_proto::v1::{
+    Address, Channel, CreateOrderRequest, Customer, LineItem, Payment, PaymentMethod, PaymentStatus,
+};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+pub const TRUST_DOMAIN: &str = "mesh.test";
+
+/// Polls `cond` until it holds or `timeout` passes; never a bare sleep that guesses.
+#[macro_export]
+macro_rules! assert_eventually {
+    ($timeout:expr, $cond:expr, $($msg:tt)+) => {{
+        let deadline = std::time::Instant::now() + $timeout;
+        loop {
+            if $cond { break; }
+            if std::time::Instant::now() > deadline { panic!($($msg)+); }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }};
+}
+
+/// Runs an async test body with a deadline, so a hang fails instead of stalling CI.
+pub async fn within<F: Future<Output = T>, T>(secs: u64, body: F) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), body)
+        .await
+        .unwrap_or_else(|_| panic!("test did not finish within {secs}s"))
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_owned()
+}
+
+/// Directory holding the freshly built `mesh-node` and `mesh-ctl` binaries. Set `DSM_BIN_DIR` to
+/// use prebuilt ones; otherwise they are (re)built once per test process with cargo.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Ok(dir) = std::env::var("DSM_BIN_DIR") {
+            return PathBuf::from(dir);
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(workspace_root())
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "mesh-node",
+                "-p",
+                "mesh-ctl",
+                "--bins",
+            ])
+            .status()
+            .expect("running cargo to build mesh-node and mesh-ctl");
+        assert!(status.success(), "building mesh-node and mesh-ctl failed");
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map_or_else(|_| workspace_root().join("target"), PathBuf::from);
+        target.join("debug")
+    })
+}
+
+pub fn mesh_node_bin() -> PathBuf {
+    bin_dir().join("mesh-node")
+}
+
+pub fn mesh_ctl_bin() -> PathBuf {
+    bin_dir().join("mesh-ctl")
+}
+
+/// Paths of a certificate, its key, and the CA bundle to trust.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Credentials {
+    pub fn tls(&self) -> Arc<rustls::ClientConfig> {
+        mesh_node::client::client_tls(&self.ca, &self.cert, &self.key).expect("client TLS config")
+    }
+}
+
+/// A mesh CA in a temporary directory.
+#[derive(Debug)]
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: CertificateAuthority,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        Pki::with_trust_domain(TRUST_DOMAIN)
+    }
+
+    pub fn with_trust_domain(td: &str) -> Pki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = CertificateAuthority::create(td, Duration::from_secs(86_400)).expect("CA");
+        ca.save(&dir.path().join("ca")).expect("save CA");
+        Pki { dir, ca }
+    }
+
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir.path().join("ca")
+    }
+
+    pub fn ca_cert(&self) -> PathBuf {
+        self.ca_dir().join(mesh_node::pki::CA_CERT_FILE)
+    }
+
+    /// Issues `spec` and writes it under a unique stem.
+    pub fn issue(&self, spec: &LeafSpec, stem: &str) -> Credentials {
+        let (cert, key) = self
+            .ca
+            .issue(spec)
+            .expect("issue")
+            .write(&self.dir.path().join("certs"), stem)
+            .expect("write");
+        Credentials {
+            ca: self.ca_cert(),
+            cert,
+            key,
+        }
+    }
+
+    pub fn client(&self, role: Role) -> Credentials {
+        self.client_named(role, &format!("test-{role}"))
+    }
+
+    pub fn client_named(&self, role: Role, name: &str) -> Credentials {
+        let id = Identity::Client {
+            trust_domain: self.ca.trust_domain().into(),
+            role,
+            name: name.into(),
+        };
+        self.issue(
+            &LeafSpec::new(id, Duration::from_secs(3600)),
+            &format!("client-{role}-{name}"),
+        )
+    }
+
+    pub fn node(&self, id: &str) -> Credentials {
+        let identity = Identity::Node {
+            trust_domain: self.ca.trust_domain().into(),
+            node_id: id.into(),
+        };
+        self.issue(
+            &LeafSpec::new(identity, Duration::from_secs(3600)),
+            &format!("node-{id}"),
+        )
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Pki::new()
+    }
+}
+
+/// One real `mesh-node` process and its files.
+#[derive(Debug)]
+pub struct NodeProcess {
+    pub id: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub credentials: Credentials,
+    child: Option<Child>,
+    pub gateway: SocketAddr,
+    pub ops: SocketAddr,
+    // Keeps the node's directory alive as long as the process handle.
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl NodeProcess {
+    /// Writes a config for node `id` (ephemeral ports, fresh key file and data dir) and starts it.
+    pub fn start(pki: &Pki, id: &str) -> NodeProcess {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_owned();
+        let credentials = pki.node(id);
+        let key_file = dir.join("node.kek");
+        mesh_node::pki::write_secret(&key_file, mesh_node::crypto::generate_key_file().as_bytes())
+            .expect("key file");
+        let config = dir.join("node.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "node_id = {id:?}\ntrust_domain = {td:?}\ndata_dir = {data:?}\nkey_file = {kek:?}\n\
+                 gateway_listen = \"127.0.0.1:0\"\nops_listen = \"127.0.0.1:0\"\n\
+                 [tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n[log]\nlevel = \"info,mesh_node=debug\"\n",
+                td = pki.ca.trust_domain(),
+                data = dir.join("data").display().to_string(),
+                kek = key_file.display().to_string(),
+                ca = credentials.ca.display().to_string(),
+                cert = credentials.cert.display().to_string(),
+                key = credentials.key.display().to_string(),
+            ),
+        )
+        .expect("write config");
+        let mut node = NodeProcess {
+            id: id.into(),
+            dir,
+            config,
+            credentials,
+            child: None,
+            gateway: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ops: SocketAddr::from(([127, 0, 0, 1], 0)),
+            _tmp: Some(tmp),
+        };
+        node.spawn().expect("node starts");
+        node
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.join("node.kek")
+    }
+
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.join("node.log")
+    }
+
+    /// Starts the process on the existing config and data, and waits until it reports ready.
+    pub fn spawn(&mut self) -> anyhow::Result<()> {
+        let ready = self.dir.join("ready.json");
+        let _ = std::fs::remove_file(&ready);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_file())?;
+        let mut child = Command::new(mesh_node_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("spawning mesh-node")?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let info: serde_json::Value = loop {
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                break serde_json::from_str(&text)?;
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "mesh-node exited during startup ({status}):\n{}",
+                    self.log_tail(30)
+                );
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("mesh-node not ready within 30s:\n{}", self.log_tail(30));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.gateway = info["gateway"].as_str().context("gateway")?.parse()?;
+        self.ops = info["ops"].as_str().context("ops")?.parse()?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// `kill -9`: no drain, no flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit (drain + flush). Returns the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// `mesh-node inspect -o json` on the (stopped) node's data directory.
+    pub fn inspect(&self) -> serde_json::Value {
+        let out = Command::new(mesh_node_bin())
+            .arg("inspect")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--key-file")
+            .arg(self.key_file())
+            .args(["-o", "json"])
+            .output()
+            .expect("running mesh-node inspect");
+        assert!(
+            out.status.code() == Some(0) || out.status.code() == Some(1),
+            "inspect failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("inspect prints JSON")
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.log_file()).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// A gateway client holding `credentials`.
+    pub async fn client(
+        &self,
+        credentials: &Credentials,
+    ) -> OrderGatewayClient<tonic::transport::Channel> {
+        OrderGatewayClient::new(self.channel(credentials).await.expect("connect to gateway"))
+    }
+
+    pub async fn channel(
+        &self,
+        credentials: &Credentials,
+    ) -> Result<tonic::transport::Channel, mesh_node::client::ConnectError> {
+        mesh_node::client::connect(self.gateway, "localhost", credentials.tls()).await
+    }
+
+    /// GETs a path on the plaintext ops port.
+    pub fn ops_get(&self, path: &str) -> (u16, String) {
+        http_get(self.ops, path)
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- log of node {} ----\n{}", self.id, self.log_tail(40));
+        }
+        self.kill9();
+    }
+}
+
+/// A minimal HTTP/1.0 GET, enough for the ops port.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to ops port");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("write");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read");
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// A valid order with PII derived from `n`, distinctive enough to search for on disk.
+pub fn sample_order(customer_id: &str, n: u32) -> CreateOrderRequest {
+    CreateOrderRequest {
+        customer_id: customer_id.into(),
+        external_ref: format!("SF-{n}"),
+        channel: Channel::Storefront as i32,
+        customer: Some(Customer {
+            name: format!("Meenakshi Sundaram{n}"),
+            phone: format!("+9198{:08}", n % 100_000_000),
+            email: format!("meenakshi.{n}@example.in"),
+            address: Some(Address {
+                line1: format!("{n} Lakshmi Nagar Main Road"),
+                line2: "Near Ganesh Temple".into(),
+                city: "Coimbatore".into(),
+                state: "Tamil Nadu".into(),
+                pincode: "641001".into(),
+            }),
+        }),
+        items: vec![
+            LineItem {
+                sku: "SAREE-SILK-01".into(),
+                name: "Silk saree".into(),
+                quantity: 1,
+                unit_price_paise: 349_900,
+            },
+            LineItem {
+                sku: "BLOUSE-02".into(),
+                name: "Blouse piece".into(),
+                quantity: 2,
+                unit_price_paise: 29_900,
+            },
+        ],
+        total_paise: 409_700,
+        payment: Some(Payment {
+            method: PaymentMethod::Cod as i32,
+            amount_paise: 409_700,
+            status: PaymentStatus::Pending as i32,
+        }),
+        consent: None,
+        idempotency_key: String::new(),
+    }
+}
+
+/// A Python 3 interpreter with `tests/python/requirements.txt` installed (a venv under `target/`,
+/// created on first use). Fails with a message naming what is missing.
+pub fn python() -> PathBuf {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        let root = workspace_root();
+        let target =
+            std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from);
+        let venv = target.join("py-venv");
+        let py = venv.join("bin/python");
+        let requirements = root.join("tests/python/requirements.txt");
+        let ready = venv.join(".requirements-installed");
+        let wanted = std::fs::read_to_string(&requirements).expect("reading requirements.txt");
+        if std::fs::read_to_string(&ready).ok().as_deref() == Some(wanted.as_str()) {
+            return py;
+        }
+        // Several test processes may get here at once: one creates the venv, the others wait.
+        let lock = target.join("py-venv.lock");
+        std::fs::create_dir_all(&target).expect("target dir");
+        let deadline = std::time::Instant::now() + Duration::from_secs(600);
+        while std::fs::create_dir(&lock).is_err() {
+            if std::fs::read_to_string(&ready).ok().as_deref() == Some(wanted.as_str()) {
+                return py;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {} (remove it if stale)",
+                lock.display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let result = (|| -> anyhow::Result<()> {
+            if !py.exists() {
+                let s = Command::new("python3")
+                    .args(["-m", "venv"])
+                    .arg(&venv)
+                    .status()
+                    .context("python3 is required for the third-party client tests")?;
+                anyhow::ensure!(s.success(), "python3 -m venv failed (install python3-venv)");
+            }
+            let s = Command::new(&py)
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "-r",
+                ])
+                .arg(&requirements)
+                .status()?;
+            anyhow::ensure!(
+                s.success(),
+                "pip install -r tests/python/requirements.txt failed (PyPI must be reachable)"
+            );
+            std::fs::write(&ready, &wanted)?;
+            Ok(())
+        })();
+        let _ = std::fs::remove_dir(&lock);
+        if let Err(e) = result {
+            panic!("setting up Python test tooling: {e:#}");
+        }
+        py
+    })
+    .clone()
+}
+
+/// Every file under `dir`, concatenated: for byte searches of what a node keeps on disk.
+pub fn read_tree(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.extend_from_slice(&bytes);
+            }
+        }
+    }
+    out
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
