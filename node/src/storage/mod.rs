@@ -76,6 +76,8 @@ pub struct Inventory {
     pub orders: u64,
     /// Records that failed to decrypt or decode (0 on a healthy store).
     pub unreadable: u64,
+    /// Index entries that point at no order (0 on a healthy store: writes are atomic).
+    pub dangling_index: u64,
     /// Customers and orders per partition.
     pub partitions: BTreeMap<u16, PartitionCount>,
 }
@@ -364,6 +366,23 @@ impl Store {
             };
             if !readable {
                 inv.unreadable += 1;
+            }
+        }
+        for kv in self.order_index.iter() {
+            let (k, customer) = kv?;
+            let found = match (
+                keys::partition_of_key(&k),
+                <[u8; keys::HASH_LEN]>::try_from(customer.as_ref()),
+                k.get(2..),
+            ) {
+                (Some(p), Ok(ch), Some(oh)) => match <[u8; keys::HASH_LEN]>::try_from(oh) {
+                    Ok(oh) => self.orders.contains_key(keys::order_key(p, &ch, &oh))?,
+                    Err(_) => false,
+                },
+                _ => false,
+            };
+            if !found {
+                inv.dangling_index += 1;
             }
         }
         Ok(inv)
