@@ -1,0 +1,261 @@
+//! `mesh-ctl` as an operator uses it: the PKI commands, and `mesh-ctl up` bringing up a local mesh
+//! that a client reaches with the credentials written to mesh.json. Also `mesh-node run` refusing a
+//! bad configuration with every problem listed.
+
+use mesh_node::identity::Identity;
+use mesh_node::policy::Role;
+use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
+use mesh_tests::{mesh_ctl_bin, mesh_node_bin, sample_order, within};
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn ctl(args: &[&str]) -> std::process::Output {
+    Command::new(mesh_ctl_bin())
+        .args(args)
+        .output()
+        .expect("running mesh-ctl")
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn ca_init_and_cert_issue_write_owner_only_keys_and_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = dir.path().join("ca");
+    let out = ctl(&[
+        "ca",
+        "init",
+        "--dir",
+        ca.to_str().expect("utf8"),
+        "--trust-domain",
+        "brand.example",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mode(&ca.join("ca.key")), 0o600);
+    // A second init refuses to overwrite the CA.
+    let again = ctl(&["ca", "init", "--dir", ca.to_str().expect("utf8")]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"));
+
+    let certs = dir.path().join("certs");
+    let out = ctl(&[
+        "cert",
+        "issue",
+        "client",
+        "--role",
+        "support",
+        "--name",
+        "ndr-desk",
+        "--ca-dir",
+        ca.to_str().expect("utf8"),
+        "--out",
+        certs.to_str().expect("utf8"),
+        "--ttl",
+        "2h",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let issued: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        issued["identity"],
+        "spiffe://brand.example/client/support/ndr-desk"
+    );
+    let key = std::path::PathBuf::from(issued["key"].as_str().expect("key path"));
+    assert_eq!(mode(&key), 0o600);
+    let der =
+        mesh_node::tls::load_certs(std::path::Path::new(issued["cert"].as_str().expect("cert")))
+            .expect("cert");
+    assert_eq!(
+        Identity::from_certificate(&der[0]).expect("identity"),
+        Identity::Client {
+            trust_domain: "brand.example".into(),
+            role: Role::Support,
+            name: "ndr-desk".into()
+        }
+    );
+
+    let out = ctl(&[
+        "cert",
+        "issue",
+        "node",
+        "--id",
+        "n7",
+        "--ca-dir",
+        ca.to_str().expect("utf8"),
+        "--out",
+        certs.to_str().expect("utf8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("spiffe://brand.example/node/n7"));
+
+    // Unknown roles are refused with the list of known ones.
+    let out = ctl(&[
+        "cert",
+        "issue",
+        "client",
+        "--role",
+        "root",
+        "--name",
+        "x",
+        "--ca-dir",
+        ca.to_str().expect("utf8"),
+        "--out",
+        certs.to_str().expect("utf8"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("storefront"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let kek = dir.path().join("node.kek");
+    assert!(
+        ctl(&["key", "init", "--out", kek.to_str().expect("utf8")])
+            .status
+            .success()
+    );
+    assert_eq!(mode(&kek), 0o600);
+    assert!(mesh_node::crypto::NodeKeys::load(&kek).is_ok());
+    assert_eq!(
+        ctl(&["key", "init", "--out", kek.to_str().expect("utf8")])
+            .status
+            .code(),
+        Some(2),
+        "no silent overwrite of a key"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_starts_a_local_mesh_that_serves_orders() {
+    within(90, async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut up = Command::new(mesh_ctl_bin())
+            .args(["up", "--base-port", "0", "--dir"])
+            .arg(dir.path())
+            .arg("--node-bin")
+            .arg(mesh_node_bin())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mesh-ctl up");
+        let mesh_json = dir.path().join("mesh.json");
+        mesh_tests::assert_eventually!(
+            Duration::from_secs(60),
+            mesh_json.exists(),
+            "mesh.json never appeared"
+        );
+        let mesh: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&mesh_json).expect("read"))
+                .expect("json");
+        let node = &mesh["nodes"][0];
+        assert_eq!(node["id"], "n1");
+        let clients = mesh["clients"].as_object().expect("clients");
+        for role in Role::ALL {
+            assert!(
+                clients.contains_key(role.as_str()),
+                "no client certificate for {role}"
+            );
+        }
+        let sf = &mesh["clients"]["storefront"];
+        let tls = mesh_node::client::client_tls(
+            mesh["ca_cert"].as_str().expect("ca").as_ref(),
+            sf["cert"].as_str().expect("cert").as_ref(),
+            sf["key"].as_str().expect("key").as_ref(),
+        )
+        .expect("tls");
+        let addr = node["gateway"]
+            .as_str()
+            .expect("gateway")
+            .parse()
+            .expect("addr");
+        let channel =
+            mesh_node::client::connect(addr, mesh["server_name"].as_str().expect("name"), tls)
+                .await
+                .expect("connect");
+        let order = OrderGatewayClient::new(channel)
+            .create_order(sample_order("cust-up", 1))
+            .await
+            .expect("create");
+        assert!(
+            order
+                .into_inner()
+                .order
+                .expect("order")
+                .order_id
+                .starts_with("o1-")
+        );
+
+        // Ctrl-C (SIGINT) stops every node and removes mesh.json.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(up.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .expect("signal");
+        let status = tokio::task::spawn_blocking(move || up.wait())
+            .await
+            .expect("join")
+            .expect("wait");
+        assert!(status.success(), "mesh-ctl up exited with {status}");
+        assert!(!mesh_json.exists());
+        let pid = node["pid"].as_u64().expect("pid") as i32;
+        assert!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err(),
+            "node process {pid} still running"
+        );
+    })
+    .await;
+}
+
+#[test]
+fn mesh_node_refuses_a_bad_config_listing_every_problem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "node_id = \"N 1\"\ngateway_listen = \"everywhere\"\n[tls]\nca = \"/nonexistent/ca.pem\"\n",
+    )
+    .expect("write");
+    let out = Command::new(mesh_node_bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_remove("DSM_NODE_ID")
+        .output()
+        .expect("mesh-node");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "node_id",
+        "trust_domain",
+        "data_dir",
+        "key_file",
+        "gateway_listen",
+        "tls.ca",
+        "tls.cert",
+        "tls.key",
+    ] {
+        assert!(err.contains(key), "`{key}` not reported in:\n{err}");
+    }
+}
