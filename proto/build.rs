@@ -7,6 +7,7 @@ use std::{env, fs, path::PathBuf};
 const PROTOS: &[&str] = &[
     "dsm/v1/order.proto",
     "dsm/v1/gateway.proto",
+    "dsm/v1/layout.proto",
     "dsm/bench/v1/echo.proto",
 ];
 

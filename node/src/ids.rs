@@ -1,17 +1,18 @@
 //! Routing keys: which partition a customer lives in, and order ids that carry their partition.
 //!
 //! The key space is split into [`PARTITIONS`] partitions. A customer's partition is a stable,
-//! unkeyed hash of the customer id, so every node computes it alike. An order id minted by the mesh
+//! unkeyed hash of the customer id (FNV-1a, mixed; pinned by a test), so every node computes it
+//! alike in a few nanoseconds. 4096 partitions keep every node's share within 1.6% of the mean for
+//! meshes of up to 64 nodes (1024 would allow 5.5%, for example 18 vs 17.07 at 60 nodes). An order id minted by the mesh
 //! embeds the partition of its customer, so `GetOrder(order_id)` routes in one hop with no lookup.
 //!
 //! Order id format (version 1): `o1-PPPP-RRRRRRRRRRRRRRRRRRRR`: `PPPP` is the partition in four
 //! lowercase hex digits and `R...` are 80 random bits in hex. Nothing in it reveals the customer.
 
-use aws_lc_rs::digest;
 use std::{fmt, str::FromStr};
 
 /// Number of partitions of the key space. Fixed for the life of a mesh (a power of two).
-pub const PARTITIONS: u16 = 1024;
+pub const PARTITIONS: u16 = 4096;
 const PARTITION_BITS: u32 = PARTITIONS.trailing_zeros();
 
 /// One partition of the key space, `0..PARTITIONS`.
@@ -37,12 +38,11 @@ impl fmt::Display for Partition {
     }
 }
 
-/// The partition a customer's data lives in: the top bits of SHA-256 of the customer id.
+/// The partition a customer's data lives in: the top bits of a stable hash of the customer id.
 pub fn partition_of(customer_id: &str) -> Partition {
-    let d = digest::digest(&digest::SHA256, customer_id.as_bytes());
-    let mut top = [0u8; 8];
-    top.copy_from_slice(&d.as_ref()[..8]);
-    Partition((u64::from_be_bytes(top) >> (64 - PARTITION_BITS)) as u16)
+    Partition(
+        (crate::layout::assign::hash_bytes(customer_id.as_bytes()) >> (64 - PARTITION_BITS)) as u16,
+    )
 }
 
 /// An order id minted by the mesh.
@@ -107,12 +107,26 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn partition_is_stable() {
-        // Pinned: a change here would re-home every customer of every existing mesh.
-        assert_eq!(partition_of("cust-1").get(), partition_of("cust-1").get());
-        let d = digest::digest(&digest::SHA256, b"cust-1");
-        let expect = (u16::from(d.as_ref()[0]) << 2) | (u16::from(d.as_ref()[1]) >> 6);
-        assert_eq!(partition_of("cust-1").get(), expect);
+    fn partition_is_pinned() {
+        // A change here re-homes every customer of every existing mesh: it needs a migration.
+        assert_eq!(partition_of("cust-1").get(), PINNED_CUST_1);
+        assert_eq!(partition_of("").get(), 3837);
+    }
+
+    const PINNED_CUST_1: u16 = 607;
+
+    #[test]
+    fn partitions_spread_evenly() {
+        let mut counts = vec![0u32; usize::from(PARTITIONS)];
+        for i in 0..409_600 {
+            counts[usize::from(partition_of(&format!("customer-{i}")).get())] += 1;
+        }
+        // 100 expected per partition; a fair hash stays well inside +-50%.
+        assert!(
+            counts.iter().all(|&c| (50..150).contains(&c)),
+            "{:?}",
+            counts.iter().max()
+        );
     }
 
     #[test]
@@ -121,7 +135,7 @@ mod tests {
             "",
             "o1-",
             "o2-0001-00000000000000000000",
-            "o1-0400-00000000000000000000",
+            "o1-1000-00000000000000000000",
             "o1-00a-00000000000000000000",
             "o1-0001-0000000000000000000G",
             "o1-0001-ABCDEF00000000000000",

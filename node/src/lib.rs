@@ -30,6 +30,7 @@ pub mod error;
 pub mod gateway;
 pub mod identity;
 pub mod ids;
+pub mod layout;
 pub mod lifecycle;
 pub mod listener;
 pub mod mask;

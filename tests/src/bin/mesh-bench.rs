@@ -9,11 +9,11 @@
 
 use clap::Parser;
 use mesh_node::policy::Role;
+use mesh_proto::dsm::bench::v1::EchoMessage;
 use mesh_proto::dsm::bench::v1::echo_client::EchoClient;
 use mesh_proto::dsm::bench::v1::echo_server::{Echo, EchoServer};
-use mesh_proto::dsm::bench::v1::EchoMessage;
-use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
 use mesh_proto::v1::GetOrderRequest;
+use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
 use mesh_tests::{NodeProcess, Pki, sample_order};
 use prost::Message as _;
 use std::net::SocketAddr;
@@ -54,7 +54,10 @@ struct EchoService;
 
 #[tonic::async_trait]
 impl Echo for EchoService {
-    async fn echo(&self, req: tonic::Request<EchoMessage>) -> Result<tonic::Response<EchoMessage>, tonic::Status> {
+    async fn echo(
+        &self,
+        req: tonic::Request<EchoMessage>,
+    ) -> Result<tonic::Response<EchoMessage>, tonic::Status> {
         Ok(tonic::Response::new(req.into_inner()))
     }
 }
@@ -106,7 +109,14 @@ impl Cell {
     }
 }
 
-async fn drive(target: Target, channels: &[Channel], concurrency: usize, seconds: u64, order_ids: Arc<Vec<String>>, payload: Arc<Vec<u8>>) -> Cell {
+async fn drive(
+    target: Target,
+    channels: &[Channel],
+    concurrency: usize,
+    seconds: u64,
+    order_ids: Arc<Vec<String>>,
+    payload: Arc<Vec<u8>>,
+) -> Cell {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -121,10 +131,21 @@ async fn drive(target: Target, channels: &[Channel], concurrency: usize, seconds
             while Instant::now() < deadline {
                 let t = Instant::now();
                 let result = match target {
-                    Target::Echo => echo.echo(EchoMessage { payload: payload.to_vec() }).await.map(|_| ()),
-                    Target::Create => gw.create_order(sample_order(&format!("bench-{w}-{}", i % 50), i as u32)).await.map(|_| ()),
+                    Target::Echo => echo
+                        .echo(EchoMessage {
+                            payload: payload.to_vec(),
+                        })
+                        .await
+                        .map(|_| ()),
+                    Target::Create => gw
+                        .create_order(sample_order(&format!("bench-{w}-{}", i % 50), i as u32))
+                        .await
+                        .map(|_| ()),
                     Target::Get => gw
-                        .get_order(GetOrderRequest { order_id: order_ids[i % order_ids.len()].clone(), purpose: String::new() })
+                        .get_order(GetOrderRequest {
+                            order_id: order_ids[i % order_ids.len()].clone(),
+                            purpose: String::new(),
+                        })
                         .await
                         .map(|_| ()),
                 };
@@ -138,7 +159,12 @@ async fn drive(target: Target, channels: &[Channel], concurrency: usize, seconds
             (ok, errors, lat)
         }));
     }
-    let mut cell = Cell { ops: 0, errors: 0, latencies: Vec::new(), elapsed: Duration::ZERO };
+    let mut cell = Cell {
+        ops: 0,
+        errors: 0,
+        latencies: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
     for t in tasks {
         let (ok, errors, lat) = t.await.expect("worker");
         cell.ops += ok;
@@ -150,7 +176,11 @@ async fn drive(target: Target, channels: &[Channel], concurrency: usize, seconds
     cell
 }
 
-async fn channels(addr: SocketAddr, creds: &mesh_tests::Credentials, n: usize) -> anyhow::Result<Vec<Channel>> {
+async fn channels(
+    addr: SocketAddr,
+    creds: &mesh_tests::Credentials,
+    n: usize,
+) -> anyhow::Result<Vec<Channel>> {
     let mut out = Vec::new();
     for _ in 0..n {
         out.push(mesh_node::client::connect(addr, "localhost", creds.tls()).await?);
@@ -181,7 +211,10 @@ async fn main() -> anyhow::Result<()> {
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(echo_proc.stdout.take().expect("stdout")), &mut line)?;
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(echo_proc.stdout.take().expect("stdout")),
+        &mut line,
+    )?;
     let echo_addr: SocketAddr = line.trim().parse()?;
 
     let storefront = pki.client(Role::Storefront);
@@ -195,17 +228,50 @@ async fn main() -> anyhow::Result<()> {
     let mut sf = OrderGatewayClient::new(create_channels[0].clone());
     let mut ids = Vec::new();
     for i in 0..2000u32 {
-        let o = sf.create_order(sample_order(&format!("seed-{}", i % 500), i)).await?.into_inner().order.expect("order");
+        let o = sf
+            .create_order(sample_order(&format!("seed-{}", i % 500), i))
+            .await?
+            .into_inner()
+            .order
+            .expect("order");
         ids.push(o.order_id);
     }
     let ids = Arc::new(ids);
 
-    println!("mesh-bench: {}s per cell, {} HTTP/2 connections per target, payload {} bytes", args.seconds, args.connections, payload.len());
-    println!("{:<14} {:>5} {:>10} {:>9} {:>9} {:>7} {:>9}", "target", "conc", "ops/s", "p50 ms", "p99 ms", "errors", "vs echo");
+    println!(
+        "mesh-bench: {}s per cell, {} HTTP/2 connections per target, payload {} bytes",
+        args.seconds,
+        args.connections,
+        payload.len()
+    );
+    println!(
+        "{:<14} {:>5} {:>10} {:>9} {:>9} {:>7} {:>9}",
+        "target", "conc", "ops/s", "p50 ms", "p99 ms", "errors", "vs echo"
+    );
     for &c in &args.concurrency {
-        let echo = drive(Target::Echo, &echo_channels, c, args.seconds, ids.clone(), payload.clone()).await;
-        println!("{:<14} {:>5} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>9}", "echo (ceiling)", c, echo.throughput(), echo.quantile(0.5), echo.quantile(0.99), echo.errors, "100%");
-        for (name, target, chans) in [("CreateOrder", Target::Create, &create_channels), ("GetOrder", Target::Get, &get_channels)] {
+        let echo = drive(
+            Target::Echo,
+            &echo_channels,
+            c,
+            args.seconds,
+            ids.clone(),
+            payload.clone(),
+        )
+        .await;
+        println!(
+            "{:<14} {:>5} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>9}",
+            "echo (ceiling)",
+            c,
+            echo.throughput(),
+            echo.quantile(0.5),
+            echo.quantile(0.99),
+            echo.errors,
+            "100%"
+        );
+        for (name, target, chans) in [
+            ("CreateOrder", Target::Create, &create_channels),
+            ("GetOrder", Target::Get, &get_channels),
+        ] {
             let cell = drive(target, chans, c, args.seconds, ids.clone(), payload.clone()).await;
             println!(
                 "{:<14} {:>5} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>8.0}%",
