@@ -192,8 +192,14 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Writes a config for node `id` (ephemeral ports, fresh key file and data dir) and starts it.
+    /// Writes a config for node `id` (ephemeral ports, fresh key file and data dir) and starts it,
+    /// logging at debug level for `mesh_node` so a failing test shows what happened.
     pub fn start(pki: &Pki, id: &str) -> NodeProcess {
+        NodeProcess::start_with_log(pki, id, "info,mesh_node=debug")
+    }
+
+    /// As [`NodeProcess::start`], with the node's log filter (benchmarks use production's `info`).
+    pub fn start_with_log(pki: &Pki, id: &str, log_level: &str) -> NodeProcess {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_owned();
         let credentials = pki.node(id);
@@ -206,7 +212,7 @@ impl NodeProcess {
             format!(
                 "node_id = {id:?}\ntrust_domain = {td:?}\ndata_dir = {data:?}\nkey_file = {kek:?}\n\
                  gateway_listen = \"127.0.0.1:0\"\nops_listen = \"127.0.0.1:0\"\n\
-                 [tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n[log]\nlevel = \"info,mesh_node=debug\"\n",
+                 [tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n[log]\nlevel = {log_level:?}\n",
                 td = pki.ca.trust_domain(),
                 data = dir.join("data").display().to_string(),
                 kek = key_file.display().to_string(),

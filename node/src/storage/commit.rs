@@ -11,6 +11,9 @@ use tokio::sync::{mpsc, oneshot};
 
 type Waiter = oneshot::Sender<Result<(), Arc<sled::Error>>>;
 
+/// Upper bound on gathering rounds before a flush (each round is one `yield_now`).
+const GATHER_ROUNDS: usize = 8;
+
 /// Handle to the committer task. Cloning shares the same committer.
 #[derive(Debug, Clone)]
 pub struct GroupCommit {
@@ -36,8 +39,18 @@ impl GroupCommit {
             let mut batch = Vec::new();
             while let Some(first) = rx.recv().await {
                 batch.push(first);
-                while let Ok(next) = rx.try_recv() {
-                    batch.push(next);
+                // Gather: let runnable writers reach the queue before paying for an fsync. Each
+                // round yields once; stop when a round adds nobody (or after a few rounds), so a
+                // lone writer pays one yield, not a timer tick.
+                for _ in 0..GATHER_ROUNDS {
+                    let before = batch.len();
+                    tokio::task::yield_now().await;
+                    while let Ok(next) = rx.try_recv() {
+                        batch.push(next);
+                    }
+                    if batch.len() == before {
+                        break;
+                    }
                 }
                 let db = db.clone();
                 let started = std::time::Instant::now();

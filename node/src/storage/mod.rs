@@ -2,29 +2,30 @@
 //!
 //! Every customer's orders are sealed under that customer's data key (see `crypto`), every key is a
 //! keyed hash (see `keys`), and every write is acknowledged only after the group committer has made
-//! it durable (see `commit`). A create or update is one sled transaction across the trees it
-//! touches, so a crash leaves either all of it or none of it.
+//! it durable (see `commit`). A create or update is one atomic sled batch, so a crash leaves either
+//! all of it or none of it. Read-modify-write steps (creating a customer's data key, updating an
+//! order) hold the customer's lock stripe; this process is the store's only writer.
 
 pub mod commit;
 pub mod keys;
 
 use crate::crypto::{CryptoError, DataKey, NodeKeys};
-use crate::ids::{OrderId, Partition, partition_of};
+use crate::ids::{OrderId, partition_of};
 use commit::{FlushObserver, GroupCommit};
+use keys::Hash;
 use mesh_proto::v1::Order;
 use prost::Message as _;
-use sled::transaction::{
-    ConflictableTransactionError as Abortable, TransactionError, Transactional,
-};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Version of the data directory layout. Bump it with a tested migration.
 pub const FORMAT_VERSION: u8 = 1;
 /// Version byte in front of every stored value.
 const RECORD_V1: u8 = 1;
 const KEY_CHECK: &[u8] = b"dark-store-mesh key check";
+/// Lock stripes for per-customer read-modify-write. Enough that unrelated customers rarely share.
+const STRIPES: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -65,8 +66,8 @@ fn body<'a>(rec: &'a [u8], what: &'static str) -> Result<&'a [u8], StorageError>
     }
 }
 
-fn corrupt(what: &'static str) -> impl Fn(CryptoError) -> StorageError {
-    move |_| StorageError::Corrupt(what)
+fn hash_of(v: &[u8], what: &'static str) -> Result<Hash, StorageError> {
+    v.try_into().map_err(|_| StorageError::Corrupt(what))
 }
 
 /// What a node's store holds, from an offline read of every record.
@@ -91,14 +92,12 @@ pub struct PartitionCount {
 /// The node's order store.
 pub struct Store {
     db: sled::Db,
-    customers: sled::Tree,
-    orders: sled::Tree,
-    order_index: sled::Tree,
-    idempotency: sled::Tree,
+    data: sled::Tree,
     keys: Arc<NodeKeys>,
     commit: GroupCommit,
     /// The committer task, awaited on close so the database is released deterministically.
     committer: tokio::task::JoinHandle<()>,
+    stripes: Vec<Mutex<()>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -120,7 +119,12 @@ impl Store {
         keys: Arc<NodeKeys>,
         observer: Option<Arc<dyn FlushObserver>>,
     ) -> Result<Store, StorageError> {
-        let db = sled::Config::new().path(dir).open()?;
+        // Durability is the group committer's job; sled's own periodic flush would only add fsyncs.
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
+            .open()?;
         let meta = db.open_tree("meta")?;
         match meta.get("format")? {
             Some(v) if v.as_ref() == [FORMAT_VERSION] => {}
@@ -150,14 +154,12 @@ impl Store {
         let (commit, committer) =
             GroupCommit::start(db.clone(), observer.unwrap_or_else(|| Arc::new(NoObserver)));
         Ok(Store {
-            customers: db.open_tree("customers")?,
-            orders: db.open_tree("orders")?,
-            order_index: db.open_tree("order_index")?,
-            idempotency: db.open_tree("idempotency")?,
+            data: db.open_tree("data")?,
             db,
             keys,
             commit,
             committer,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
         })
     }
 
@@ -165,13 +167,22 @@ impl Store {
         self.commit.durable().await.map_err(StorageError::Flush)
     }
 
+    fn stripe(&self, customer: &Hash) -> std::sync::MutexGuard<'_, ()> {
+        let i = usize::from(u16::from_be_bytes([customer[0], customer[1]])) % STRIPES;
+        // A poisoned stripe only means another request panicked mid-way; the store is still
+        // consistent (writes are atomic batches), so keep going.
+        self.stripes[i]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn data_key(&self, customer_key: &[u8]) -> Result<Option<DataKey>, StorageError> {
-        match self.customers.get(customer_key)? {
+        match self.data.get(customer_key)? {
             None => Ok(None),
             Some(rec) => Ok(Some(
                 self.keys
                     .unwrap_data_key(body(&rec, "customer key")?, customer_key)
-                    .map_err(corrupt("customer key"))?,
+                    .map_err(|_: CryptoError| StorageError::Corrupt("customer key"))?,
             )),
         }
     }
@@ -179,7 +190,7 @@ impl Store {
     fn open_order(dek: &DataKey, order_key: &[u8], rec: &[u8]) -> Result<Order, StorageError> {
         let plain = dek
             .open(body(rec, "order")?, order_key)
-            .map_err(corrupt("order"))?;
+            .map_err(|_| StorageError::Corrupt("order"))?;
         Order::decode(plain.as_slice()).map_err(|_| StorageError::Corrupt("order"))
     }
 
@@ -204,56 +215,49 @@ impl Store {
         let oh = keys::order_hash(&self.keys, &order.order_id);
         let ck = keys::customer_key(p, &ch);
         let ok = keys::order_key(p, &ch, &oh);
-        let ik = keys::index_key(p, &oh);
         let idem = (!idempotency_key.is_empty()).then(|| {
             keys::idempotency_key(p, &ch, &keys::idempotency_hash(&self.keys, idempotency_key))
         });
         let plain = order.encode_to_vec();
 
-        let earlier = (
-            &self.customers,
-            &self.orders,
-            &self.order_index,
-            &self.idempotency,
-        )
-            .transaction(|(customers, orders, index, idempotency)| {
-                if let Some(idem) = &idem {
-                    if let Some(earlier) = idempotency.get(idem)? {
-                        return Ok(Some(earlier));
+        let earlier = {
+            let _guard = self.stripe(&ch);
+            match idem
+                .as_ref()
+                .map(|k| self.data.get(k))
+                .transpose()?
+                .flatten()
+            {
+                Some(earlier) => Some(hash_of(&earlier, "idempotency record")?),
+                None => {
+                    let mut batch = sled::Batch::default();
+                    let dek = match self.data_key(&ck)? {
+                        Some(dek) => dek,
+                        None => {
+                            let (dek, wrapped) = self.keys.new_data_key(&ck);
+                            batch.insert(ck.as_slice(), versioned(&wrapped));
+                            dek
+                        }
+                    };
+                    batch.insert(ok.as_slice(), versioned(&dek.seal(&plain, &ok)));
+                    batch.insert(keys::index_key(p, &oh), &ch[..]);
+                    if let Some(idem) = &idem {
+                        batch.insert(idem.as_slice(), &oh[..]);
                     }
+                    self.data.apply_batch(batch)?;
+                    None
                 }
-                let dek = match customers.get(&ck)? {
-                    Some(rec) => {
-                        let wrapped = body(&rec, "customer key").map_err(Abortable::Abort)?;
-                        self.keys
-                            .unwrap_data_key(wrapped, &ck)
-                            .map_err(|e| Abortable::Abort(corrupt("customer key")(e)))?
-                    }
-                    None => {
-                        let (dek, wrapped) = self.keys.new_data_key(&ck);
-                        customers.insert(ck.as_slice(), versioned(&wrapped))?;
-                        dek
-                    }
-                };
-                orders.insert(ok.as_slice(), versioned(&dek.seal(&plain, &ok)))?;
-                index.insert(ik.as_slice(), &ch[..])?;
-                if let Some(idem) = &idem {
-                    idempotency.insert(idem.as_slice(), &oh[..])?;
-                }
-                Ok(None)
-            })
-            .map_err(flatten)?;
+            }
+        };
+        // Durable before acknowledging, including when returning an earlier order whose own
+        // request may still be waiting for its flush.
         self.durable().await?;
         match earlier {
             None => Ok(order.clone()),
-            Some(earlier_hash) => {
-                let earlier_hash: [u8; keys::HASH_LEN] = earlier_hash
-                    .as_ref()
-                    .try_into()
-                    .map_err(|_| StorageError::Corrupt("idempotency record"))?;
-                let ok = keys::order_key(p, &ch, &earlier_hash);
+            Some(earlier) => {
+                let ok = keys::order_key(p, &ch, &earlier);
                 let rec = self
-                    .orders
+                    .data
                     .get(&ok)?
                     .ok_or(StorageError::Corrupt("idempotency record"))?;
                 let dek = self
@@ -264,58 +268,50 @@ impl Store {
         }
     }
 
-    /// Locates an order: its customer hash, from the index.
-    fn locate(&self, id: &OrderId) -> Result<Option<(Vec<u8>, Vec<u8>)>, StorageError> {
+    /// Locates an order: its customer hash (from the index), customer key and order key.
+    fn locate(&self, id: &OrderId) -> Result<Option<(Hash, Vec<u8>, Vec<u8>)>, StorageError> {
         let p = id.partition();
         let oh = keys::order_hash(&self.keys, &id.to_string());
-        let Some(ch) = self.order_index.get(keys::index_key(p, &oh))? else {
+        let Some(ch) = self.data.get(keys::index_key(p, &oh))? else {
             return Ok(None);
         };
-        let ch: [u8; keys::HASH_LEN] = ch
-            .as_ref()
-            .try_into()
-            .map_err(|_| StorageError::Corrupt("order index"))?;
+        let ch = hash_of(&ch, "order index")?;
         Ok(Some((
+            ch,
             keys::customer_key(p, &ch),
             keys::order_key(p, &ch, &oh),
         )))
     }
 
     pub fn get_order(&self, id: &OrderId) -> Result<Option<Order>, StorageError> {
-        let Some((ck, ok)) = self.locate(id)? else {
+        let Some((_, ck, ok)) = self.locate(id)? else {
             return Ok(None);
         };
-        let (Some(rec), Some(dek)) = (self.orders.get(&ok)?, self.data_key(&ck)?) else {
+        let (Some(rec), Some(dek)) = (self.data.get(&ok)?, self.data_key(&ck)?) else {
             return Ok(None);
         };
         Self::open_order(&dek, &ok, &rec).map(Some)
     }
 
-    /// Read-modify-write of one order in a transaction; `change` may reject the update. Returns the
-    /// updated order once it is durable.
+    /// Read-modify-write of one order under its customer's lock; `change` may reject the update.
+    /// Returns the updated order once it is durable.
     pub async fn update_order<F>(&self, id: &OrderId, change: F) -> Result<Order, StorageError>
     where
         F: Fn(&mut Order) -> Result<(), String>,
     {
-        let (ck, ok) = self.locate(id)?.ok_or(StorageError::NotFound)?;
-        let updated = (&self.customers, &self.orders)
-            .transaction(|(customers, orders)| {
-                let abort = Abortable::Abort;
-                let rec = orders.get(&ok)?.ok_or(abort(StorageError::NotFound))?;
-                let wrapped = customers.get(&ck)?.ok_or(abort(StorageError::NotFound))?;
-                let dek = self
-                    .keys
-                    .unwrap_data_key(body(&wrapped, "customer key").map_err(abort)?, &ck)
-                    .map_err(|e| abort(corrupt("customer key")(e)))?;
-                let mut order = Self::open_order(&dek, &ok, &rec).map_err(abort)?;
-                change(&mut order).map_err(|why| abort(StorageError::Rejected(why)))?;
-                orders.insert(
-                    ok.as_slice(),
-                    versioned(&dek.seal(&order.encode_to_vec(), &ok)),
-                )?;
-                Ok(order)
-            })
-            .map_err(flatten)?;
+        let (ch, ck, ok) = self.locate(id)?.ok_or(StorageError::NotFound)?;
+        let updated = {
+            let _guard = self.stripe(&ch);
+            let rec = self.data.get(&ok)?.ok_or(StorageError::NotFound)?;
+            let dek = self.data_key(&ck)?.ok_or(StorageError::NotFound)?;
+            let mut order = Self::open_order(&dek, &ok, &rec)?;
+            change(&mut order).map_err(StorageError::Rejected)?;
+            self.data.insert(
+                ok.as_slice(),
+                versioned(&dek.seal(&order.encode_to_vec(), &ok)),
+            )?;
+            order
+        };
         self.durable().await?;
         Ok(updated)
     }
@@ -324,13 +320,12 @@ impl Store {
     pub fn customer_orders(&self, customer_id: &str) -> Result<Vec<Order>, StorageError> {
         let p = partition_of(customer_id);
         let ch = keys::customer_hash(&self.keys, customer_id);
-        let ck = keys::customer_key(p, &ch);
-        let Some(dek) = self.data_key(&ck)? else {
+        let Some(dek) = self.data_key(&keys::customer_key(p, &ch))? else {
             return Ok(Vec::new());
         };
         let mut orders = self
-            .orders
-            .scan_prefix(&ck)
+            .data
+            .scan_prefix(keys::customer_orders_prefix(p, &ch))
             .map(|kv| {
                 let (k, v) = kv?;
                 Self::open_order(&dek, &k, &v)
@@ -340,49 +335,50 @@ impl Store {
         Ok(orders)
     }
 
-    /// Reads and decrypts every record: how many customers and orders each partition holds, and how
-    /// many records are unreadable.
+    /// Reads and decrypts every record: how many customers and orders each partition holds, how
+    /// many records are unreadable, and how many index entries point nowhere.
     pub fn inventory(&self) -> Result<Inventory, StorageError> {
         let mut inv = Inventory::default();
         let mut current: Option<(Vec<u8>, Option<DataKey>)> = None;
-        for kv in self.customers.iter() {
-            let (k, _) = kv?;
-            let p = keys::partition_of_key(&k).map_or(u16::MAX, Partition::get);
-            inv.customers += 1;
-            inv.partitions.entry(p).or_default().customers += 1;
-        }
-        for kv in self.orders.iter() {
+        for kv in self.data.iter() {
             let (k, v) = kv?;
-            let p = keys::partition_of_key(&k).map_or(u16::MAX, Partition::get);
-            inv.orders += 1;
-            inv.partitions.entry(p).or_default().orders += 1;
-            let ck = &k[..keys::CUSTOMER_KEY_LEN.min(k.len())];
-            if current.as_ref().is_none_or(|(c, _)| c.as_slice() != ck) {
-                current = Some((ck.to_vec(), self.data_key(ck).ok().flatten()));
-            }
-            let readable = match current.as_ref().and_then(|(_, dek)| dek.as_ref()) {
-                Some(dek) => Self::open_order(dek, &k, &v).is_ok(),
-                None => false,
-            };
-            if !readable {
+            let Some((p, kind)) = keys::parse(&k) else {
                 inv.unreadable += 1;
-            }
-        }
-        for kv in self.order_index.iter() {
-            let (k, customer) = kv?;
-            let found = match (
-                keys::partition_of_key(&k),
-                <[u8; keys::HASH_LEN]>::try_from(customer.as_ref()),
-                k.get(2..),
-            ) {
-                (Some(p), Ok(ch), Some(oh)) => match <[u8; keys::HASH_LEN]>::try_from(oh) {
-                    Ok(oh) => self.orders.contains_key(keys::order_key(p, &ch, &oh))?,
-                    Err(_) => false,
-                },
-                _ => false,
+                continue;
             };
-            if !found {
-                inv.dangling_index += 1;
+            let count = inv.partitions.entry(p.get()).or_default();
+            match kind {
+                keys::CUSTOMER => {
+                    inv.customers += 1;
+                    count.customers += 1;
+                }
+                keys::ORDER => {
+                    inv.orders += 1;
+                    count.orders += 1;
+                    let ck = keys::customer_key_of_order(&k).unwrap_or_default();
+                    if current.as_ref().is_none_or(|(c, _)| *c != ck) {
+                        current = Some((ck.clone(), self.data_key(&ck).ok().flatten()));
+                    }
+                    let readable = current
+                        .as_ref()
+                        .and_then(|(_, dek)| dek.as_ref())
+                        .is_some_and(|dek| Self::open_order(dek, &k, &v).is_ok());
+                    if !readable {
+                        inv.unreadable += 1;
+                    }
+                }
+                keys::INDEX => {
+                    let found = match (keys::hashes(&k).next(), hash_of(&v, "order index")) {
+                        (Some(oh), Ok(ch)) => {
+                            self.data.contains_key(keys::order_key(p, &ch, &oh))?
+                        }
+                        _ => false,
+                    };
+                    if !found {
+                        inv.dangling_index += 1;
+                    }
+                }
+                _ => {}
             }
         }
         Ok(inv)
@@ -406,13 +402,6 @@ impl Store {
         let _ = committer.await;
         db.flush()?;
         Ok(())
-    }
-}
-
-fn flatten(e: TransactionError<StorageError>) -> StorageError {
-    match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => StorageError::Sled(e),
     }
 }
 

@@ -89,6 +89,24 @@ enum Target {
     Get,
 }
 
+/// Reads a counter or a histogram's `_sum`/`_count` from the node's /metrics.
+fn metric(node: &NodeProcess, name: &str) -> f64 {
+    let (_, text) = node.ops_get("/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Group-commit figures of the node: (flushes, writes per flush, ms per flush), cumulative.
+fn commit_stats(node: &NodeProcess) -> (f64, f64, f64) {
+    (
+        metric(node, "dsm_storage_flushes_total"),
+        metric(node, "dsm_storage_flush_batch_writes_sum"),
+        metric(node, "dsm_storage_flush_duration_seconds_sum"),
+    )
+}
+
 struct Cell {
     ops: u64,
     errors: u64,
@@ -198,7 +216,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("warning: a debug build measures nothing useful; use cargo run --release");
     }
     let pki = Pki::new();
-    let mut node = NodeProcess::start(&pki, "bench");
+    let mut node = NodeProcess::start_with_log(&pki, "bench", "info");
     let echo_creds = pki.node("echo");
     let mut echo_proc = std::process::Command::new(std::env::current_exe()?)
         .arg("echo-server")
@@ -272,7 +290,9 @@ async fn main() -> anyhow::Result<()> {
             ("CreateOrder", Target::Create, &create_channels),
             ("GetOrder", Target::Get, &get_channels),
         ] {
+            let before = commit_stats(&node);
             let cell = drive(target, chans, c, args.seconds, ids.clone(), payload.clone()).await;
+            let after = commit_stats(&node);
             println!(
                 "{:<14} {:>5} {:>10.0} {:>9.2} {:>9.2} {:>7} {:>8.0}%",
                 name,
@@ -283,6 +303,17 @@ async fn main() -> anyhow::Result<()> {
                 cell.errors,
                 100.0 * cell.throughput() / echo.throughput()
             );
+            let flushes = after.0 - before.0;
+            if flushes > 0.0 {
+                println!(
+                    "{:<14} {:>5} group commit: {:.0} fsyncs/s, {:.1} writes per fsync, {:.2} ms per fsync",
+                    "",
+                    "",
+                    flushes / cell.elapsed.as_secs_f64(),
+                    (after.1 - before.1) / flushes,
+                    1000.0 * (after.2 - before.2) / flushes
+                );
+            }
         }
     }
     let _ = echo_proc.kill();
