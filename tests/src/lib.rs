@@ -58,24 +58,29 @@ pub fn bin_dir() -> &'static Path {
         if let Ok(dir) = std::env::var("DSM_BIN_DIR") {
             return PathBuf::from(dir);
         }
+        // Same profile as this harness: benchmarks (release) drive release nodes, tests debug ones.
+        let release = !cfg!(debug_assertions);
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .current_dir(workspace_root())
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "mesh-node",
-                "-p",
-                "mesh-ctl",
-                "--bins",
-            ])
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace_root()).args([
+            "build",
+            "--quiet",
+            "-p",
+            "mesh-node",
+            "-p",
+            "mesh-ctl",
+            "--bins",
+        ]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd
             .status()
             .expect("running cargo to build mesh-node and mesh-ctl");
         assert!(status.success(), "building mesh-node and mesh-ctl failed");
         let target = std::env::var("CARGO_TARGET_DIR")
             .map_or_else(|_| workspace_root().join("target"), PathBuf::from);
-        target.join("debug")
+        target.join(if release { "release" } else { "debug" })
     })
 }
 
