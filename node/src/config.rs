@@ -200,11 +200,11 @@ impl Collect<'_> {
     }
 
     fn readable(&mut self, key: &str, path: &Option<PathBuf>) {
-        if let Some(p) = path {
-            if let Err(e) = std::fs::metadata(p) {
-                self.errors
-                    .push(format!("{key}: cannot read {}: {e}", p.display()));
-            }
+        if let Some(p) = path
+            && let Err(e) = std::fs::metadata(p)
+        {
+            self.errors
+                .push(format!("{key}: cannot read {}: {e}", p.display()));
         }
     }
 }
@@ -246,20 +246,20 @@ impl Config {
         };
 
         let node_id = c.required("node_id", "DSM_NODE_ID", fc.node_id);
-        if let Some(id) = &node_id {
-            if !is_valid_name(id) {
-                c.errors.push(format!(
-                    "node_id: `{id}` must be 1-63 lowercase letters, digits, `-`, `_` or `.`"
-                ));
-            }
+        if let Some(id) = &node_id
+            && !is_valid_name(id)
+        {
+            c.errors.push(format!(
+                "node_id: `{id}` must be 1-63 lowercase letters, digits, `-`, `_` or `.`"
+            ));
         }
         let trust_domain = c.required("trust_domain", "DSM_TRUST_DOMAIN", fc.trust_domain);
-        if let Some(td) = &trust_domain {
-            if !is_valid_trust_domain(td) {
-                c.errors.push(format!(
-                    "trust_domain: `{td}` must be lowercase letters, digits, `.` and `-`"
-                ));
-            }
+        if let Some(td) = &trust_domain
+            && !is_valid_trust_domain(td)
+        {
+            c.errors.push(format!(
+                "trust_domain: `{td}` must be lowercase letters, digits, `.` and `-`"
+            ));
         }
         let data_dir = path_of(&c, "DSM_DATA_DIR", fc.data_dir);
         if data_dir.is_none() {

@@ -78,13 +78,13 @@ impl Identity {
             .map_err(|_| IdentityError::BadCertificate)?;
         let mut found = None;
         for name in san.iter().flat_map(|s| s.value.general_names.iter()) {
-            if let GeneralName::URI(uri) = name {
-                if uri.starts_with("spiffe://") {
-                    if found.is_some() {
-                        return Err(IdentityError::Ambiguous);
-                    }
-                    found = Some(uri.parse::<Identity>()?);
+            if let GeneralName::URI(uri) = name
+                && uri.starts_with("spiffe://")
+            {
+                if found.is_some() {
+                    return Err(IdentityError::Ambiguous);
                 }
+                found = Some(uri.parse::<Identity>()?);
             }
         }
         found.ok_or(IdentityError::Missing)

@@ -1,3 +1,4 @@
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 //! A Dark Store Mesh node: the library behind the `mesh-node` binary.
 //!
 //! Component map (pure logic first, I/O at the edges):

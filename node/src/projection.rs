@@ -6,7 +6,7 @@
 
 use crate::mask;
 use crate::policy::{self, Field, Role, Visibility};
-use mesh_proto::v1::{Address, Consent, Courier, Customer, LineItem, Order, OrderView, Payment};
+use mesh_proto::v1::{Address, Courier, Customer, LineItem, Order, OrderView, Payment};
 
 /// The order as `role` may see it, with `view` saying what was masked or withheld.
 pub fn project(order: &Order, role: Role) -> Order {
@@ -98,7 +98,7 @@ fn copy(field: Field, src: &Order, out: &mut Order) {
                 .or(Some(Courier::default()))
                 .filter(|c| !c.awb.is_empty() || !c.name.is_empty())
         }
-        Field::Consent => out.consent = Some(src.consent.unwrap_or(Consent::default())),
+        Field::Consent => out.consent = Some(src.consent.unwrap_or_default()),
     }
 }
 

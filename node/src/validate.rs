@@ -405,7 +405,8 @@ mod tests {
 
     #[test]
     fn each_rule_names_its_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut CreateOrderRequest)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut CreateOrderRequest)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             (
                 "customer_id",
                 Box::new(|r| r.customer_id = "has space".into()),

@@ -125,7 +125,7 @@ proptest! {
     #[test]
     fn assignment_is_always_balanced(n in 1usize..70, seed in any::<u64>()) {
         let previous: Vec<Option<usize>> = (0..usize::from(PARTITIONS))
-            .map(|p| { let h = assign::mix64(seed ^ p as u64); (h % 3 != 0).then_some((h as usize >> 8) % n) })
+            .map(|p| { let h = assign::mix64(seed ^ p as u64); (!h.is_multiple_of(3)).then_some((h as usize >> 8) % n) })
             .collect();
         let owners = assign(&previous, &(0..n).map(|i| format!("n{i}")).collect::<Vec<_>>().iter().map(String::as_str).collect::<Vec<_>>());
         prop_assert!(naive_balanced(&owners, n));

@@ -89,6 +89,9 @@ pub struct PartitionCount {
     pub orders: u64,
 }
 
+/// Where an order lives: its customer hash, customer key and order key.
+type Located = (Hash, Vec<u8>, Vec<u8>);
+
 /// The node's order store.
 pub struct Store {
     db: sled::Db,
@@ -269,7 +272,7 @@ impl Store {
     }
 
     /// Locates an order: its customer hash (from the index), customer key and order key.
-    fn locate(&self, id: &OrderId) -> Result<Option<(Hash, Vec<u8>, Vec<u8>)>, StorageError> {
+    fn locate(&self, id: &OrderId) -> Result<Option<Located>, StorageError> {
         let p = id.partition();
         let oh = keys::order_hash(&self.keys, &id.to_string());
         let Some(ch) = self.data.get(keys::index_key(p, &oh))? else {
