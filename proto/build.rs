@@ -8,6 +8,8 @@ const PROTOS: &[&str] = &[
     "dsm/v1/order.proto",
     "dsm/v1/gateway.proto",
     "dsm/v1/layout.proto",
+    "dsm/v1/peer.proto",
+    "dsm/v1/admin.proto",
     "dsm/bench/v1/echo.proto",
 ];
 

@@ -8,6 +8,9 @@
 //! key_file = "/etc/dsm/node.kek"       # the key-encryption key (`mesh-ctl key init`)
 //! gateway_listen = "0.0.0.0:7443"       # mTLS gRPC
 //! ops_listen = "0.0.0.0:9090"           # plaintext /healthz, /readyz, /metrics
+//! peer_listen = "0.0.0.0:7444"          # mutually authenticated QUIC between nodes (UDP)
+//! control_public_key = "/etc/dsm/control.pub"  # verifies layouts (`mesh-ctl ca init` makes it)
+//! layout_file = "/etc/dsm/layout.bin"   # initial signed layout; a newer stored one wins
 //! [tls]
 //! ca = "/etc/dsm/ca.pem"               # trust bundle
 //! cert = "/etc/dsm/node.pem"
@@ -23,7 +26,8 @@
 //! ```
 //!
 //! Each key has an environment override: `DSM_NODE_ID`, `DSM_TRUST_DOMAIN`, `DSM_DATA_DIR`,
-//! `DSM_KEY_FILE`, `DSM_GATEWAY_LISTEN`, `DSM_OPS_LISTEN`, `DSM_TLS_CA`, `DSM_TLS_CERT`,
+//! `DSM_KEY_FILE`, `DSM_GATEWAY_LISTEN`, `DSM_OPS_LISTEN`, `DSM_PEER_LISTEN`, `DSM_CONTROL_PUBLIC_KEY`,
+//! `DSM_LAYOUT_FILE`, `DSM_TLS_CA`, `DSM_TLS_CERT`,
 //! `DSM_TLS_KEY`, `DSM_MAX_CONCURRENT_REQUESTS`, `DSM_REQUEST_TIMEOUT`, `DSM_HANDSHAKE_TIMEOUT`,
 //! `DSM_DRAIN_TIMEOUT`, `DSM_LOG_FORMAT`, `DSM_LOG_LEVEL`.
 
@@ -65,6 +69,9 @@ struct FileConfig {
     key_file: Option<PathBuf>,
     gateway_listen: Option<String>,
     ops_listen: Option<String>,
+    peer_listen: Option<String>,
+    control_public_key: Option<PathBuf>,
+    layout_file: Option<PathBuf>,
     #[serde(default)]
     tls: FileTls,
     #[serde(default)]
@@ -112,6 +119,13 @@ pub struct Config {
     pub key_file: PathBuf,
     pub gateway_listen: SocketAddr,
     pub ops_listen: SocketAddr,
+    pub peer_listen: SocketAddr,
+    /// Verifies layouts; without it the node runs standalone (every partition local).
+    pub control_public_key: Option<crate::layout::ControlPublicKey>,
+    /// The initial layout, verified.
+    pub layout: Option<crate::layout::Layout>,
+    /// The initial layout's signed bytes, persisted on first start.
+    pub layout_signed: Option<mesh_proto::v1::SignedLayout>,
     pub tls_ca: PathBuf,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
@@ -293,6 +307,63 @@ impl Config {
             c.errors
                 .push("ops_listen: must differ from gateway_listen".into());
         }
+        let peer_listen = c.addr(
+            "peer_listen",
+            "DSM_PEER_LISTEN",
+            fc.peer_listen,
+            "127.0.0.1:7444",
+        );
+
+        // Layouts: a control public key to verify them, and optionally an initial signed layout.
+        let control_public_key = match path_of(&c, "DSM_CONTROL_PUBLIC_KEY", fc.control_public_key)
+        {
+            None => None,
+            Some(p) => match std::fs::read_to_string(&p) {
+                Err(e) => {
+                    c.errors.push(format!(
+                        "control_public_key: cannot read {}: {e}",
+                        p.display()
+                    ));
+                    None
+                }
+                Ok(text) => match crate::layout::ControlPublicKey::parse(&text) {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        c.errors
+                            .push(format!("control_public_key: {}: {e}", p.display()));
+                        None
+                    }
+                },
+            },
+        };
+        let mut layout = None;
+        let mut layout_signed = None;
+        if let Some(p) = path_of(&c, "DSM_LAYOUT_FILE", fc.layout_file) {
+            use prost::Message as _;
+            match (std::fs::read(&p), &control_public_key) {
+                (Err(e), _) => c
+                    .errors
+                    .push(format!("layout_file: cannot read {}: {e}", p.display())),
+                (Ok(_), None) => c
+                    .errors
+                    .push("layout_file: needs control_public_key to verify it".into()),
+                (Ok(bytes), Some(key)) => {
+                    match mesh_proto::v1::SignedLayout::decode(bytes.as_slice()) {
+                        Err(_) => c.errors.push(format!(
+                            "layout_file: {} is not a signed layout",
+                            p.display()
+                        )),
+                        Ok(signed) => match crate::layout::Layout::verify(&signed, key) {
+                            Err(e) => c.errors.push(format!("layout_file: {}: {e}", p.display())),
+                            Ok(l) => {
+                                layout = Some(l);
+                                layout_signed = Some(signed);
+                            }
+                        },
+                    }
+                }
+            }
+        }
 
         let tls_ca = path_of(&c, "DSM_TLS_CA", fc.tls.ca);
         let tls_cert = path_of(&c, "DSM_TLS_CERT", fc.tls.cert);
@@ -400,6 +471,10 @@ impl Config {
                 key_file,
                 gateway_listen,
                 ops_listen,
+                peer_listen,
+                control_public_key,
+                layout,
+                layout_signed,
                 tls_ca,
                 tls_cert,
                 tls_key,

@@ -23,6 +23,9 @@ pub enum Error {
     Unavailable(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// A status returned by the owner node of a forwarded request, passed through unchanged.
+    #[error("{1}")]
+    Remote(Code, String),
 }
 
 impl From<Error> for Status {
@@ -36,6 +39,7 @@ impl From<Error> for Status {
                 Code::FailedPrecondition
             }
             Error::Unavailable(_) => Code::Unavailable,
+            Error::Remote(code, _) => *code,
             Error::Storage(StorageError::Flush(_)) => Code::Unavailable,
             Error::Storage(_) => Code::Internal,
         };

@@ -1,29 +1,45 @@
-//! The public gRPC API, `dsm.v1.OrderGateway`: authenticate the caller from its certificate,
-//! authorise against the role table, validate, touch storage, and project the answer for the role.
+//! The public gRPC API, `dsm.v1.OrderGateway`, and its mesh routing.
 //!
-//! Every handler follows the same four steps, in this order, so that nothing is read or stored for
-//! a caller who may not call the method, and nothing invalid is stored at all.
+//! Every request: authenticate the caller from its TLS certificate; find the partition it touches;
+//! if this node owns it, handle it here (authorise against the role table, validate, touch storage,
+//! project the answer); otherwise forward it in one hop to the owner with the client's end-to-end
+//! proof, and pass the owner's answer back unchanged. The owner authorises against the identity in
+//! the proof, never against the forwarding node (see `proof`).
 
 use crate::error::Error;
 use crate::identity::Identity;
-use crate::ids::{OrderId, partition_of};
+use crate::ids::{OrderId, Partition, partition_of};
+use crate::layout::Member;
 use crate::lifecycle::can_transition;
 use crate::listener::PeerInfo;
+use crate::mesh::{Mesh, Route};
 use crate::metrics::Metrics;
 use crate::policy::{self, Method, Role};
 use crate::projection::project;
+use crate::proof::{self, PROOF_HEADER};
 use crate::storage::Store;
+use crate::transport::{PeerHandler, TransportError};
 use crate::validate;
 use mesh_proto::v1::order_gateway_server::OrderGateway;
+use mesh_proto::v1::peer_request::Body;
+use mesh_proto::v1::peer_response::Result as PeerResult;
 use mesh_proto::v1::{
-    Consent, CreateOrderRequest, CreateOrderResponse, GetOrderRequest, GetOrderResponse,
-    ListCustomerOrdersRequest, ListCustomerOrdersResponse, Order, OrderStatus,
-    UpdateOrderStatusRequest, UpdateOrderStatusResponse,
+    ClientProof, Consent, CreateOrderRequest, CreateOrderResponse, ForwardedCall, ForwardedOrders,
+    GetOrderRequest, GetOrderResponse, ListCustomerOrdersRequest, ListCustomerOrdersResponse,
+    Order, OrderStatus, PeerRequest, PeerResponse, PeerStatus, Ping, UpdateOrderStatusRequest,
+    UpdateOrderStatusResponse,
 };
+use prost::Message;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
+
+pub const CREATE_ORDER: &str = "/dsm.v1.OrderGateway/CreateOrder";
+pub const GET_ORDER: &str = "/dsm.v1.OrderGateway/GetOrder";
+pub const UPDATE_ORDER_STATUS: &str = "/dsm.v1.OrderGateway/UpdateOrderStatus";
+pub const LIST_CUSTOMER_ORDERS: &str = "/dsm.v1.OrderGateway/ListCustomerOrders";
 
 /// The authenticated, authorised caller of one request.
 #[derive(Debug)]
@@ -32,42 +48,58 @@ struct Caller {
     role: Role,
 }
 
-/// The gateway service of one node.
+/// The gateway service of one node; also answers requests forwarded by peers.
 #[derive(Debug, Clone)]
 pub struct Gateway {
     store: Arc<Store>,
     metrics: Arc<Metrics>,
-    trust_domain: Arc<str>,
+    mesh: Arc<Mesh>,
+    /// Upper bound on a forwarded request when the client sent no deadline.
+    forward_timeout: Duration,
 }
 
 fn now() -> prost_types::Timestamp {
     prost_types::Timestamp::from(SystemTime::now())
 }
 
+/// The client's deadline from the `grpc-timeout` header, if any.
+fn grpc_timeout<T>(req: &Request<T>) -> Option<Duration> {
+    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (n, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
 impl Gateway {
-    pub fn new(store: Arc<Store>, metrics: Arc<Metrics>, trust_domain: &str) -> Gateway {
+    pub fn new(
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        mesh: Arc<Mesh>,
+        forward_timeout: Duration,
+    ) -> Gateway {
         Gateway {
             store,
             metrics,
-            trust_domain: trust_domain.into(),
+            mesh,
+            forward_timeout,
         }
     }
 
-    /// Who is calling, and may they call `method`? The role comes from the certificate only.
-    fn authorize<T>(&self, req: &Request<T>, method: Method) -> Result<Caller, Error> {
-        let info = req.extensions().get::<PeerInfo>().ok_or_else(|| {
-            Error::Unauthenticated("no verified client certificate on this connection".into())
-        })?;
-        let identity = info.identity.clone().map_err(|e| {
-            Error::Unauthenticated(format!(
-                "client certificate has no usable mesh identity: {e}"
-            ))
-        })?;
-        if identity.trust_domain() != &*self.trust_domain {
+    /// May this identity call `method`? The role comes from the certificate only.
+    fn authorize(&self, identity: Arc<Identity>, method: Method) -> Result<Caller, Error> {
+        if identity.trust_domain() != self.mesh.trust_domain {
             return Err(Error::Unauthenticated(format!(
                 "certificate is for trust domain `{}`, this mesh is `{}`",
                 identity.trust_domain(),
-                self.trust_domain
+                self.mesh.trust_domain
             )));
         }
         let role = identity.role().ok_or_else(|| {
@@ -81,6 +113,19 @@ impl Gateway {
             )));
         }
         Ok(Caller { identity, role })
+    }
+
+    /// The caller of a request that arrived on this node's TLS listener.
+    fn tls_caller<T>(&self, req: &Request<T>, method: Method) -> Result<Caller, Error> {
+        let info = req.extensions().get::<PeerInfo>().ok_or_else(|| {
+            Error::Unauthenticated("no verified client certificate on this connection".into())
+        })?;
+        let identity = info.identity.clone().map_err(|e| {
+            Error::Unauthenticated(format!(
+                "client certificate has no usable mesh identity: {e}"
+            ))
+        })?;
+        self.authorize(identity, method)
     }
 
     /// Runs one request inside a span, counting and timing it. Spans carry the method and the
@@ -103,9 +148,85 @@ impl Gateway {
         result
     }
 
-    async fn create_order(&self, req: Request<CreateOrderRequest>) -> Result<Order, Error> {
-        let caller = self.authorize(&req, Method::CreateOrder)?;
-        let req = req.into_inner();
+    /// Sends a request this node does not own to the owner, with the client's proof and chain.
+    async fn forward<Req: Message, Resp: Message + Default>(
+        &self,
+        req: &Request<Req>,
+        path: &str,
+        owner: &Member,
+        p: Partition,
+    ) -> Result<Resp, Error> {
+        let header = req.metadata().get(PROOF_HEADER).and_then(|v| v.to_str().ok()).ok_or_else(|| {
+            Error::Unauthenticated(format!(
+                "partition {p} is served by node {} ({}); a request another node forwards must carry a client proof \
+                 ({PROOF_HEADER}, see SECURITY.md) - sign it, or send it to that node's gateway",
+                owner.node_id, owner.gateway_addr
+            ))
+        })?;
+        let (timestamp_unix_ms, nonce, signature) =
+            proof::parse_header(header).map_err(|e| Error::Unauthenticated(e.to_string()))?;
+        let chain = req
+            .extensions()
+            .get::<PeerInfo>()
+            .map(|i| i.chain.to_vec())
+            .unwrap_or_default();
+        let call = ForwardedCall {
+            method: path.to_owned(),
+            request: req.get_ref().encode_to_vec(),
+            proof: Some(ClientProof {
+                chain,
+                timestamp_unix_ms,
+                nonce,
+                signature,
+            }),
+        };
+        let budget = grpc_timeout(req)
+            .unwrap_or(self.forward_timeout)
+            .min(self.forward_timeout);
+        let deadline = Instant::now() + budget.saturating_sub(Duration::from_millis(20));
+        let request = PeerRequest {
+            deadline_unix_ms: 0,
+            body: Some(Body::Call(call)),
+        };
+        match self.mesh.transport.call(owner, request, deadline).await {
+            Ok(PeerResponse {
+                result: Some(PeerResult::Response(bytes)),
+            }) => Resp::decode(bytes.as_slice()).map_err(|_| {
+                Error::Unavailable(format!("node {} sent an unreadable answer", owner.node_id))
+            }),
+            Ok(PeerResponse {
+                result: Some(PeerResult::Status(s)),
+            }) => Err(Error::Remote(tonic::Code::from(s.code), s.message)),
+            Ok(_) => Err(Error::Unavailable(format!(
+                "node {} sent an empty answer",
+                owner.node_id
+            ))),
+            Err(TransportError::Unavailable { node, reason }) => Err(Error::Unavailable(format!(
+                "the shard holding partition {p} (node {node}) is unreachable: {reason}"
+            ))),
+            Err(TransportError::Deadline { node }) => Err(Error::Unavailable(format!(
+                "the shard holding partition {p} (node {node}) did not answer before the deadline"
+            ))),
+            Err(e) => Err(Error::Unavailable(format!(
+                "the shard holding partition {p}: {e}"
+            ))),
+        }
+    }
+
+    /// A forwarded request must land on its owner; after a layout change it may not any more.
+    fn ensure_local(&self, p: Partition) -> Result<(), Error> {
+        match self.mesh.route(p) {
+            Route::Local => Ok(()),
+            Route::Remote(owner) => Err(Error::Unavailable(format!(
+                "partition {p} is served by node {} in this node's layout; retry",
+                owner.node_id
+            ))),
+        }
+    }
+
+    // ---- The handlers, run on the owner node -------------------------------------------------
+
+    async fn do_create(&self, caller: &Caller, req: CreateOrderRequest) -> Result<Order, Error> {
         validate::create_order(&req)?;
         let at = now();
         let order = Order {
@@ -135,9 +256,7 @@ impl Gateway {
         Ok(project(&stored, caller.role))
     }
 
-    async fn get_order(&self, req: Request<GetOrderRequest>) -> Result<Order, Error> {
-        let caller = self.authorize(&req, Method::GetOrder)?;
-        let req = req.into_inner();
+    fn do_get(&self, caller: &Caller, req: &GetOrderRequest) -> Result<Order, Error> {
         let id = validate::order_id(&req.order_id)?;
         validate::purpose(&req.purpose)?;
         let order = self
@@ -147,10 +266,12 @@ impl Gateway {
         Ok(project(&order, caller.role))
     }
 
-    async fn update_status(&self, req: Request<UpdateOrderStatusRequest>) -> Result<Order, Error> {
-        let caller = self.authorize(&req, Method::UpdateOrderStatus)?;
-        let req = req.into_inner();
-        let update = validate::update_status(&req)?;
+    async fn do_update(
+        &self,
+        caller: &Caller,
+        req: &UpdateOrderStatusRequest,
+    ) -> Result<Order, Error> {
+        let update = validate::update_status(req)?;
         let courier = req.courier.clone();
         let at = now();
         let order = self
@@ -178,22 +299,195 @@ impl Gateway {
         Ok(project(&order, caller.role))
     }
 
-    async fn list_orders(
+    fn do_list(
         &self,
-        req: Request<ListCustomerOrdersRequest>,
+        caller: &Caller,
+        req: &ListCustomerOrdersRequest,
     ) -> Result<Vec<Order>, Error> {
-        let caller = self.authorize(&req, Method::ListCustomerOrders)?;
-        let req = req.into_inner();
         validate::customer_id(&req.customer_id)?;
         validate::purpose(&req.purpose)?;
         let orders = self.store.customer_orders(&req.customer_id)?;
         Ok(orders.iter().map(|o| project(o, caller.role)).collect())
     }
+
+    // ---- Entry points: route, then handle or forward ------------------------------------------
+
+    /// The partition a customer id routes to; an invalid id is handled (and refused) locally.
+    fn route_customer(&self, customer_id: &str) -> (Route, Option<Partition>) {
+        if validate::is_valid_customer_id(customer_id) {
+            let p = partition_of(customer_id);
+            (self.mesh.route(p), Some(p))
+        } else {
+            (Route::Local, None)
+        }
+    }
+
+    fn route_order(&self, order_id: &str) -> (Route, Option<Partition>) {
+        match order_id.parse::<OrderId>() {
+            Ok(id) => (self.mesh.route(id.partition()), Some(id.partition())),
+            Err(_) => (Route::Local, None),
+        }
+    }
+
+    async fn create_order(&self, req: Request<CreateOrderRequest>) -> Result<Order, Error> {
+        let caller = self.tls_caller(&req, Method::CreateOrder)?;
+        match self.route_customer(&req.get_ref().customer_id) {
+            (Route::Remote(owner), Some(p)) => Ok(self
+                .forward::<_, CreateOrderResponse>(&req, CREATE_ORDER, &owner, p)
+                .await?
+                .order
+                .unwrap_or_default()),
+            _ => self.do_create(&caller, req.into_inner()).await,
+        }
+    }
+
+    async fn get_order(&self, req: Request<GetOrderRequest>) -> Result<Order, Error> {
+        let caller = self.tls_caller(&req, Method::GetOrder)?;
+        match self.route_order(&req.get_ref().order_id) {
+            (Route::Remote(owner), Some(p)) => Ok(self
+                .forward::<_, GetOrderResponse>(&req, GET_ORDER, &owner, p)
+                .await?
+                .order
+                .unwrap_or_default()),
+            _ => self.do_get(&caller, req.get_ref()),
+        }
+    }
+
+    async fn update_status(&self, req: Request<UpdateOrderStatusRequest>) -> Result<Order, Error> {
+        let caller = self.tls_caller(&req, Method::UpdateOrderStatus)?;
+        match self.route_order(&req.get_ref().order_id) {
+            (Route::Remote(owner), Some(p)) => Ok(self
+                .forward::<_, UpdateOrderStatusResponse>(&req, UPDATE_ORDER_STATUS, &owner, p)
+                .await?
+                .order
+                .unwrap_or_default()),
+            _ => self.do_update(&caller, req.get_ref()).await,
+        }
+    }
+
+    async fn list_orders(
+        &self,
+        req: Request<ListCustomerOrdersRequest>,
+    ) -> Result<Vec<Order>, Error> {
+        let caller = self.tls_caller(&req, Method::ListCustomerOrders)?;
+        match self.route_customer(&req.get_ref().customer_id) {
+            (Route::Remote(owner), Some(p)) => Ok(self
+                .forward::<_, ForwardedOrders>(&req, LIST_CUSTOMER_ORDERS, &owner, p)
+                .await?
+                .orders),
+            _ => self.do_list(&caller, req.get_ref()),
+        }
+    }
+
+    /// A request forwarded by a peer: verify the client's proof, authorise that client, handle it.
+    async fn forwarded(&self, from: &str, call: ForwardedCall) -> Result<Vec<u8>, Error> {
+        let proof = call.proof.ok_or_else(|| {
+            Error::Unauthenticated("forwarded request carries no client proof".into())
+        })?;
+        let identity = Arc::new(
+            self.mesh
+                .proofs
+                .verify(&call.method, &call.request, &proof)
+                .map_err(|e| Error::Unauthenticated(format!("client proof refused: {e}")))?,
+        );
+        tracing::debug!(forwarded_by = from, principal = %identity, method = %call.method, "forwarded request");
+        let bad = |_| Error::Unauthenticated("forwarded request does not decode".into());
+        let bytes = call.request.as_slice();
+        match call.method.as_str() {
+            CREATE_ORDER => {
+                let caller = self.authorize(identity, Method::CreateOrder)?;
+                let req = CreateOrderRequest::decode(bytes).map_err(bad)?;
+                if validate::is_valid_customer_id(&req.customer_id) {
+                    self.ensure_local(partition_of(&req.customer_id))?;
+                }
+                let order = self
+                    .observe(Method::CreateOrder, self.do_create(&caller, req))
+                    .await
+                    .map_err(status_error)?;
+                Ok(CreateOrderResponse { order: Some(order) }.encode_to_vec())
+            }
+            GET_ORDER => {
+                let caller = self.authorize(identity, Method::GetOrder)?;
+                let req = GetOrderRequest::decode(bytes).map_err(bad)?;
+                let id = validate::order_id(&req.order_id)?;
+                self.ensure_local(id.partition())?;
+                let order = self
+                    .observe(Method::GetOrder, async { self.do_get(&caller, &req) })
+                    .await
+                    .map_err(status_error)?;
+                Ok(GetOrderResponse { order: Some(order) }.encode_to_vec())
+            }
+            UPDATE_ORDER_STATUS => {
+                let caller = self.authorize(identity, Method::UpdateOrderStatus)?;
+                let req = UpdateOrderStatusRequest::decode(bytes).map_err(bad)?;
+                let id = validate::order_id(&req.order_id)?;
+                self.ensure_local(id.partition())?;
+                let order = self
+                    .observe(Method::UpdateOrderStatus, self.do_update(&caller, &req))
+                    .await
+                    .map_err(status_error)?;
+                Ok(UpdateOrderStatusResponse { order: Some(order) }.encode_to_vec())
+            }
+            LIST_CUSTOMER_ORDERS => {
+                let caller = self.authorize(identity, Method::ListCustomerOrders)?;
+                let req = ListCustomerOrdersRequest::decode(bytes).map_err(bad)?;
+                validate::customer_id(&req.customer_id)?;
+                self.ensure_local(partition_of(&req.customer_id))?;
+                let orders = self
+                    .observe(Method::ListCustomerOrders, async {
+                        self.do_list(&caller, &req)
+                    })
+                    .await
+                    .map_err(status_error)?;
+                Ok(ForwardedOrders { orders }.encode_to_vec())
+            }
+            other => Err(Error::PermissionDenied(format!(
+                "method {other} cannot be forwarded"
+            ))),
+        }
+    }
 }
 
-type OrderStream = std::pin::Pin<
-    Box<dyn futures::Stream<Item = Result<ListCustomerOrdersResponse, Status>> + Send>,
->;
+fn status_error(s: Status) -> Error {
+    Error::Remote(s.code(), s.message().to_owned())
+}
+
+impl PeerHandler for Gateway {
+    fn handle(
+        &self,
+        from: String,
+        req: PeerRequest,
+    ) -> Pin<Box<dyn Future<Output = PeerResponse> + Send + '_>> {
+        Box::pin(async move {
+            let result = match req.body {
+                Some(Body::Ping(_)) => {
+                    return PeerResponse {
+                        result: Some(PeerResult::Pong(Ping {})),
+                    };
+                }
+                Some(Body::Call(call)) => self.forwarded(&from, call).await,
+                None => Err(Error::Unauthenticated("empty peer request".into())),
+            };
+            match result {
+                Ok(bytes) => PeerResponse {
+                    result: Some(PeerResult::Response(bytes)),
+                },
+                Err(e) => {
+                    let s = Status::from(e);
+                    PeerResponse {
+                        result: Some(PeerResult::Status(PeerStatus {
+                            code: s.code() as i32,
+                            message: s.message().to_owned(),
+                        })),
+                    }
+                }
+            }
+        })
+    }
+}
+
+type OrderStream =
+    Pin<Box<dyn futures::Stream<Item = Result<ListCustomerOrdersResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl OrderGateway for Gateway {

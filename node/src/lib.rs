@@ -24,6 +24,7 @@
 //! | `server`      | node lifecycle: start, serve, drain, flush                            |
 //! | `client`      | mTLS client channel used by `mesh-ctl`, tests and benchmarks          |
 
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod crypto;
@@ -35,12 +36,15 @@ pub mod layout;
 pub mod lifecycle;
 pub mod listener;
 pub mod mask;
+pub mod mesh;
 pub mod metrics;
 pub mod ops;
 pub mod pki;
 pub mod policy;
 pub mod projection;
+pub mod proof;
 pub mod server;
 pub mod storage;
 pub mod tls;
+pub mod transport;
 pub mod validate;

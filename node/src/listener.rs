@@ -28,6 +28,9 @@ pub struct PeerInfo {
     pub remote: SocketAddr,
     /// The identity from the verified client certificate, or why it was not acceptable.
     pub identity: Result<Arc<Identity>, IdentityError>,
+    /// The certificate chain the client presented (DER, leaf first): forwarded with its requests
+    /// so the owner node can verify the client's proof itself.
+    pub chain: Arc<Vec<Vec<u8>>>,
 }
 
 /// A TLS connection whose client certificate has been verified.
@@ -116,18 +119,21 @@ pub fn incoming(
                 let _permit = permit;
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let identity = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
+                        let certs = stream.get_ref().1.peer_certificates().unwrap_or_default();
+                        let identity = certs
+                            .first()
                             .ok_or(IdentityError::Missing)
                             .and_then(|leaf| Identity::from_certificate(leaf))
                             .map(Arc::new);
+                        let chain = Arc::new(certs.iter().map(|c| c.to_vec()).collect());
                         let _ = tx
                             .send(Ok(AuthenticatedStream {
                                 stream,
-                                info: PeerInfo { remote, identity },
+                                info: PeerInfo {
+                                    remote,
+                                    identity,
+                                    chain,
+                                },
                             }))
                             .await;
                     }

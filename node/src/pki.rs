@@ -16,6 +16,10 @@ use time::{Duration, OffsetDateTime};
 
 pub const CA_CERT_FILE: &str = "ca.pem";
 pub const CA_KEY_FILE: &str = "ca.key";
+/// The control key signs layouts; it lives beside the CA key, never on nodes.
+pub const CONTROL_KEY_FILE: &str = "control.key";
+/// Its public half, given to every node (`control_public_key`).
+pub const CONTROL_PUB_FILE: &str = "control.pub";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
@@ -205,7 +209,23 @@ impl CertificateAuthority {
             return Err(PkiError::Exists(cert_path));
         }
         write_secret(&dir.join(CA_KEY_FILE), self.key.serialize_pem().as_bytes())?;
+        let (control, control_text) = crate::layout::ControlKey::generate();
+        write_secret(&dir.join(CONTROL_KEY_FILE), control_text.as_bytes())?;
+        write_public(
+            &dir.join(CONTROL_PUB_FILE),
+            control.public().to_text().as_bytes(),
+        )?;
         write_public(&cert_path, self.cert_pem.as_bytes())
+    }
+
+    /// The control key saved beside this CA in `dir`.
+    pub fn load_control_key(dir: &Path) -> Result<crate::layout::ControlKey, PkiError> {
+        let path = dir.join(CONTROL_KEY_FILE);
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        crate::layout::ControlKey::parse(&text).map_err(|e| PkiError::Io {
+            path,
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
+        })
     }
 
     pub fn trust_domain(&self) -> &str {

@@ -4,15 +4,22 @@
 //! One `CancellationToken` reaches every long-running task. `start` returns once the node is ready
 //! (ports bound, store open, `/readyz` green) so callers and tests never guess with sleeps.
 
+use crate::admin::AdminService;
 use crate::config::Config;
 use crate::crypto::NodeKeys;
 use crate::gateway::Gateway;
+use crate::layout::Layout;
+use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::ops::{self, OpsState};
+use crate::proof::ProofVerifier;
 use crate::storage::{StorageError, Store};
 use crate::tls::{self, TlsError, TlsMaterial};
+use crate::transport::{PeerTransport, TransportError};
 use crate::{crypto::CryptoError, listener};
+use mesh_proto::v1::admin_server::AdminServer;
 use mesh_proto::v1::order_gateway_server::OrderGatewayServer;
+use prost::Message as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -36,6 +43,34 @@ pub enum StartError {
     },
     #[error("reflection service: {0}")]
     Reflection(String),
+    #[error("peer transport: {0}")]
+    Transport(#[from] TransportError),
+    #[error("stored layout: {0}")]
+    Layout(#[from] crate::layout::LayoutError),
+}
+
+/// The layout to start with: the stored one (verified again) or the configured one, whichever is
+/// newer; a configured layout newer than the stored one is persisted.
+async fn current_layout(config: &Config, store: &Store) -> Result<Option<Layout>, StartError> {
+    let stored = match (store.saved_layout()?, &config.control_public_key) {
+        (Some(bytes), Some(key)) => {
+            let signed = mesh_proto::v1::SignedLayout::decode(bytes.as_slice())
+                .map_err(|_| crate::layout::LayoutError::Decode)?;
+            Some(Layout::verify(&signed, key)?)
+        }
+        _ => None,
+    };
+    match (&config.layout, &config.layout_signed, stored) {
+        (Some(configured), Some(signed), stored)
+            if stored
+                .as_ref()
+                .is_none_or(|s| configured.version > s.version) =>
+        {
+            store.save_layout(&signed.encode_to_vec()).await?;
+            Ok(Some(configured.clone()))
+        }
+        (_, _, stored) => Ok(stored),
+    }
 }
 
 /// A started node.
@@ -43,6 +78,9 @@ pub enum StartError {
 pub struct RunningNode {
     pub gateway_addr: SocketAddr,
     pub ops_addr: SocketAddr,
+    pub peer_addr: SocketAddr,
+    transport: Arc<PeerTransport>,
+    peer_task: JoinHandle<()>,
     shutdown: CancellationToken,
     gateway_task: JoinHandle<()>,
     ops_task: JoinHandle<()>,
@@ -109,7 +147,39 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         .build_v1alpha()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
 
-    let gateway = Gateway::new(store.clone(), metrics.clone(), &config.trust_domain);
+    // The mesh: the newer of the stored layout and the configured one, the peer endpoint, proofs.
+    let layout = current_layout(config, &store).await?;
+    let transport = Arc::new(PeerTransport::bind(
+        config.peer_listen,
+        &material,
+        &config.trust_domain,
+    )?);
+    let peer_addr = transport.local_addr().map_err(|source| StartError::Bind {
+        what: "peer",
+        addr: config.peer_listen,
+        source,
+    })?;
+    let mesh = Arc::new(Mesh::new(
+        config.node_id.clone(),
+        config.trust_domain.clone(),
+        config.control_public_key.clone(),
+        layout,
+        transport.clone(),
+        ProofVerifier::new(tls::client_verifier(&material.roots)?),
+    ));
+    let gateway = Gateway::new(
+        store.clone(),
+        metrics.clone(),
+        mesh.clone(),
+        config.request_timeout,
+    );
+    let membership_view = mesh.clone();
+    let peer_task = transport.serve(
+        Arc::new(gateway.clone()),
+        Arc::new(move |node: &str| membership_view.is_member(node)),
+        shutdown.clone(),
+    );
+    let admin = AdminService::new(mesh.clone(), store.clone());
     let incoming = listener::incoming(
         gateway_listener,
         tokio_rustls::TlsAcceptor::from(server_tls),
@@ -125,7 +195,8 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(OrderGatewayServer::new(gateway));
+        .add_service(OrderGatewayServer::new(gateway))
+        .add_service(AdminServer::new(admin));
     let signal = shutdown.clone();
     let gateway_task = tokio::spawn(async move {
         if let Err(e) = router
@@ -141,6 +212,9 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
     Ok(RunningNode {
         gateway_addr,
         ops_addr,
+        peer_addr,
+        transport,
+        peer_task,
         shutdown,
         gateway_task,
         ops_task,
@@ -162,6 +236,8 @@ impl RunningNode {
             tracing::warn!("drain timeout reached; dropping the remaining requests");
         }
         let _ = self.ops_task.await;
+        let _ = self.peer_task.await;
+        self.transport.close().await;
         let flushed = match Arc::try_unwrap(self.store) {
             Ok(store) => store.close().await,
             // A request task still holds the store (drain timed out): flush what is there.

@@ -4,6 +4,7 @@
 
 use rustls::crypto::{CryptoProvider, aws_lc_rs};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -99,18 +100,23 @@ fn root_store(roots: &[CertificateDer<'static>]) -> Result<RootCertStore, TlsErr
     Ok(store)
 }
 
-/// Server side of an mTLS endpoint: TLS 1.3 only, a client certificate chaining to the mesh CA
-/// required, ALPN `alpn` (h2 for the gateway).
-pub fn server_config(m: &TlsMaterial, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(
-        Arc::new(root_store(&m.roots)?),
-        provider.clone(),
+/// The verifier of client certificates: chains to the mesh CA, unexpired, client-auth usage. Shared
+/// by every TLS server and by the end-to-end proof check, so they accept exactly the same clients.
+pub fn client_verifier(
+    roots: &[CertificateDer<'static>],
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    Ok(
+        WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(roots)?), provider())
+            .build()?,
     )
-    .build()?;
-    let mut cfg = ServerConfig::builder_with_provider(provider)
+}
+
+/// Server side of an mTLS endpoint: TLS 1.3 only, a client certificate chaining to the mesh CA
+/// required, ALPN `alpn` (h2 for the gateway, `dsm-peer/1` for the peer transport).
+pub fn server_config(m: &TlsMaterial, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(client_verifier(&m.roots)?)
         .with_single_cert(m.chain.clone(), m.key.clone_key())?;
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))

@@ -216,7 +216,7 @@ impl NodeProcess {
             &config,
             format!(
                 "node_id = {id:?}\ntrust_domain = {td:?}\ndata_dir = {data:?}\nkey_file = {kek:?}\n\
-                 gateway_listen = \"127.0.0.1:0\"\nops_listen = \"127.0.0.1:0\"\n\
+                 gateway_listen = \"127.0.0.1:0\"\nops_listen = \"127.0.0.1:0\"\npeer_listen = \"127.0.0.1:0\"\n\
                  [tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n[log]\nlevel = {log_level:?}\n",
                 td = pki.ca.trust_domain(),
                 data = dir.join("data").display().to_string(),

@@ -81,6 +81,7 @@ async fn run(config: Option<PathBuf>, ready_file: Option<PathBuf>) -> anyhow::Re
             "node_id": config.node_id,
             "gateway": node.gateway_addr.to_string(),
             "ops": node.ops_addr.to_string(),
+            "peer": node.peer_addr.to_string(),
             "pid": std::process::id(),
         });
         let tmp = path.with_extension("tmp");

@@ -96,6 +96,8 @@ type Located = (Hash, Vec<u8>, Vec<u8>);
 pub struct Store {
     db: sled::Db,
     data: sled::Tree,
+    /// Node-level records: format version, key check, the current signed layout.
+    meta: sled::Tree,
     keys: Arc<NodeKeys>,
     commit: GroupCommit,
     /// The committer task, awaited on close so the database is released deterministically.
@@ -157,6 +159,7 @@ impl Store {
         let (commit, committer) =
             GroupCommit::start(db.clone(), observer.unwrap_or_else(|| Arc::new(NoObserver)));
         Ok(Store {
+            meta,
             data: db.open_tree("data")?,
             db,
             keys,
@@ -385,6 +388,17 @@ impl Store {
             }
         }
         Ok(inv)
+    }
+
+    /// The persisted signed layout, if any (bytes of `dsm.v1.SignedLayout`).
+    pub fn saved_layout(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.meta.get("layout")?.map(|v| v.to_vec()))
+    }
+
+    /// Persists the signed layout durably.
+    pub async fn save_layout(&self, signed: &[u8]) -> Result<(), StorageError> {
+        self.meta.insert("layout", signed)?;
+        self.durable().await
     }
 
     /// Flushes everything to disk.

@@ -1,0 +1,125 @@
+//! `dsm.v1.Admin`: mesh operations on every node's gateway, for `admin` certificates only. It
+//! installs signed layouts and reports the node's view of the mesh; it never returns order data.
+
+use crate::layout::LayoutError;
+use crate::listener::PeerInfo;
+use crate::mesh::Mesh;
+use crate::policy::Role;
+use crate::storage::Store;
+use mesh_proto::v1::admin_server::Admin;
+use mesh_proto::v1::peer_request::Body;
+use mesh_proto::v1::{
+    ApplyLayoutRequest, ApplyLayoutResponse, GetStatusRequest, GetStatusResponse, MemberStatus,
+    PeerRequest, Ping,
+};
+use prost::Message as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::{Request, Response, Status};
+
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    mesh: Arc<Mesh>,
+    store: Arc<Store>,
+}
+
+impl AdminService {
+    pub fn new(mesh: Arc<Mesh>, store: Arc<Store>) -> AdminService {
+        AdminService { mesh, store }
+    }
+
+    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let identity = req
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|i| i.identity.clone().ok())
+            .ok_or_else(|| Status::unauthenticated("no usable client certificate"))?;
+        if identity.trust_domain() != self.mesh.trust_domain || identity.role() != Some(Role::Admin)
+        {
+            return Err(Status::permission_denied(format!(
+                "{identity} is not an admin of this mesh"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn layout_status(e: LayoutError) -> Status {
+    match e {
+        LayoutError::BadSignature => Status::permission_denied(e.to_string()),
+        LayoutError::NotNewer { .. } | LayoutError::Skipped { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
+        _ => Status::invalid_argument(e.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn apply_layout(
+        &self,
+        req: Request<ApplyLayoutRequest>,
+    ) -> Result<Response<ApplyLayoutResponse>, Status> {
+        self.authorize(&req)?;
+        let signed = req
+            .into_inner()
+            .layout
+            .ok_or_else(|| Status::invalid_argument("layout: is required"))?;
+        let layout = self.mesh.apply(&signed).map_err(layout_status)?;
+        self.store
+            .save_layout(&signed.encode_to_vec())
+            .await
+            .map_err(|_| {
+                Status::unavailable(
+                    "the layout was applied but could not be persisted; apply it again",
+                )
+            })?;
+        Ok(Response::new(ApplyLayoutResponse {
+            version: layout.version,
+        }))
+    }
+
+    async fn get_status(
+        &self,
+        req: Request<GetStatusRequest>,
+    ) -> Result<Response<GetStatusResponse>, Status> {
+        self.authorize(&req)?;
+        let Some(layout) = self.mesh.layout() else {
+            return Ok(Response::new(GetStatusResponse {
+                node_id: self.mesh.node_id.clone(),
+                layout_version: 0,
+                members: Vec::new(),
+            }));
+        };
+        let loads = layout.loads();
+        let mut members = Vec::new();
+        for m in &layout.members {
+            let reachable = m.node_id == self.mesh.node_id
+                || self
+                    .mesh
+                    .transport
+                    .call(
+                        m,
+                        PeerRequest {
+                            deadline_unix_ms: 0,
+                            body: Some(Body::Ping(Ping {})),
+                        },
+                        Instant::now() + Duration::from_secs(1),
+                    )
+                    .await
+                    .is_ok();
+            members.push(MemberStatus {
+                node_id: m.node_id.clone(),
+                gateway_addr: m.gateway_addr.clone(),
+                peer_addr: m.peer_addr.clone(),
+                partitions: loads.get(&m.node_id).copied().unwrap_or(0) as u32,
+                reachable,
+            });
+        }
+        Ok(Response::new(GetStatusResponse {
+            node_id: self.mesh.node_id.clone(),
+            layout_version: layout.version,
+            members,
+        }))
+    }
+}

@@ -1,0 +1,375 @@
+//! The peer transport: mutually authenticated QUIC between mesh nodes (quinn on rustls/aws-lc-rs).
+//!
+//! - One endpoint per node (one UDP socket) serves peers and dials them. TLS 1.3 with the hybrid
+//!   post-quantum key exchange preferred, client certificates required (built in `tls`).
+//! - A peer is accepted only if its certificate names a node (`spiffe://<td>/node/<id>`) of this
+//!   trust domain that is a member of the current layout; a dialled peer must be the node we meant.
+//! - One long-lived connection per peer; one request per bidirectional stream, delimited by the
+//!   stream's end. The absolute deadline travels in the request.
+//! - Bounded in-flight requests per peer (a semaphore; waiting for a permit is the backpressure) and
+//!   at most 256 concurrent streams per connection on the serving side.
+//! - A peer that fails is retried with exponential backoff (100 ms doubling to 5 s); until then
+//!   requests for it fail fast with `Unavailable` instead of hanging to their deadline.
+
+use crate::identity::Identity;
+use crate::layout::Member;
+use crate::tls::{self, TlsError, TlsMaterial};
+use mesh_proto::v1::{PeerRequest, PeerResponse};
+use prost::Message as _;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+pub const ALPN: &[u8] = b"dsm-peer/1";
+/// Largest message accepted on a stream.
+const MAX_MESSAGE: usize = 16 << 20;
+const MAX_STREAMS: u32 = 256;
+const MAX_IN_FLIGHT_PER_PEER: usize = 256;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+const KEEP_ALIVE: Duration = Duration::from_millis(750);
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// QUIC application close code for a refused peer.
+const REFUSED: u32 = 0x10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("peer transport setup: {0}")]
+    Setup(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("node {node} is unreachable: {reason}")]
+    Unavailable { node: String, reason: String },
+    #[error("node {node} did not answer before the deadline")]
+    Deadline { node: String },
+    #[error("node {node} sent an unreadable response")]
+    Protocol { node: String },
+}
+
+/// Handles requests arriving from peers. `from` is the verified node id of the caller.
+pub trait PeerHandler: Send + Sync + 'static {
+    fn handle(
+        &self,
+        from: String,
+        req: PeerRequest,
+    ) -> Pin<Box<dyn Future<Output = PeerResponse> + Send + '_>>;
+}
+
+/// Decides whether a verified node id may talk to us (membership of the current layout).
+pub type Membership = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+struct PeerState {
+    connection: Option<quinn::Connection>,
+    failures: u32,
+    retry_at: Option<Instant>,
+    in_flight: Arc<Semaphore>,
+}
+
+/// This node's QUIC endpoint and its connections to peers.
+pub struct PeerTransport {
+    endpoint: quinn::Endpoint,
+    trust_domain: String,
+    peers: Mutex<HashMap<String, PeerState>>,
+}
+
+impl std::fmt::Debug for PeerTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTransport")
+            .field("local", &self.endpoint.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_STREAMS))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
+        .keep_alive_interval(Some(KEEP_ALIVE))
+        .max_idle_timeout(Some(
+            IDLE_TIMEOUT.try_into().expect("3s is a valid idle timeout"),
+        ));
+    Arc::new(t)
+}
+
+/// The node identity a QUIC connection's peer proved.
+pub fn peer_node(conn: &quinn::Connection) -> Option<Identity> {
+    let chain = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    Identity::from_certificate(chain.first()?).ok()
+}
+
+impl PeerTransport {
+    /// Binds the endpoint on `addr` with this node's certificate.
+    pub fn bind(
+        addr: SocketAddr,
+        material: &TlsMaterial,
+        trust_domain: &str,
+    ) -> Result<PeerTransport, TransportError> {
+        PeerTransport::bind_with(
+            addr,
+            tls::server_config(material, &[ALPN])?,
+            tls::client_config(material, &[ALPN])?,
+            trust_domain,
+        )
+    }
+
+    /// Binds with explicit TLS configs (tests use this to present bad certificates on purpose).
+    pub fn bind_with(
+        addr: SocketAddr,
+        server: Arc<rustls::ServerConfig>,
+        client: Arc<rustls::ClientConfig>,
+        trust_domain: &str,
+    ) -> Result<PeerTransport, TransportError> {
+        let setup = |e: &dyn std::fmt::Display| TransportError::Setup(e.to_string());
+        let server =
+            quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(|e| setup(&e))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
+        server.transport_config(transport_config());
+        let client =
+            quinn::crypto::rustls::QuicClientConfig::try_from(client).map_err(|e| setup(&e))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(client));
+        client.transport_config(transport_config());
+        let mut endpoint = quinn::Endpoint::server(server, addr)
+            .map_err(|e| setup(&format!("cannot bind UDP {addr}: {e}")))?;
+        endpoint.set_default_client_config(client);
+        Ok(PeerTransport {
+            endpoint,
+            trust_domain: trust_domain.to_owned(),
+            peers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, HashMap<String, PeerState>> {
+        self.peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether we hold a live connection to `node_id`.
+    pub fn is_connected(&self, node_id: &str) -> bool {
+        self.state()
+            .get(node_id)
+            .and_then(|s| s.connection.as_ref())
+            .is_some_and(|c| c.close_reason().is_none())
+    }
+
+    fn fail(&self, node: &str, reason: String) -> TransportError {
+        let mut peers = self.state();
+        if let Some(s) = peers.get_mut(node) {
+            s.connection = None;
+            let backoff = BACKOFF_START
+                .saturating_mul(1 << s.failures.min(6))
+                .min(BACKOFF_MAX);
+            s.failures += 1;
+            s.retry_at = Some(Instant::now() + backoff);
+        }
+        TransportError::Unavailable {
+            node: node.to_owned(),
+            reason,
+        }
+    }
+
+    async fn connection(
+        &self,
+        peer: &Member,
+        deadline: Instant,
+    ) -> Result<quinn::Connection, TransportError> {
+        let unavailable = |reason: String| TransportError::Unavailable {
+            node: peer.node_id.clone(),
+            reason,
+        };
+        {
+            let mut peers = self.state();
+            let s = peers
+                .entry(peer.node_id.clone())
+                .or_insert_with(|| PeerState {
+                    connection: None,
+                    failures: 0,
+                    retry_at: None,
+                    in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_PEER)),
+                });
+            if let Some(c) = s.connection.as_ref().filter(|c| c.close_reason().is_none()) {
+                return Ok(c.clone());
+            }
+            if let Some(at) = s.retry_at.filter(|at| *at > Instant::now()) {
+                return Err(unavailable(format!(
+                    "last attempt failed; retrying in {} ms",
+                    (at - Instant::now()).as_millis()
+                )));
+            }
+        }
+        let addr = tokio::net::lookup_host(&peer.peer_addr)
+            .await
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| {
+                self.fail(&peer.node_id, format!("cannot resolve {}", peer.peer_addr))
+            })?;
+        let connecting = self
+            .endpoint
+            .connect(addr, &peer.node_id)
+            .map_err(|e| self.fail(&peer.node_id, e.to_string()))?;
+        let timeout = CONNECT_TIMEOUT.min(deadline.saturating_duration_since(Instant::now()));
+        let conn = match tokio::time::timeout(timeout, connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(self.fail(&peer.node_id, e.to_string())),
+            Err(_) => return Err(self.fail(&peer.node_id, "connect timed out".into())),
+        };
+        // We dialled a node id; the certificate must say exactly that node, in our trust domain.
+        match peer_node(&conn) {
+            Some(Identity::Node {
+                trust_domain,
+                node_id,
+            }) if trust_domain == self.trust_domain && node_id == peer.node_id => {}
+            other => {
+                conn.close(quinn::VarInt::from_u32(REFUSED), b"unexpected identity");
+                let got = other.map_or_else(|| "no identity".to_owned(), |i| i.to_string());
+                return Err(self.fail(&peer.node_id, format!("answered as {got}")));
+            }
+        }
+        let mut peers = self.state();
+        if let Some(s) = peers.get_mut(&peer.node_id) {
+            s.connection = Some(conn.clone());
+            s.failures = 0;
+            s.retry_at = None;
+        }
+        Ok(conn)
+    }
+
+    /// Sends `req` to `peer` and waits for its response until `deadline`.
+    pub async fn call(
+        &self,
+        peer: &Member,
+        mut req: PeerRequest,
+        deadline: Instant,
+    ) -> Result<PeerResponse, TransportError> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        req.deadline_unix_ms = crate::proof::now_ms() + remaining.as_millis() as i64;
+        let conn = self.connection(peer, deadline).await?;
+        let permits = self.state().get(&peer.node_id).map(|s| s.in_flight.clone());
+        let exchange = async {
+            let _permit = match permits {
+                Some(p) => Some(
+                    p.acquire_owned()
+                        .await
+                        .map_err(|_| "shutting down".to_owned())?,
+                ),
+                None => None,
+            };
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            send.write_all(&req.encode_to_vec())
+                .await
+                .map_err(|e| e.to_string())?;
+            send.finish().map_err(|e| e.to_string())?;
+            recv.read_to_end(MAX_MESSAGE)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(remaining, exchange).await {
+            Err(_) => Err(TransportError::Deadline {
+                node: peer.node_id.clone(),
+            }),
+            Ok(Err(reason)) => Err(self.fail(&peer.node_id, reason)),
+            Ok(Ok(bytes)) => {
+                PeerResponse::decode(bytes.as_slice()).map_err(|_| TransportError::Protocol {
+                    node: peer.node_id.clone(),
+                })
+            }
+        }
+    }
+
+    /// Serves peers until `shutdown`: verifies each connection's node identity and membership, then
+    /// answers every stream with `handler`.
+    pub fn serve(
+        self: &Arc<Self>,
+        handler: Arc<dyn PeerHandler>,
+        membership: Membership,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let incoming = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    i = this.endpoint.accept() => match i { Some(i) => i, None => break },
+                };
+                let (this, handler, membership) =
+                    (this.clone(), handler.clone(), membership.clone());
+                tokio::spawn(async move {
+                    let remote = incoming.remote_address();
+                    let conn = match tokio::time::timeout(CONNECT_TIMEOUT, incoming).await {
+                        Ok(Ok(c)) => c,
+                        Ok(Err(e)) => {
+                            tracing::info!(%remote, error = %e, "peer handshake refused");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let from = match peer_node(&conn) {
+                        Some(Identity::Node {
+                            trust_domain,
+                            node_id,
+                        }) if trust_domain == this.trust_domain && membership(&node_id) => node_id,
+                        other => {
+                            let who =
+                                other.map_or_else(|| "no identity".to_owned(), |i| i.to_string());
+                            tracing::warn!(%remote, peer = %who, "refusing peer: not a node of the current layout");
+                            conn.close(
+                                quinn::VarInt::from_u32(REFUSED),
+                                b"not a member of the current layout",
+                            );
+                            return;
+                        }
+                    };
+                    let span = tracing::info_span!("peer", from = %from);
+                    let _enter = span.enter();
+                    tracing::debug!("peer connected");
+                    drop(_enter);
+                    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                        let (handler, from) = (handler.clone(), from.clone());
+                        tokio::spawn(async move {
+                            let Ok(bytes) = recv.read_to_end(MAX_MESSAGE).await else {
+                                return;
+                            };
+                            let Ok(req) = PeerRequest::decode(bytes.as_slice()) else {
+                                return;
+                            };
+                            let left = req.deadline_unix_ms - crate::proof::now_ms();
+                            if left <= 0 {
+                                return;
+                            }
+                            let answer = tokio::time::timeout(
+                                Duration::from_millis(left as u64),
+                                handler.handle(from, req),
+                            )
+                            .await;
+                            if let Ok(resp) = answer {
+                                let _ = send.write_all(&resp.encode_to_vec()).await;
+                                let _ = send.finish();
+                            }
+                        });
+                    }
+                });
+            }
+        })
+    }
+
+    /// Closes every connection and the endpoint.
+    pub async fn close(&self) {
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
