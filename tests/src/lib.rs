@@ -182,6 +182,107 @@ impl Default for Pki {
     }
 }
 
+/// How to start a node: addresses and, for a mesh, the signed layout file.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub log_level: String,
+    pub gateway: SocketAddr,
+    pub peer: SocketAddr,
+    pub layout_file: Option<PathBuf>,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            log_level: "info,mesh_node=debug".into(),
+            gateway: SocketAddr::from(([127, 0, 0, 1], 0)),
+            peer: SocketAddr::from(([127, 0, 0, 1], 0)),
+            layout_file: None,
+        }
+    }
+}
+
+/// A free loopback port for TCP and UDP alike (bound then released; fine for tests).
+pub fn free_port() -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = tcp.local_addr().expect("addr").port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A mesh of real node processes on loopback sharing one CA and one signed layout (version 1).
+#[derive(Debug)]
+pub struct TestMesh {
+    pub pki: Pki,
+    pub nodes: Vec<NodeProcess>,
+    pub layout: mesh_node::layout::Layout,
+    pub layout_file: PathBuf,
+}
+
+impl TestMesh {
+    /// Starts `n` nodes `n1..nN` with fixed ports, so a restarted node comes back where the layout
+    /// says it is.
+    pub fn start(n: usize) -> TestMesh {
+        let pki = Pki::new();
+        let members: Vec<mesh_node::layout::Member> = (1..=n)
+            .map(|i| mesh_node::layout::Member {
+                node_id: format!("n{i}"),
+                peer_addr: format!("127.0.0.1:{}", free_port()),
+                gateway_addr: format!("127.0.0.1:{}", free_port()),
+            })
+            .collect();
+        let layout = mesh_node::layout::Layout::initial(members.clone()).expect("layout");
+        let control = CertificateAuthority::load_control_key(&pki.ca_dir()).expect("control key");
+        let layout_file = pki.dir.path().join("layout.bin");
+        std::fs::write(
+            &layout_file,
+            prost::Message::encode_to_vec(&layout.sign(&control)),
+        )
+        .expect("write layout");
+        let nodes = members
+            .iter()
+            .map(|m| {
+                let opts = NodeOptions {
+                    gateway: m.gateway_addr.parse().expect("addr"),
+                    peer: m.peer_addr.parse().expect("addr"),
+                    layout_file: Some(layout_file.clone()),
+                    ..NodeOptions::default()
+                };
+                NodeProcess::start_with(&pki, &m.node_id, &opts)
+            })
+            .collect();
+        TestMesh {
+            pki,
+            nodes,
+            layout,
+            layout_file,
+        }
+    }
+
+    /// The index of the node owning `customer_id`.
+    pub fn owner_of_customer(&self, customer_id: &str) -> usize {
+        let owner = &self
+            .layout
+            .owner_of(mesh_node::ids::partition_of(customer_id))
+            .node_id;
+        self.nodes
+            .iter()
+            .position(|n| &n.id == owner)
+            .expect("owner is a node")
+    }
+
+    /// A customer id owned by node `index`, and one not owned by it.
+    pub fn customer_on(&self, index: usize, salt: &str) -> String {
+        (0..)
+            .map(|i| format!("{salt}-{i}"))
+            .find(|c| self.owner_of_customer(c) == index)
+            .expect("some customer")
+    }
+}
+
 /// One real `mesh-node` process and its files.
 #[derive(Debug)]
 pub struct NodeProcess {
@@ -205,25 +306,51 @@ impl NodeProcess {
 
     /// As [`NodeProcess::start`], with the node's log filter (benchmarks use production's `info`).
     pub fn start_with_log(pki: &Pki, id: &str, log_level: &str) -> NodeProcess {
+        NodeProcess::start_with(
+            pki,
+            id,
+            &NodeOptions {
+                log_level: log_level.into(),
+                ..NodeOptions::default()
+            },
+        )
+    }
+
+    /// Starts node `id` with explicit addresses and (for a mesh) a layout.
+    pub fn start_with(pki: &Pki, id: &str, opts: &NodeOptions) -> NodeProcess {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_owned();
         let credentials = pki.node(id);
         let key_file = dir.join("node.kek");
         mesh_node::pki::write_secret(&key_file, mesh_node::crypto::generate_key_file().as_bytes())
             .expect("key file");
+        let mut mesh = String::new();
+        if let Some(layout) = &opts.layout_file {
+            mesh = format!(
+                "control_public_key = {:?}\nlayout_file = {:?}\n",
+                pki.ca_dir()
+                    .join(mesh_node::pki::CONTROL_PUB_FILE)
+                    .display()
+                    .to_string(),
+                layout.display().to_string()
+            );
+        }
         let config = dir.join("node.toml");
         std::fs::write(
             &config,
             format!(
                 "node_id = {id:?}\ntrust_domain = {td:?}\ndata_dir = {data:?}\nkey_file = {kek:?}\n\
-                 gateway_listen = \"127.0.0.1:0\"\nops_listen = \"127.0.0.1:0\"\npeer_listen = \"127.0.0.1:0\"\n\
-                 [tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n[log]\nlevel = {log_level:?}\n",
+                 gateway_listen = \"{gw}\"\nops_listen = \"127.0.0.1:0\"\npeer_listen = \"{peer}\"\n{mesh}\
+                 [tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n[log]\nlevel = {log:?}\n",
                 td = pki.ca.trust_domain(),
                 data = dir.join("data").display().to_string(),
                 kek = key_file.display().to_string(),
+                gw = opts.gateway,
+                peer = opts.peer,
                 ca = credentials.ca.display().to_string(),
                 cert = credentials.cert.display().to_string(),
                 key = credentials.key.display().to_string(),
+                log = opts.log_level,
             ),
         )
         .expect("write config");

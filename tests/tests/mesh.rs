@@ -1,0 +1,631 @@
+//! The mesh through real processes and real QUIC: routing through any gateway, shards on disk,
+//! containment of a stolen node identity, refusals at the peer port, layouts, and node loss.
+
+use mesh_node::gateway::{CREATE_ORDER, GET_ORDER, LIST_CUSTOMER_ORDERS, UPDATE_ORDER_STATUS};
+use mesh_node::identity::Identity;
+use mesh_node::layout::{ControlKey, Layout};
+use mesh_node::pki::LeafSpec;
+use mesh_node::policy::Role;
+use mesh_node::proof::{Signer, parse_header};
+use mesh_node::tls::TlsMaterial;
+use mesh_node::transport::PeerTransport;
+use mesh_proto::v1::admin_client::AdminClient;
+use mesh_proto::v1::peer_request::Body;
+use mesh_proto::v1::peer_response::Result as PeerResult;
+use mesh_proto::v1::{
+    ApplyLayoutRequest, ClientProof, ForwardedCall, GetOrderRequest, GetStatusRequest,
+    ListCustomerOrdersRequest, PeerRequest, Ping, UpdateOrderStatusRequest,
+};
+use mesh_tests::{Credentials, TestMesh, sample_order, within};
+use prost::Message as _;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+fn signer(c: &Credentials) -> Signer {
+    Signer::from_pem_file(&c.key).expect("signing key")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_created_through_any_gateway_are_readable_through_every_gateway() {
+    within(120, async {
+        let mut mesh = TestMesh::start(3);
+        let sf = mesh.pki.client(Role::Storefront);
+        let oms = mesh.pki.client(Role::Oms);
+        let (sf_sign, oms_sign) = (signer(&sf), signer(&oms));
+        let mut storefronts = Vec::new();
+        let mut omses = Vec::new();
+        for n in &mesh.nodes {
+            storefronts.push(n.client(&sf).await);
+            omses.push(n.client(&oms).await);
+        }
+        let mut created = Vec::new();
+        for i in 0..30u32 {
+            let customer = format!("mesh-cust-{i}");
+            let via = i as usize % 3;
+            let order = storefronts[via]
+                .create_order(sf_sign.signed(CREATE_ORDER, sample_order(&customer, i)))
+                .await
+                .unwrap_or_else(|s| panic!("create via n{}: {s:?}", via + 1))
+                .into_inner()
+                .order
+                .expect("order");
+            created.push((order.order_id, customer));
+        }
+        for (order_id, customer) in &created {
+            for (g, client) in omses.iter_mut().enumerate() {
+                let got = client
+                    .get_order(oms_sign.signed(
+                        GET_ORDER,
+                        GetOrderRequest {
+                            order_id: order_id.clone(),
+                            purpose: String::new(),
+                        },
+                    ))
+                    .await
+                    .unwrap_or_else(|s| panic!("read {order_id} via n{}: {s:?}", g + 1))
+                    .into_inner()
+                    .order
+                    .expect("order");
+                assert_eq!(&got.customer_id, customer);
+                assert_eq!(
+                    got.customer.expect("customer").phone.len(),
+                    13,
+                    "projected for oms (masked)"
+                );
+            }
+        }
+        // A forwarded update and a forwarded stream.
+        let (order_id, customer) = &created[0];
+        let via = (mesh.owner_of_customer(customer) + 1) % 3;
+        omses[via]
+            .update_order_status(oms_sign.signed(
+                UPDATE_ORDER_STATUS,
+                UpdateOrderStatusRequest {
+                    order_id: order_id.clone(),
+                    status: 2,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("forwarded update");
+        let mut stream = omses[via]
+            .list_customer_orders(oms_sign.signed(
+                LIST_CUSTOMER_ORDERS,
+                ListCustomerOrdersRequest {
+                    customer_id: customer.clone(),
+                    purpose: String::new(),
+                },
+            ))
+            .await
+            .expect("forwarded list")
+            .into_inner();
+        let first = stream
+            .message()
+            .await
+            .expect("stream")
+            .expect("one order")
+            .order
+            .expect("order");
+        assert_eq!(first.status, 2);
+
+        // Each node's disk holds exactly the partitions the layout gives it, and all orders exist once.
+        let mut total = 0;
+        for node in &mut mesh.nodes {
+            node.stop();
+            let inv = node.inspect();
+            let held: BTreeSet<u16> = inv["partitions"]
+                .as_object()
+                .expect("partitions")
+                .keys()
+                .map(|k| k.parse().expect("p"))
+                .collect();
+            let owned: BTreeSet<u16> = mesh
+                .layout
+                .partitions_of(&node.id)
+                .iter()
+                .map(|p| p.get())
+                .collect();
+            assert!(
+                held.is_subset(&owned),
+                "{} holds partitions it does not own: {:?}",
+                node.id,
+                held.difference(&owned).collect::<Vec<_>>()
+            );
+            assert_eq!(inv["unreadable"].as_u64(), Some(0));
+            total += inv["orders"].as_u64().expect("orders");
+            assert!(
+                inv["orders"].as_u64().expect("orders") > 0,
+                "{} got no orders: the shard spread is off",
+                node.id
+            );
+        }
+        assert_eq!(total, 30);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_forwarded_without_a_client_proof_is_refused_with_a_clear_error() {
+    within(60, async {
+        let mesh = TestMesh::start(2);
+        let sf = mesh.pki.client(Role::Storefront);
+        let customer = mesh.customer_on(1, "unsigned");
+        let mut via_other = mesh.nodes[0].client(&sf).await;
+        let status = via_other
+            .create_order(sample_order(&customer, 1))
+            .await
+            .expect_err("unsigned forward refused");
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert!(
+            status.message().contains("client proof") && status.message().contains("n2"),
+            "{}",
+            status.message()
+        );
+        // Straight to the owner, no proof is needed: the owner sees the certificate itself.
+        let mut owner = mesh.nodes[1].client(&sf).await;
+        owner
+            .create_order(sample_order(&customer, 1))
+            .await
+            .expect("direct create");
+    })
+    .await;
+}
+
+/// A peer client with node A's stolen certificate and key, speaking the peer protocol directly.
+fn stolen_transport(creds: &Credentials) -> PeerTransport {
+    let m = TlsMaterial::load(&creds.ca, &creds.cert, &creds.key).expect("material");
+    PeerTransport::bind(
+        "127.0.0.1:0".parse().expect("addr"),
+        &m,
+        mesh_tests::TRUST_DOMAIN,
+    )
+    .expect("bind")
+}
+
+async fn peer_call(
+    t: &PeerTransport,
+    mesh: &TestMesh,
+    to: usize,
+    call: ForwardedCall,
+) -> Result<Vec<u8>, (i32, String)> {
+    let member = mesh
+        .layout
+        .member(&mesh.nodes[to].id)
+        .expect("member")
+        .clone();
+    let req = PeerRequest {
+        deadline_unix_ms: 0,
+        body: Some(Body::Call(call)),
+    };
+    match t
+        .call(&member, req, Instant::now() + Duration::from_secs(5))
+        .await
+    {
+        Ok(r) => match r.result {
+            Some(PeerResult::Response(b)) => Ok(b),
+            Some(PeerResult::Status(s)) => Err((s.code, s.message)),
+            other => Err((-1, format!("{other:?}"))),
+        },
+        Err(e) => Err((-2, e.to_string())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_node_identity_cannot_read_or_widen_anything_on_other_shards() {
+    within(120, async {
+        let mut mesh = TestMesh::start(3);
+        let sf = mesh.pki.client(Role::Storefront);
+        let customer = mesh.customer_on(1, "victim");
+        let mut owner = mesh.nodes[1].client(&sf).await;
+        let order = owner
+            .create_order(sample_order(&customer, 7))
+            .await
+            .expect("create")
+            .into_inner()
+            .order
+            .expect("order");
+        let get = GetOrderRequest {
+            order_id: order.order_id.clone(),
+            purpose: String::new(),
+        };
+
+        // The attacker holds node n1's certificate and key and speaks the peer protocol to n2.
+        let a = mesh.nodes[0].credentials.clone();
+        let t = stolen_transport(&a);
+        let a_chain = TlsMaterial::load(&a.ca, &a.cert, &a.key)
+            .expect("m")
+            .chain
+            .iter()
+            .map(|c| c.to_vec())
+            .collect::<Vec<_>>();
+        let call = |method: &str, request: Vec<u8>, proof: Option<ClientProof>| ForwardedCall {
+            method: method.into(),
+            request,
+            proof,
+        };
+
+        // 1. No client proof at all.
+        let err = peer_call(&t, &mesh, 1, call(GET_ORDER, get.encode_to_vec(), None))
+            .await
+            .expect_err("refused");
+        assert_eq!(err.0, Code::Unauthenticated as i32, "{err:?}");
+        // 2. A proof signed with the stolen node key: valid chain, but a node is not a client role.
+        let node_signer = signer(&a);
+        let (ts, nonce, sig) =
+            parse_header(&node_signer.proof_header(GET_ORDER, &get.encode_to_vec()))
+                .expect("header");
+        let proof = ClientProof {
+            chain: a_chain.clone(),
+            timestamp_unix_ms: ts,
+            nonce,
+            signature: sig,
+        };
+        let err = peer_call(
+            &t,
+            &mesh,
+            1,
+            call(GET_ORDER, get.encode_to_vec(), Some(proof)),
+        )
+        .await
+        .expect_err("refused");
+        assert_eq!(err.0, Code::PermissionDenied as i32, "{err:?}");
+        // 3. A proof claiming a client's chain but signed by the node key.
+        let sf_chain = TlsMaterial::load(&sf.ca, &sf.cert, &sf.key)
+            .expect("m")
+            .chain
+            .iter()
+            .map(|c| c.to_vec())
+            .collect::<Vec<_>>();
+        let (ts, nonce, sig) =
+            parse_header(&node_signer.proof_header(GET_ORDER, &get.encode_to_vec()))
+                .expect("header");
+        let forged = ClientProof {
+            chain: sf_chain.clone(),
+            timestamp_unix_ms: ts,
+            nonce,
+            signature: sig,
+        };
+        let err = peer_call(
+            &t,
+            &mesh,
+            1,
+            call(GET_ORDER, get.encode_to_vec(), Some(forged)),
+        )
+        .await
+        .expect_err("refused");
+        assert!(
+            err.0 == Code::Unauthenticated as i32 && err.1.contains("signature"),
+            "{err:?}"
+        );
+        // 4. A genuine storefront proof captured in transit: replayed, retargeted, or re-roled.
+        let sf_signer = signer(&sf);
+        let (ts, nonce, sig) =
+            parse_header(&sf_signer.proof_header(GET_ORDER, &get.encode_to_vec())).expect("header");
+        let genuine = ClientProof {
+            chain: sf_chain.clone(),
+            timestamp_unix_ms: ts,
+            nonce,
+            signature: sig,
+        };
+        let other = GetOrderRequest {
+            order_id: mesh_node::ids::OrderId::mint(
+                order
+                    .order_id
+                    .parse::<mesh_node::ids::OrderId>()
+                    .expect("id")
+                    .partition(),
+            )
+            .to_string(),
+            purpose: String::new(),
+        };
+        let err = peer_call(
+            &t,
+            &mesh,
+            1,
+            call(GET_ORDER, other.encode_to_vec(), Some(genuine.clone())),
+        )
+        .await
+        .expect_err("retargeted");
+        assert!(err.1.contains("signature"), "{err:?}");
+        let update = UpdateOrderStatusRequest {
+            order_id: order.order_id.clone(),
+            status: 8,
+            ..Default::default()
+        };
+        let err = peer_call(
+            &t,
+            &mesh,
+            1,
+            call(
+                UPDATE_ORDER_STATUS,
+                update.encode_to_vec(),
+                Some(genuine.clone()),
+            ),
+        )
+        .await
+        .expect_err("re-roled");
+        assert!(err.1.contains("signature"), "{err:?}");
+        let first = peer_call(
+            &t,
+            &mesh,
+            1,
+            call(GET_ORDER, get.encode_to_vec(), Some(genuine.clone())),
+        )
+        .await;
+        let seen = mesh_proto::v1::GetOrderResponse::decode(
+            first
+                .expect("the genuine request itself is served")
+                .as_slice(),
+        )
+        .expect("decode");
+        assert_eq!(
+            seen.order.expect("order").customer.expect("c").phone,
+            "+91******0007",
+            "served with the storefront's projection, never more"
+        );
+        let err = peer_call(
+            &t,
+            &mesh,
+            1,
+            call(GET_ORDER, get.encode_to_vec(), Some(genuine)),
+        )
+        .await
+        .expect_err("replay");
+        assert!(err.1.contains("replay"), "{err:?}");
+
+        // A's own disk yields A's shard only; B's disk does not open with A's key.
+        for node in &mut mesh.nodes {
+            node.stop();
+        }
+        let inv = mesh.nodes[0].inspect();
+        let owned: BTreeSet<u16> = mesh
+            .layout
+            .partitions_of("n1")
+            .iter()
+            .map(|p| p.get())
+            .collect();
+        for p in inv["partitions"].as_object().expect("partitions").keys() {
+            assert!(
+                owned.contains(&p.parse::<u16>().expect("p")),
+                "n1's disk holds partition {p} it does not own"
+            );
+        }
+        let out = std::process::Command::new(mesh_tests::mesh_node_bin())
+            .args(["inspect", "--data-dir"])
+            .arg(mesh.nodes[1].data_dir())
+            .arg("--key-file")
+            .arg(mesh.nodes[0].key_file())
+            .output()
+            .expect("inspect");
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("does not match"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_port_refuses_everyone_but_member_nodes() {
+    within(90, async {
+        let mesh = TestMesh::start(2);
+        let ping = || PeerRequest {
+            deadline_unix_ms: 0,
+            body: Some(Body::Ping(Ping {})),
+        };
+        let target = mesh.layout.member("n2").expect("n2").clone();
+        let deadline = || Instant::now() + Duration::from_secs(4);
+        let try_with = |creds: &Credentials, client_auth: bool| {
+            let m = TlsMaterial::load(&creds.ca, &creds.cert, &creds.key).expect("material");
+            let server =
+                mesh_node::tls::server_config(&m, &[mesh_node::transport::ALPN]).expect("server");
+            let client = if client_auth {
+                mesh_node::tls::client_config(&m, &[mesh_node::transport::ALPN]).expect("client")
+            } else {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in &m.roots {
+                    roots.add(c.clone()).expect("root");
+                }
+                let mut cfg =
+                    rustls::ClientConfig::builder_with_provider(mesh_node::tls::provider())
+                        .with_protocol_versions(&[&rustls::version::TLS13])
+                        .expect("tls13")
+                        .with_root_certificates(roots)
+                        .with_no_client_auth();
+                cfg.alpn_protocols = vec![mesh_node::transport::ALPN.to_vec()];
+                Arc::new(cfg)
+            };
+            PeerTransport::bind_with(
+                "127.0.0.1:0".parse().expect("addr"),
+                server,
+                client,
+                mesh_tests::TRUST_DOMAIN,
+            )
+            .expect("bind")
+        };
+        // Control: a member node's identity is served.
+        let member = try_with(&mesh.nodes[0].credentials, true);
+        member
+            .call(&target, ping(), deadline())
+            .await
+            .expect("member n1 is served");
+
+        let pki = &mesh.pki;
+        let td = pki.ca.trust_domain().to_owned();
+        let foreign = mesh_tests::Pki::new();
+        let mut expired = LeafSpec::new(
+            Identity::Node {
+                trust_domain: td.clone(),
+                node_id: "n1".into(),
+            },
+            Duration::from_secs(60),
+        );
+        expired.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(2);
+        expired.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        let cases: Vec<(&str, Credentials, bool)> = vec![
+            ("no certificate", mesh.nodes[0].credentials.clone(), false),
+            (
+                "another CA",
+                Credentials {
+                    ca: pki.ca_cert(),
+                    ..foreign.node("n1")
+                },
+                true,
+            ),
+            ("expired", pki.issue(&expired, "expired-n1"), true),
+            ("not in the layout", pki.node("n9"), true),
+            ("a client certificate", pki.client(Role::Oms), true),
+        ];
+        for (what, creds, auth) in cases {
+            let t = try_with(&creds, auth);
+            let result = t.call(&target, ping(), deadline()).await;
+            assert!(result.is_err(), "{what}: the peer port answered {result:?}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_replayed_older_layouts_are_refused() {
+    within(60, async {
+        let mesh = TestMesh::start(2);
+        let admin = mesh.pki.client(Role::Admin);
+        let mut client = AdminClient::new(mesh.nodes[0].channel(&admin).await.expect("connect"));
+        let status = client
+            .get_status(GetStatusRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        assert_eq!((status.node_id.as_str(), status.layout_version), ("n1", 1));
+        assert_eq!(
+            status.members.iter().map(|m| m.partitions).sum::<u32>(),
+            u32::from(mesh_node::ids::PARTITIONS)
+        );
+        assert!(status.members.iter().all(|m| m.reachable), "{status:?}");
+
+        let control = mesh_node::pki::CertificateAuthority::load_control_key(&mesh.pki.ca_dir())
+            .expect("control");
+        let v2 = mesh.layout.next(mesh.layout.members.clone()).expect("v2");
+        let (forger, _) = ControlKey::generate();
+        let forged = client
+            .apply_layout(ApplyLayoutRequest {
+                layout: Some(v2.sign(&forger)),
+            })
+            .await
+            .expect_err("forged");
+        assert_eq!(forged.code(), Code::PermissionDenied, "{forged:?}");
+        let replay = client
+            .apply_layout(ApplyLayoutRequest {
+                layout: Some(mesh.layout.sign(&control)),
+            })
+            .await
+            .expect_err("same version");
+        assert_eq!(replay.code(), Code::FailedPrecondition, "{replay:?}");
+        let applied = client
+            .apply_layout(ApplyLayoutRequest {
+                layout: Some(v2.sign(&control)),
+            })
+            .await
+            .expect("v2")
+            .into_inner();
+        assert_eq!(applied.version, 2);
+        let older = client
+            .apply_layout(ApplyLayoutRequest {
+                layout: Some(mesh.layout.sign(&control)),
+            })
+            .await
+            .expect_err("older");
+        assert_eq!(older.code(), Code::FailedPrecondition);
+        assert!(older.message().contains("not newer"), "{}", older.message());
+        // Non-admins may not touch layouts.
+        let mut oms = AdminClient::new(
+            mesh.nodes[0]
+                .channel(&mesh.pki.client(Role::Oms))
+                .await
+                .expect("connect"),
+        );
+        assert_eq!(
+            oms.get_status(GetStatusRequest {})
+                .await
+                .expect_err("oms")
+                .code(),
+            Code::PermissionDenied
+        );
+        let _: &Layout = &v2;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_fails_only_its_shard_fast_and_recovers_with_nothing_lost() {
+    within(120, async {
+        let mut mesh = TestMesh::start(3);
+        let sf = mesh.pki.client(Role::Storefront);
+        let oms = mesh.pki.client(Role::Oms);
+        let (sf_sign, oms_sign) = (signer(&sf), signer(&oms));
+        let mut entry = mesh.nodes[0].client(&sf).await;
+        let mut orders = Vec::new();
+        for owner in 0..3 {
+            let customer = mesh.customer_on(owner, "kill");
+            let o = entry
+                .create_order(sf_sign.signed(CREATE_ORDER, sample_order(&customer, owner as u32)))
+                .await
+                .expect("create")
+                .into_inner()
+                .order
+                .expect("order");
+            orders.push((owner, o.order_id));
+        }
+        mesh.nodes[2].kill9();
+        let mut reader = mesh.nodes[0].client(&oms).await;
+        for (owner, order_id) in &orders {
+            let mut req = oms_sign.signed(
+                GET_ORDER,
+                GetOrderRequest {
+                    order_id: order_id.clone(),
+                    purpose: String::new(),
+                },
+            );
+            req.set_timeout(Duration::from_secs(5));
+            let started = Instant::now();
+            let result = reader.get_order(req).await;
+            if *owner == 2 {
+                let status = result.expect_err("the dead shard fails");
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(
+                    status.message().contains("partition") && status.message().contains("n3"),
+                    "{}",
+                    status.message()
+                );
+                assert!(
+                    started.elapsed() < Duration::from_secs(4),
+                    "failed after {:?}, not fast",
+                    started.elapsed()
+                );
+            } else {
+                result.unwrap_or_else(|s| panic!("shard of n{} should serve: {s:?}", owner + 1));
+            }
+        }
+        mesh.nodes[2].spawn().expect("restart n3");
+        let (_, dead_order) = &orders[2];
+        mesh_tests::assert_eventually!(
+            Duration::from_secs(20),
+            reader
+                .get_order(oms_sign.signed(
+                    GET_ORDER,
+                    GetOrderRequest {
+                        order_id: dead_order.clone(),
+                        purpose: String::new()
+                    }
+                ))
+                .await
+                .is_ok(),
+            "n3's shard did not come back through n1"
+        );
+    })
+    .await;
+}
