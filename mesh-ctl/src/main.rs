@@ -7,8 +7,10 @@
 //! |--------|-------------------------------------------------------|
 //! | `pki`  | `ca init`, `cert issue node|client|admin`, `key init` |
 //! | `up`   | `up`: a local mesh of real node processes             |
+//! | `status` | `status`: members, partitions, layout and health    |
 
 mod pki;
+mod status;
 mod up;
 
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
@@ -53,6 +55,8 @@ enum Command {
     },
     /// Start a local mesh on loopback with fresh certificates, and run until interrupted.
     Up(up::UpArgs),
+    /// Members, partition counts, layout agreement and health of a local mesh (exit 1 on a problem).
+    Status(status::StatusArgs),
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -67,11 +71,13 @@ async fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Ok(false): the command ran and found a problem (exit 1).
     let result = match cli.command {
-        Command::Ca { command } => pki::ca(command, cli.output),
-        Command::Cert { command } => pki::cert(command, cli.output),
-        Command::Key { command } => pki::key(command, cli.output),
-        Command::Up(args) => up::run(args, cli.output).await,
+        Command::Ca { command } => pki::ca(command, cli.output).map(|()| true),
+        Command::Cert { command } => pki::cert(command, cli.output).map(|()| true),
+        Command::Key { command } => pki::key(command, cli.output).map(|()| true),
+        Command::Up(args) => up::run(args, cli.output).await.map(|()| true),
+        Command::Status(args) => status::run(args, cli.output).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -79,11 +85,12 @@ async fn main() -> ExitCode {
                 "mesh-ctl",
                 &mut std::io::stdout(),
             );
-            Ok(())
+            Ok(true)
         }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
         Err(e) => {
             eprintln!("mesh-ctl: {e:#}");
             ExitCode::from(2)

@@ -9,8 +9,10 @@ use crate::Output;
 use crate::pki::print;
 use anyhow::{Context as _, bail};
 use mesh_node::identity::Identity;
+use mesh_node::layout::{Layout, Member};
 use mesh_node::pki::{CertificateAuthority, LeafSpec};
 use mesh_node::policy::Role;
+use prost::Message as _;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,12 +23,13 @@ use tokio::process::{Child, Command};
 #[derive(clap::Args)]
 pub struct UpArgs {
     /// Number of nodes.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 3)]
     nodes: usize,
     /// State directory (CA, certificates, node data, mesh.json).
     #[arg(long, default_value = "mesh-local")]
     dir: PathBuf,
-    /// Gateway of node i listens on base-port + i - 1, its ops port on base-port + 1000 + i - 1.
+    /// Node i's gateway listens on base-port + i - 1, its ops port on base-port + 1000 + i - 1 and
+    /// its peer (QUIC, UDP) port on base-port + 2000 + i - 1.
     /// 0 picks free ports (see mesh.json for the result).
     #[arg(long, default_value_t = 7443)]
     base_port: u16,
@@ -37,36 +40,53 @@ pub struct UpArgs {
     node_bin: Option<PathBuf>,
 }
 
-#[derive(Debug, Serialize)]
-struct MeshFile {
-    trust_domain: String,
+/// A free loopback port for TCP and UDP alike.
+fn free_port() -> u16 {
+    loop {
+        let Ok(tcp) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(addr) = tcp.local_addr() else { continue };
+        if std::net::UdpSocket::bind(("127.0.0.1", addr.port())).is_ok() {
+            return addr.port();
+        }
+    }
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct MeshFile {
+    pub trust_domain: String,
+    pub layout_version: u64,
     /// Name to verify node certificates against when dialling a gateway.
-    server_name: String,
-    ca_cert: PathBuf,
-    nodes: Vec<NodeEntry>,
-    clients: BTreeMap<String, ClientEntry>,
+    pub server_name: String,
+    pub ca_cert: PathBuf,
+    pub nodes: Vec<NodeEntry>,
+    pub clients: BTreeMap<String, ClientEntry>,
 }
 
-#[derive(Debug, Serialize)]
-struct NodeEntry {
-    id: String,
-    gateway: String,
-    ops: String,
-    pid: u32,
-    data_dir: PathBuf,
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct NodeEntry {
+    pub id: String,
+    pub gateway: String,
+    pub ops: String,
+    pub peer: String,
+    pub partitions: usize,
+    pub pid: u32,
+    pub data_dir: PathBuf,
 }
 
-#[derive(Debug, Serialize)]
-struct ClientEntry {
-    identity: String,
-    cert: PathBuf,
-    key: PathBuf,
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct ClientEntry {
+    pub identity: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, serde::Deserialize)]
 struct Ready {
     gateway: String,
     ops: String,
+    peer: String,
     pid: u32,
 }
 
@@ -102,11 +122,8 @@ fn abs(p: &Path) -> anyhow::Result<PathBuf> {
 }
 
 pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
-    if args.nodes != 1 {
-        bail!(
-            "--nodes {}: multi-node meshes need the peer transport, which is not built yet; use --nodes 1",
-            args.nodes
-        );
+    if args.nodes == 0 || args.nodes > 64 {
+        bail!("--nodes {}: a local mesh has 1 to 64 nodes", args.nodes);
     }
     let node_bin = node_binary(args.node_bin)?;
     let dir = abs(&args.dir)?;
@@ -144,9 +161,56 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
         );
     }
 
+    // Addresses, then the layout over them: reused while the members and addresses stay the same,
+    // the next version when only addresses changed, refused when the member set changed (moving
+    // data between nodes is `mesh-ctl scale`, not `up`).
+    let port = |i: usize, offset: u16| {
+        if args.base_port == 0 {
+            free_port()
+        } else {
+            args.base_port + offset + i as u16
+        }
+    };
+    let members: Vec<Member> = (0..args.nodes)
+        .map(|i| Member {
+            node_id: format!("n{}", i + 1),
+            gateway_addr: format!("127.0.0.1:{}", port(i, 0)),
+            peer_addr: format!("127.0.0.1:{}", port(i, 2000)),
+        })
+        .collect();
+    let ops_ports: Vec<u16> = (0..args.nodes).map(|i| port(i, 1000)).collect();
+    let control = CertificateAuthority::load_control_key(&ca_dir)
+        .context("loading the control key (make a fresh --dir if this CA predates control keys)")?;
+    let layout_path = dir.join("layout.bin");
+    let layout = match std::fs::read(&layout_path).ok() {
+        None => Layout::initial(members.clone())?,
+        Some(bytes) => {
+            let signed = mesh_proto::v1::SignedLayout::decode(bytes.as_slice())
+                .context("reading layout.bin")?;
+            let old = Layout::verify(&signed, &control.public())?;
+            let old_ids: Vec<&str> = old.members.iter().map(|m| m.node_id.as_str()).collect();
+            let new_ids: Vec<&str> = members.iter().map(|m| m.node_id.as_str()).collect();
+            if old_ids != new_ids {
+                bail!(
+                    "{} holds a {}-node mesh; changing it to {} nodes moves data, which `up` does not do (use a fresh --dir)",
+                    dir.display(),
+                    old_ids.len(),
+                    new_ids.len()
+                );
+            }
+            if old.members == members {
+                old
+            } else {
+                old.next(members.clone())?
+            }
+        }
+    };
+    std::fs::write(&layout_path, layout.sign(&control).encode_to_vec())?;
+    let control_pub = ca_dir.join(mesh_node::pki::CONTROL_PUB_FILE);
+
     let mut children: Vec<(String, Child, PathBuf, PathBuf)> = Vec::new();
-    for i in 0..args.nodes {
-        let id = format!("n{}", i + 1);
+    for (i, member) in layout.members.iter().enumerate() {
+        let id = member.node_id.clone();
         let node_dir = dir.join("nodes").join(&id);
         std::fs::create_dir_all(&node_dir)?;
         let (cert, key) = ca
@@ -165,22 +229,19 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
                 mesh_node::crypto::generate_key_file().as_bytes(),
             )?;
         }
-        let port = |offset: u16| {
-            if args.base_port == 0 {
-                0
-            } else {
-                args.base_port + offset + i as u16
-            }
-        };
         let data_dir = node_dir.join("data");
         let config = format!(
             "node_id = {id:?}\ntrust_domain = {td:?}\ndata_dir = {data:?}\nkey_file = {kek:?}\n\
-             gateway_listen = \"127.0.0.1:{gw}\"\nops_listen = \"127.0.0.1:{ops}\"\n\
+             gateway_listen = {gw:?}\nops_listen = \"127.0.0.1:{ops}\"\npeer_listen = {peer:?}\n\
+             control_public_key = {control:?}\nlayout_file = {layout:?}\n\
              [tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n",
             data = data_dir.display().to_string(),
             kek = key_file.display().to_string(),
-            gw = port(0),
-            ops = port(1000),
+            gw = member.gateway_addr,
+            ops = ops_ports[i],
+            peer = member.peer_addr,
+            control = control_pub.display().to_string(),
+            layout = layout_path.display().to_string(),
             ca = ca_cert.display().to_string(),
             cert = cert.display().to_string(),
             key = key.display().to_string(),
@@ -224,6 +285,7 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
         children.push((id, child, ready, data_dir));
     }
 
+    let loads = layout.loads();
     let mut nodes = Vec::new();
     for (id, child, ready, data_dir) in &mut children {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -244,6 +306,8 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
             id: id.clone(),
             gateway: r.gateway,
             ops: r.ops,
+            peer: r.peer,
+            partitions: loads.get(id.as_str()).copied().unwrap_or(0),
             pid: r.pid,
             data_dir: data_dir.clone(),
         });
@@ -251,6 +315,7 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
 
     let mesh = MeshFile {
         trust_domain: td,
+        layout_version: layout.version,
         server_name: "localhost".into(),
         ca_cert,
         nodes,
@@ -267,7 +332,10 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
             mesh.trust_domain
         );
         for n in &mesh.nodes {
-            s += &format!("  {:<4} gateway {:<21} ops {}\n", n.id, n.gateway, n.ops);
+            s += &format!(
+                "  {:<4} gateway {:<21} ops {:<21} partitions {}\n",
+                n.id, n.gateway, n.ops, n.partitions
+            );
         }
         s += &format!(
             "  mesh file {}\n  press Ctrl-C to stop",

@@ -149,11 +149,11 @@ fn ca_init_and_cert_issue_write_owner_only_keys_and_json() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn up_starts_a_local_mesh_that_serves_orders() {
-    within(90, async {
+async fn up_starts_a_three_node_mesh_that_serves_orders_through_every_gateway() {
+    within(120, async {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut up = Command::new(mesh_ctl_bin())
-            .args(["up", "--base-port", "0", "--dir"])
+            .args(["up", "--nodes", "3", "--base-port", "0", "--dir"])
             .arg(dir.path())
             .arg("--node-bin")
             .arg(mesh_node_bin())
@@ -170,8 +170,13 @@ async fn up_starts_a_local_mesh_that_serves_orders() {
         let mesh: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&mesh_json).expect("read"))
                 .expect("json");
-        let node = &mesh["nodes"][0];
-        assert_eq!(node["id"], "n1");
+        let nodes = mesh["nodes"].as_array().expect("nodes");
+        assert_eq!(nodes.len(), 3);
+        let partitions: u64 = nodes
+            .iter()
+            .map(|n| n["partitions"].as_u64().expect("partitions"))
+            .sum();
+        assert_eq!(partitions, u64::from(mesh_node::ids::PARTITIONS));
         let clients = mesh["clients"].as_object().expect("clients");
         for role in Role::ALL {
             assert!(
@@ -180,33 +185,67 @@ async fn up_starts_a_local_mesh_that_serves_orders() {
             );
         }
         let sf = &mesh["clients"]["storefront"];
+        let key = std::path::PathBuf::from(sf["key"].as_str().expect("key"));
         let tls = mesh_node::client::client_tls(
             mesh["ca_cert"].as_str().expect("ca").as_ref(),
             sf["cert"].as_str().expect("cert").as_ref(),
-            sf["key"].as_str().expect("key").as_ref(),
+            &key,
         )
         .expect("tls");
-        let addr = node["gateway"]
-            .as_str()
-            .expect("gateway")
-            .parse()
-            .expect("addr");
-        let channel =
-            mesh_node::client::connect(addr, mesh["server_name"].as_str().expect("name"), tls)
-                .await
-                .expect("connect");
-        let order = OrderGatewayClient::new(channel)
-            .create_order(sample_order("cust-up", 1))
+        let signer = mesh_node::proof::Signer::from_pem_file(&key).expect("signer");
+        for (i, node) in nodes.iter().enumerate() {
+            let addr = node["gateway"]
+                .as_str()
+                .expect("gateway")
+                .parse()
+                .expect("addr");
+            let channel = mesh_node::client::connect(
+                addr,
+                mesh["server_name"].as_str().expect("name"),
+                tls.clone(),
+            )
             .await
-            .expect("create");
+            .expect("connect");
+            for c in 0..5 {
+                let req = signer.signed(
+                    mesh_node::gateway::CREATE_ORDER,
+                    sample_order(&format!("up-{i}-{c}"), c),
+                );
+                let order = OrderGatewayClient::new(channel.clone())
+                    .create_order(req)
+                    .await
+                    .expect("create through any gateway");
+                assert!(
+                    order
+                        .into_inner()
+                        .order
+                        .expect("order")
+                        .order_id
+                        .starts_with("o1-")
+                );
+            }
+        }
+
+        let status = Command::new(mesh_ctl_bin())
+            .args(["status", "-o", "json", "--dir"])
+            .arg(dir.path())
+            .output()
+            .expect("status");
         assert!(
-            order
-                .into_inner()
-                .order
-                .expect("order")
-                .order_id
-                .starts_with("o1-")
+            status.status.success(),
+            "mesh-ctl status: {}\n{}",
+            String::from_utf8_lossy(&status.stdout),
+            String::from_utf8_lossy(&status.stderr)
         );
+        let report: serde_json::Value = serde_json::from_slice(&status.stdout).expect("json");
+        assert_eq!(report["ok"], true);
+        let reported: u64 = report["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|n| n["partitions"].as_u64().expect("p"))
+            .sum();
+        assert_eq!(reported, u64::from(mesh_node::ids::PARTITIONS));
 
         // Ctrl-C (SIGINT) stops every node and removes mesh.json.
         nix::sys::signal::kill(
@@ -214,17 +253,27 @@ async fn up_starts_a_local_mesh_that_serves_orders() {
             nix::sys::signal::Signal::SIGINT,
         )
         .expect("signal");
-        let status = tokio::task::spawn_blocking(move || up.wait())
+        let exit = tokio::task::spawn_blocking(move || up.wait())
             .await
             .expect("join")
             .expect("wait");
-        assert!(status.success(), "mesh-ctl up exited with {status}");
+        assert!(exit.success(), "mesh-ctl up exited with {exit}");
         assert!(!mesh_json.exists());
-        let pid = node["pid"].as_u64().expect("pid") as i32;
-        assert!(
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err(),
-            "node process {pid} still running"
-        );
+        for node in nodes {
+            let pid = node["pid"].as_u64().expect("pid") as i32;
+            assert!(
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err(),
+                "node process {pid} still running"
+            );
+        }
+        // With the mesh down, status reports the problem with exit 1... once mesh.json is gone it
+        // cannot find the mesh at all, which is a usage error (2).
+        let down = Command::new(mesh_ctl_bin())
+            .args(["status", "--dir"])
+            .arg(dir.path())
+            .output()
+            .expect("status");
+        assert_eq!(down.status.code(), Some(2));
     })
     .await;
 }
