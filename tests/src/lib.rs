@@ -226,6 +226,11 @@ impl TestMesh {
     /// Starts `n` nodes `n1..nN` with fixed ports, so a restarted node comes back where the layout
     /// says it is.
     pub fn start(n: usize) -> TestMesh {
+        TestMesh::start_with_log(n, &NodeOptions::default().log_level)
+    }
+
+    /// As [`TestMesh::start`], with the nodes' log filter (benchmarks use production's `info`).
+    pub fn start_with_log(n: usize, log_level: &str) -> TestMesh {
         let pki = Pki::new();
         let members: Vec<mesh_node::layout::Member> = (1..=n)
             .map(|i| mesh_node::layout::Member {
@@ -249,7 +254,7 @@ impl TestMesh {
                     gateway: m.gateway_addr.parse().expect("addr"),
                     peer: m.peer_addr.parse().expect("addr"),
                     layout_file: Some(layout_file.clone()),
-                    ..NodeOptions::default()
+                    log_level: log_level.to_owned(),
                 };
                 NodeProcess::start_with(&pki, &m.node_id, &opts)
             })
