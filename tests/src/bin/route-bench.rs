@@ -46,23 +46,42 @@ impl Run {
     }
 }
 
-async fn channels(gateways: &[SocketAddr], creds: &Credentials, per_gateway: usize) -> Vec<Channel> {
+async fn channels(
+    gateways: &[SocketAddr],
+    creds: &Credentials,
+    per_gateway: usize,
+) -> Vec<Channel> {
     let mut out = Vec::new();
     for _ in 0..per_gateway {
         for g in gateways {
-            out.push(mesh_node::client::connect(*g, "localhost", creds.tls()).await.expect("connect"));
+            out.push(
+                mesh_node::client::connect(*g, "localhost", creds.tls())
+                    .await
+                    .expect("connect"),
+            );
         }
     }
     out
 }
 
 async fn create(channel: Channel, signer: &Signer, w: usize, i: u64) -> bool {
-    let req = signer.signed(CREATE_ORDER, sample_order(&format!("route-{w}-{}", i % 97), i as u32));
-    OrderGatewayClient::new(channel).create_order(req).await.is_ok()
+    let req = signer.signed(
+        CREATE_ORDER,
+        sample_order(&format!("route-{w}-{}", i % 97), i as u32),
+    );
+    OrderGatewayClient::new(channel)
+        .create_order(req)
+        .await
+        .is_ok()
 }
 
 /// Closed loop: `concurrency` workers, each sending its next request when the last one returns.
-async fn closed_loop(chans: &[Channel], signer: Arc<Signer>, concurrency: usize, seconds: u64) -> Run {
+async fn closed_loop(
+    chans: &[Channel],
+    signer: Arc<Signer>,
+    concurrency: usize,
+    seconds: u64,
+) -> Run {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
@@ -72,7 +91,11 @@ async fn closed_loop(chans: &[Channel], signer: Arc<Signer>, concurrency: usize,
                 let (mut ok, mut err, mut lat, mut i) = (0, 0, Vec::new(), 0u64);
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    if create(channel.clone(), &signer, w, i).await { ok += 1 } else { err += 1 }
+                    if create(channel.clone(), &signer, w, i).await {
+                        ok += 1
+                    } else {
+                        err += 1
+                    }
                     lat.push(t.elapsed());
                     i += 1;
                 }
@@ -80,7 +103,12 @@ async fn closed_loop(chans: &[Channel], signer: Arc<Signer>, concurrency: usize,
             })
         })
         .collect();
-    let mut run = Run { ok: 0, errors: 0, latencies: Vec::new(), elapsed: Duration::ZERO };
+    let mut run = Run {
+        ok: 0,
+        errors: 0,
+        latencies: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
     for t in tasks {
         let (ok, err, lat) = t.await.expect("worker");
         run.ok += ok;
@@ -107,10 +135,19 @@ async fn open_loop(chans: &[Channel], signer: Arc<Signer>, rate: f64, seconds: u
             (ok, t.elapsed())
         }));
     }
-    let mut run = Run { ok: 0, errors: 0, latencies: Vec::new(), elapsed: Duration::ZERO };
+    let mut run = Run {
+        ok: 0,
+        errors: 0,
+        latencies: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
     for t in tasks {
         let (ok, lat) = t.await.expect("request");
-        if ok { run.ok += 1 } else { run.errors += 1 }
+        if ok {
+            run.ok += 1
+        } else {
+            run.errors += 1
+        }
         run.latencies.push(lat);
     }
     run.elapsed = started.elapsed();
@@ -143,11 +180,35 @@ async fn main() {
         n.stop();
     }
 
-    println!("route-bench: CreateOrder, signed, concurrency {}, {}s per run", args.concurrency, args.seconds);
-    println!("{:<34} {:>9} {:>8} {:>8} {:>7}", "setup", "ops/s", "p50 ms", "p99 ms", "errors");
-    let row = |name: &str, r: &Run| println!("{name:<34} {:>9.0} {:>8.2} {:>8.2} {:>7}", r.rate(), r.p(0.5), r.p(0.99), r.errors);
+    println!(
+        "route-bench: CreateOrder, signed, concurrency {}, {}s per run",
+        args.concurrency, args.seconds
+    );
+    println!(
+        "{:<34} {:>9} {:>8} {:>8} {:>7}",
+        "setup", "ops/s", "p50 ms", "p99 ms", "errors"
+    );
+    let row = |name: &str, r: &Run| {
+        println!(
+            "{name:<34} {:>9.0} {:>8.2} {:>8.2} {:>7}",
+            r.rate(),
+            r.p(0.5),
+            r.p(0.99),
+            r.errors
+        )
+    };
     row("single node (closed loop)", &solo);
-    row(&format!("{}-node mesh, all gateways (closed)", args.nodes), &routed);
-    row(&format!("{}-node mesh at half its peak (open)", args.nodes), &half);
-    println!("mesh / single = {:.0}% (target >= 70%); p99 at half peak = {:.2} ms (target < 10 ms)", 100.0 * routed.rate() / solo.rate(), half.p(0.99));
+    row(
+        &format!("{}-node mesh, all gateways (closed)", args.nodes),
+        &routed,
+    );
+    row(
+        &format!("{}-node mesh at half its peak (open)", args.nodes),
+        &half,
+    );
+    println!(
+        "mesh / single = {:.0}% (target >= 70%); p99 at half peak = {:.2} ms (target < 10 ms)",
+        100.0 * routed.rate() / solo.rate(),
+        half.p(0.99)
+    );
 }
