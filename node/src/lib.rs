@@ -25,6 +25,7 @@
 //! | `client`      | mTLS client channel used by `mesh-ctl`, tests and benchmarks          |
 
 pub mod admin;
+pub mod audit;
 pub mod client;
 pub mod config;
 pub mod crypto;

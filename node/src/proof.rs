@@ -96,6 +96,15 @@ impl Signer {
         Ok(Signer { key })
     }
 
+    /// Signs arbitrary bytes (ECDSA P-256 / SHA-256, ASN.1 DER), for example an audit checkpoint.
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        self.key
+            .sign(&rand::SystemRandom::new(), message)
+            .expect("ECDSA signing of an in-memory message cannot fail")
+            .as_ref()
+            .to_vec()
+    }
+
     /// The `x-dsm-proof` header value for `request` (its prost encoding) sent to `method`.
     pub fn proof_header(&self, method: &str, request: &[u8]) -> String {
         let mut nonce = [0u8; NONCE_LEN];

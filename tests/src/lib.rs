@@ -36,8 +36,14 @@ macro_rules! assert_eventually {
     }};
 }
 
-/// Runs an async test body with a deadline, so a hang fails instead of stalling CI.
+/// Runs an async test body with a deadline, so a hang fails instead of stalling CI. The binaries
+/// are built (or found) first: a cold build must not eat the test's time budget.
 pub async fn within<F: Future<Output = T>, T>(secs: u64, body: F) -> T {
+    tokio::task::spawn_blocking(|| {
+        bin_dir();
+    })
+    .await
+    .expect("building the binaries");
     tokio::time::timeout(Duration::from_secs(secs), body)
         .await
         .unwrap_or_else(|_| panic!("test did not finish within {secs}s"))

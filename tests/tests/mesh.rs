@@ -27,6 +27,28 @@ fn signer(c: &Credentials) -> Signer {
     Signer::from_pem_file(&c.key).expect("signing key")
 }
 
+/// The DER chain of a credential, as a client presents it in TLS.
+fn chain_of(c: &Credentials) -> Vec<Vec<u8>> {
+    TlsMaterial::load(&c.ca, &c.cert, &c.key)
+        .expect("material")
+        .chain
+        .iter()
+        .map(|d| d.to_vec())
+        .collect()
+}
+
+/// A proof for `request` to `method`, signed by `signer`, claiming `chain`.
+fn proof_for(signer: &Signer, chain: &[Vec<u8>], method: &str, request: &[u8]) -> ClientProof {
+    let (timestamp_unix_ms, nonce, signature) =
+        parse_header(&signer.proof_header(method, request)).expect("header");
+    ClientProof {
+        chain: chain.to_vec(),
+        timestamp_unix_ms,
+        nonce,
+        signature,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_created_through_any_gateway_are_readable_through_every_gateway() {
     within(120, async {
@@ -234,12 +256,7 @@ async fn a_stolen_node_identity_cannot_read_or_widen_anything_on_other_shards() 
         // The attacker holds node n1's certificate and key and speaks the peer protocol to n2.
         let a = mesh.nodes[0].credentials.clone();
         let t = stolen_transport(&a);
-        let a_chain = TlsMaterial::load(&a.ca, &a.cert, &a.key)
-            .expect("m")
-            .chain
-            .iter()
-            .map(|c| c.to_vec())
-            .collect::<Vec<_>>();
+        let a_chain = chain_of(&a);
         let call = |method: &str, request: Vec<u8>, proof: Option<ClientProof>| ForwardedCall {
             method: method.into(),
             request,
@@ -253,15 +270,7 @@ async fn a_stolen_node_identity_cannot_read_or_widen_anything_on_other_shards() 
         assert_eq!(err.0, Code::Unauthenticated as i32, "{err:?}");
         // 2. A proof signed with the stolen node key: valid chain, but a node is not a client role.
         let node_signer = signer(&a);
-        let (ts, nonce, sig) =
-            parse_header(&node_signer.proof_header(GET_ORDER, &get.encode_to_vec()))
-                .expect("header");
-        let proof = ClientProof {
-            chain: a_chain.clone(),
-            timestamp_unix_ms: ts,
-            nonce,
-            signature: sig,
-        };
+        let proof = proof_for(&node_signer, &a_chain, GET_ORDER, &get.encode_to_vec());
         let err = peer_call(
             &t,
             &mesh,
@@ -272,21 +281,8 @@ async fn a_stolen_node_identity_cannot_read_or_widen_anything_on_other_shards() 
         .expect_err("refused");
         assert_eq!(err.0, Code::PermissionDenied as i32, "{err:?}");
         // 3. A proof claiming a client's chain but signed by the node key.
-        let sf_chain = TlsMaterial::load(&sf.ca, &sf.cert, &sf.key)
-            .expect("m")
-            .chain
-            .iter()
-            .map(|c| c.to_vec())
-            .collect::<Vec<_>>();
-        let (ts, nonce, sig) =
-            parse_header(&node_signer.proof_header(GET_ORDER, &get.encode_to_vec()))
-                .expect("header");
-        let forged = ClientProof {
-            chain: sf_chain.clone(),
-            timestamp_unix_ms: ts,
-            nonce,
-            signature: sig,
-        };
+        let sf_chain = chain_of(&sf);
+        let forged = proof_for(&node_signer, &sf_chain, GET_ORDER, &get.encode_to_vec());
         let err = peer_call(
             &t,
             &mesh,
@@ -301,14 +297,7 @@ async fn a_stolen_node_identity_cannot_read_or_widen_anything_on_other_shards() 
         );
         // 4. A genuine storefront proof captured in transit: replayed, retargeted, or re-roled.
         let sf_signer = signer(&sf);
-        let (ts, nonce, sig) =
-            parse_header(&sf_signer.proof_header(GET_ORDER, &get.encode_to_vec())).expect("header");
-        let genuine = ClientProof {
-            chain: sf_chain.clone(),
-            timestamp_unix_ms: ts,
-            nonce,
-            signature: sig,
-        };
+        let genuine = proof_for(&sf_signer, &sf_chain, GET_ORDER, &get.encode_to_vec());
         let other = GetOrderRequest {
             order_id: mesh_node::ids::OrderId::mint(
                 order

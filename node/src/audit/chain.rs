@@ -1,0 +1,200 @@
+//! The audit chain format and its verification (pure: no I/O).
+//!
+//! A node's audit log is a sequence of JSON lines, one record each, written in this exact field
+//! order with no spaces:
+//!
+//! ```text
+//! {"v":1,"seq":7,"ts":1763900000000,"node":"n1","principal":"spiffe://td/client/oms/x","role":"oms",
+//!  "action":"GetOrder","customer":"<hex>","order":"<hex>","purpose":"","fields":["customer.name"],
+//!  "decision":"allow","reason":"","prev":"<hex sha-256 of line 6>"}
+//! ```
+//!
+//! - `hash(line)` is SHA-256 of the line's bytes as stored (no trailing newline). Verifiers hash the
+//!   bytes they read; nothing is re-serialised, so there is no canonicalisation to get wrong.
+//! - `seq` starts at 1 and grows by one; `prev` of record 1 is 64 zeros. After old segments are
+//!   pruned, the first remaining record's `prev` must equal the `head` of a signed checkpoint at
+//!   `seq - 1` (the anchor).
+//! - `customer` and `order` are keyed hashes (HMAC-SHA256 under the node's index key), never ids.
+//!
+//! Checkpoints are JSON lines too: `{"v":1,"node":..,"seq":..,"head":..,"ts":..,"sig":..,"cert":..}`
+//! where `sig` is the node's ECDSA P-256 / SHA-256 signature (ASN.1 DER, base64) over
+//! [`checkpoint_payload`] and `cert` the node's certificate (DER, base64), which must chain to the
+//! mesh CA and name the node. A checkpoint whose `seq` is beyond the last record means the tail
+//! was truncated; one whose `head` differs from the record's hash means the log was rewritten.
+
+use aws_lc_rs::digest;
+use serde::{Deserialize, Serialize};
+
+pub const FORMAT: u32 = 1;
+pub const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One audit record. Field order here is the order on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub v: u32,
+    pub seq: u64,
+    /// Unix milliseconds.
+    pub ts: i64,
+    pub node: String,
+    /// The certificate identity of the caller (a client, an admin, or `-` if none was proven).
+    pub principal: String,
+    pub role: String,
+    pub action: String,
+    /// Keyed hash of the customer id, hex, or empty.
+    pub customer: String,
+    /// Keyed hash of the order id, hex, or empty.
+    pub order: String,
+    pub purpose: String,
+    /// Field paths disclosed unmasked to the caller.
+    pub fields: Vec<String>,
+    /// `allow` or `deny`.
+    pub decision: String,
+    /// Why a request was denied (a gRPC code name), or empty.
+    pub reason: String,
+    pub prev: String,
+}
+
+/// A signed checkpoint of a node's chain head.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub v: u32,
+    pub node: String,
+    pub seq: u64,
+    pub head: String,
+    pub ts: i64,
+    /// Base64 ECDSA P-256 / SHA-256 signature over `checkpoint_payload`.
+    pub sig: String,
+    /// Base64 DER certificate of the signing node.
+    pub cert: String,
+}
+
+pub fn hash_line(line: &[u8]) -> String {
+    hex::encode(digest::digest(&digest::SHA256, line).as_ref())
+}
+
+/// The bytes a checkpoint signature covers.
+pub fn checkpoint_payload(node: &str, seq: u64, head: &str, ts: i64) -> Vec<u8> {
+    format!("dsm-audit-checkpoint-v1\n{node}\n{seq}\n{head}\n{ts}").into_bytes()
+}
+
+/// The first thing wrong with a chain, named so an auditor can find it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    #[error("record at line {line} is not a valid audit record")]
+    Unparseable { line: usize },
+    #[error(
+        "record seq {seq}: expected seq {expected} (a record was deleted, inserted or reordered)"
+    )]
+    Sequence { seq: u64, expected: u64 },
+    #[error(
+        "record seq {seq}: prev does not match the hash of record {prev_seq} (a record was edited, deleted or reordered)"
+    )]
+    Link { seq: u64, prev_seq: u64 },
+    #[error(
+        "record seq {seq}: the chain starts here but no signed checkpoint anchors seq {anchor}"
+    )]
+    Unanchored { seq: u64, anchor: u64 },
+    #[error("checkpoint for seq {seq}: signature invalid or not by node {node}")]
+    CheckpointSignature { seq: u64, node: String },
+    #[error("checkpoint for seq {seq}: head does not match record {seq} (the log was rewritten)")]
+    CheckpointHead { seq: u64 },
+    #[error("checkpoint for seq {seq} but the log ends at seq {last} (the tail was truncated)")]
+    Truncated { seq: u64, last: u64 },
+    #[error("no signed checkpoint covers this log: it cannot be told apart from a forgery")]
+    NoCheckpoint,
+}
+
+/// What a verified chain looks like.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Verified {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub records: u64,
+    pub checkpoints: u64,
+    pub head: String,
+}
+
+/// Verifies `lines` (records in file order) against `checkpoints`. `check_sig` decides whether a
+/// checkpoint's signature and certificate are genuine (the caller knows the CA).
+pub fn verify(
+    lines: &[&[u8]],
+    checkpoints: &[Checkpoint],
+    check_sig: &dyn Fn(&Checkpoint) -> bool,
+) -> Result<Verified, ChainError> {
+    for cp in checkpoints {
+        if !check_sig(cp) {
+            return Err(ChainError::CheckpointSignature {
+                seq: cp.seq,
+                node: cp.node.clone(),
+            });
+        }
+    }
+    let mut out = Verified::default();
+    let mut hashes: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
+    let mut prev: Option<(u64, String)> = None;
+    for (i, line) in lines.iter().enumerate() {
+        let rec: Record =
+            serde_json::from_slice(line).map_err(|_| ChainError::Unparseable { line: i + 1 })?;
+        match &prev {
+            None => {
+                out.first_seq = rec.seq;
+                let anchored = if rec.seq == 1 {
+                    rec.prev == ZERO_HASH
+                } else {
+                    checkpoints
+                        .iter()
+                        .any(|cp| cp.seq == rec.seq - 1 && cp.head == rec.prev)
+                };
+                if !anchored {
+                    return Err(if rec.seq == 1 {
+                        ChainError::Link {
+                            seq: 1,
+                            prev_seq: 0,
+                        }
+                    } else {
+                        ChainError::Unanchored {
+                            seq: rec.seq,
+                            anchor: rec.seq - 1,
+                        }
+                    });
+                }
+            }
+            Some((pseq, phash)) => {
+                if rec.seq != pseq + 1 {
+                    return Err(ChainError::Sequence {
+                        seq: rec.seq,
+                        expected: pseq + 1,
+                    });
+                }
+                if &rec.prev != phash {
+                    return Err(ChainError::Link {
+                        seq: rec.seq,
+                        prev_seq: *pseq,
+                    });
+                }
+            }
+        }
+        let h = hash_line(line);
+        hashes.insert(rec.seq, h.clone());
+        prev = Some((rec.seq, h));
+        out.records += 1;
+    }
+    let (last, head) = prev.unwrap_or((0, ZERO_HASH.to_owned()));
+    if out.records > 0 && checkpoints.is_empty() {
+        return Err(ChainError::NoCheckpoint);
+    }
+    out.last_seq = last;
+    out.head = head;
+    for cp in checkpoints {
+        if cp.seq > last {
+            return Err(ChainError::Truncated { seq: cp.seq, last });
+        }
+        if let Some(h) = hashes.get(&cp.seq) {
+            if *h != cp.head {
+                return Err(ChainError::CheckpointHead { seq: cp.seq });
+            }
+        }
+        out.checkpoints += 1;
+    }
+    Ok(out)
+}

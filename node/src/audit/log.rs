@@ -1,0 +1,416 @@
+//! The audit log on disk: append-only JSON-lines segments (`segment-NNNNNNNN.jsonl`) and signed
+//! checkpoints (`checkpoints.jsonl`) in the node's audit directory.
+//!
+//! One writer task owns the files. Callers hand it an [`Entry`] and wait: the writer gathers every
+//! pending entry, assigns sequence numbers and chain hashes, appends the lines, `fdatasync`s once
+//! and answers them all (group commit, as for orders). An access is served only after its record
+//! is durable; if the append fails, the caller gets an error and the access is refused (fail closed).
+//! A signed checkpoint of the head is written every second while records arrive, and on shutdown.
+//! On start the writer recovers the head from the last segment, dropping a torn final line (its
+//! append was never acknowledged).
+
+use super::chain::{self, Checkpoint, Record, ZERO_HASH};
+use crate::proof::{Signer, now_ms};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use std::io::{BufRead as _, Seek as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+const SEGMENT_BYTES: u64 = 64 << 20;
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+const CHECKPOINTS_FILE: &str = "checkpoints.jsonl";
+/// Test-only fault injection: `DSM_TEST_FAILPOINTS=audit-append` makes every append fail.
+pub const FAILPOINT_ENV: &str = "DSM_TEST_FAILPOINTS";
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log I/O: {0}")]
+    Io(String),
+    #[error("the audit log is not running")]
+    Stopped,
+}
+
+fn io(e: impl std::fmt::Display) -> AuditError {
+    AuditError::Io(e.to_string())
+}
+
+/// What a caller records; the writer adds seq, time, node and chain link.
+#[derive(Debug, Clone, Default)]
+pub struct Entry {
+    pub principal: String,
+    pub role: String,
+    pub action: String,
+    pub customer: String,
+    pub order: String,
+    pub purpose: String,
+    pub fields: Vec<String>,
+    pub allowed: bool,
+    pub reason: String,
+}
+
+enum Cmd {
+    Append(Entry, oneshot::Sender<Result<u64, AuditError>>),
+    Checkpoint(oneshot::Sender<Result<(), AuditError>>),
+}
+
+/// Handle to a node's audit log.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    tx: mpsc::UnboundedSender<Cmd>,
+    live: broadcast::Sender<Arc<String>>,
+    dir: PathBuf,
+}
+
+/// Signs checkpoints with the node's key and names the node's certificate.
+pub struct CheckpointSigner {
+    pub signer: Signer,
+    pub cert_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for CheckpointSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CheckpointSigner(..)")
+    }
+}
+
+struct Writer {
+    dir: PathBuf,
+    node: String,
+    segment: std::fs::File,
+    segment_no: u64,
+    segment_len: u64,
+    seq: u64,
+    head: String,
+    checkpointed_seq: u64,
+    signer: CheckpointSigner,
+    live: broadcast::Sender<Arc<String>>,
+    fail: bool,
+}
+
+fn segment_path(dir: &Path, n: u64) -> PathBuf {
+    dir.join(format!("segment-{n:08}.jsonl"))
+}
+
+/// Segment numbers present in `dir`, ascending.
+pub fn segments(dir: &Path) -> Result<Vec<u64>, AuditError> {
+    let mut out: Vec<u64> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_prefix("segment-")?
+                .strip_suffix(".jsonl")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Complete lines of a file (a torn last line without its newline is left out).
+pub fn read_lines(path: &Path) -> Result<Vec<Vec<u8>>, AuditError> {
+    let bytes = std::fs::read(path).map_err(io)?;
+    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    Ok(bytes[..complete]
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect())
+}
+
+/// Every record line of the log in `dir`, oldest first.
+pub fn read_all(dir: &Path) -> Result<Vec<Vec<u8>>, AuditError> {
+    let mut out = Vec::new();
+    for n in segments(dir)? {
+        out.extend(read_lines(&segment_path(dir, n))?);
+    }
+    Ok(out)
+}
+
+pub fn read_checkpoints(dir: &Path) -> Result<Vec<Checkpoint>, AuditError> {
+    let path = dir.join(CHECKPOINTS_FILE);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    read_lines(&path)?
+        .iter()
+        .map(|l| serde_json::from_slice(l).map_err(io))
+        .collect()
+}
+
+impl Writer {
+    fn open(
+        dir: &Path,
+        node: &str,
+        signer: CheckpointSigner,
+        live: broadcast::Sender<Arc<String>>,
+    ) -> Result<Writer, AuditError> {
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let segs = segments(dir)?;
+        let segment_no = segs.last().copied().unwrap_or(1);
+        let path = segment_path(dir, segment_no);
+        // Drop a torn final line: it was never acknowledged.
+        if path.exists() {
+            let bytes = std::fs::read(&path).map_err(io)?;
+            let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            if complete < bytes.len() {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io)?;
+                f.set_len(complete as u64).map_err(io)?;
+                f.sync_all().map_err(io)?;
+            }
+        }
+        let mut seq = 0;
+        let mut head = ZERO_HASH.to_owned();
+        for n in segs.iter().rev() {
+            if let Some(last) = read_lines(&segment_path(dir, *n))?.last() {
+                let rec: Record = serde_json::from_slice(last).map_err(io)?;
+                seq = rec.seq;
+                head = chain::hash_line(last);
+                break;
+            }
+        }
+        let checkpointed_seq = read_checkpoints(dir)?
+            .iter()
+            .map(|c| c.seq)
+            .max()
+            .unwrap_or(0);
+        let mut segment = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io)?;
+        let segment_len = segment.seek(std::io::SeekFrom::End(0)).map_err(io)?;
+        let fail =
+            std::env::var(FAILPOINT_ENV).is_ok_and(|v| v.split(',').any(|f| f == "audit-append"));
+        Ok(Writer {
+            dir: dir.to_owned(),
+            node: node.to_owned(),
+            segment,
+            segment_no,
+            segment_len,
+            seq,
+            head,
+            checkpointed_seq,
+            signer,
+            live,
+            fail,
+        })
+    }
+
+    fn append_batch(&mut self, entries: &[Entry]) -> Result<Vec<u64>, AuditError> {
+        if self.fail {
+            return Err(AuditError::Io(
+                "injected failure (audit-append failpoint)".into(),
+            ));
+        }
+        if self.segment_len > SEGMENT_BYTES {
+            self.segment.sync_all().map_err(io)?;
+            self.segment_no += 1;
+            self.segment = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(segment_path(&self.dir, self.segment_no))
+                .map_err(io)?;
+            self.segment_len = 0;
+        }
+        let (mut seq, mut head) = (self.seq, self.head.clone());
+        let mut buf = Vec::new();
+        let mut lines = Vec::with_capacity(entries.len());
+        let mut seqs = Vec::with_capacity(entries.len());
+        for e in entries {
+            seq += 1;
+            let rec = Record {
+                v: chain::FORMAT,
+                seq,
+                ts: now_ms(),
+                node: self.node.clone(),
+                principal: e.principal.clone(),
+                role: e.role.clone(),
+                action: e.action.clone(),
+                customer: e.customer.clone(),
+                order: e.order.clone(),
+                purpose: e.purpose.clone(),
+                fields: e.fields.clone(),
+                decision: if e.allowed { "allow" } else { "deny" }.into(),
+                reason: e.reason.clone(),
+                prev: head,
+            };
+            let line = serde_json::to_string(&rec).map_err(io)?;
+            head = chain::hash_line(line.as_bytes());
+            buf.extend_from_slice(line.as_bytes());
+            buf.push(b'\n');
+            lines.push(line);
+            seqs.push(seq);
+        }
+        self.segment.write_all(&buf).map_err(io)?;
+        self.segment.sync_data().map_err(io)?;
+        self.segment_len += buf.len() as u64;
+        self.seq = seq;
+        self.head = head;
+        for line in lines {
+            let _ = self.live.send(Arc::new(line));
+        }
+        Ok(seqs)
+    }
+
+    fn checkpoint(&mut self) -> Result<(), AuditError> {
+        if self.seq == self.checkpointed_seq {
+            return Ok(());
+        }
+        let ts = now_ms();
+        let sig = self.signer.signer.sign(&chain::checkpoint_payload(
+            &self.node, self.seq, &self.head, ts,
+        ));
+        let cp = Checkpoint {
+            v: chain::FORMAT,
+            node: self.node.clone(),
+            seq: self.seq,
+            head: self.head.clone(),
+            ts,
+            sig: B64.encode(sig),
+            cert: B64.encode(&self.signer.cert_der),
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(CHECKPOINTS_FILE))
+            .map_err(io)?;
+        let mut line = serde_json::to_vec(&cp).map_err(io)?;
+        line.push(b'\n');
+        f.write_all(&line).map_err(io)?;
+        f.sync_data().map_err(io)?;
+        self.checkpointed_seq = self.seq;
+        Ok(())
+    }
+}
+
+impl AuditLog {
+    /// Opens (recovering) the log in `dir` and starts its writer; the task ends when every handle is
+    /// dropped, after a final checkpoint.
+    pub fn open(
+        dir: &Path,
+        node: &str,
+        signer: CheckpointSigner,
+    ) -> Result<(AuditLog, tokio::task::JoinHandle<()>), AuditError> {
+        let (live, _) = broadcast::channel(4096);
+        let mut writer = Writer::open(dir, node, signer, live.clone())?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<Cmd>();
+        let task = tokio::task::spawn_blocking(move || {
+            let mut last_checkpoint = std::time::Instant::now();
+            let runtime = tokio::runtime::Handle::current();
+            loop {
+                // Wait for work, or for the next checkpoint tick.
+                let first = runtime
+                    .block_on(async { tokio::time::timeout(CHECKPOINT_EVERY, rx.recv()).await });
+                let mut appends = Vec::new();
+                let mut checkpoint_waiters = Vec::new();
+                let mut closed = false;
+                match first {
+                    Ok(Some(cmd)) => {
+                        let mut push = |cmd| match cmd {
+                            Cmd::Append(e, done) => appends.push((e, done)),
+                            Cmd::Checkpoint(done) => checkpoint_waiters.push(done),
+                        };
+                        push(cmd);
+                        while let Ok(cmd) = rx.try_recv() {
+                            push(cmd);
+                        }
+                    }
+                    Ok(None) => closed = true,
+                    Err(_) => {}
+                }
+                if !appends.is_empty() {
+                    let entries: Vec<Entry> = appends.iter().map(|(e, _)| e.clone()).collect();
+                    match writer.append_batch(&entries) {
+                        Ok(seqs) => {
+                            for ((_, done), seq) in appends.into_iter().zip(seqs) {
+                                let _ = done.send(Ok(seq));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "audit append failed; refusing the accesses it was for");
+                            for (_, done) in appends {
+                                let _ = done.send(Err(e.clone()));
+                            }
+                        }
+                    }
+                }
+                if closed
+                    || !checkpoint_waiters.is_empty()
+                    || last_checkpoint.elapsed() >= CHECKPOINT_EVERY
+                {
+                    let r = writer.checkpoint();
+                    if let Err(e) = &r {
+                        tracing::error!(error = %e, "audit checkpoint failed");
+                    }
+                    last_checkpoint = std::time::Instant::now();
+                    for done in checkpoint_waiters {
+                        let _ = done.send(r.clone());
+                    }
+                }
+                if closed {
+                    return;
+                }
+            }
+        });
+        Ok((
+            AuditLog {
+                tx,
+                live,
+                dir: dir.to_owned(),
+            },
+            task,
+        ))
+    }
+
+    /// Appends one record and waits until it is durable; returns its sequence number.
+    pub async fn append(&self, entry: Entry) -> Result<u64, AuditError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Append(entry, done))
+            .map_err(|_| AuditError::Stopped)?;
+        rx.await.map_err(|_| AuditError::Stopped)?
+    }
+
+    /// Writes a signed checkpoint of the current head now.
+    pub async fn checkpoint(&self) -> Result<(), AuditError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Checkpoint(done))
+            .map_err(|_| AuditError::Stopped)?;
+        rx.await.map_err(|_| AuditError::Stopped)?
+    }
+
+    /// Every record appended from now on, as its JSON line.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<String>> {
+        self.live.subscribe()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Records of the log in `dir` that match `keep`, oldest first (a sequential scan).
+pub fn scan(dir: &Path, mut keep: impl FnMut(&Record) -> bool) -> Result<Vec<Record>, AuditError> {
+    let mut out = Vec::new();
+    for n in segments(dir)? {
+        let f = std::fs::File::open(segment_path(dir, n)).map_err(io)?;
+        for line in std::io::BufReader::new(f).split(b'\n') {
+            let line = line.map_err(io)?;
+            if let Ok(rec) = serde_json::from_slice::<Record>(&line) {
+                if keep(&rec) {
+                    out.push(rec);
+                }
+            }
+        }
+    }
+    Ok(out)
+}

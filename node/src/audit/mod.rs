@@ -1,0 +1,11 @@
+//! The audit trail: every access to customer data and every administrative action, recorded on the
+//! node that owns the data, hash-chained, checkpointed with the node's signature, and fail-closed.
+//!
+//! - `chain`: the record and checkpoint format and its verification (pure; the spec for auditors).
+//! - `log`: the on-disk log: group-committed appends, recovery, checkpoints, live tail, scans.
+
+pub mod chain;
+pub mod log;
+
+#[cfg(test)]
+mod tests;
