@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "dsm/v1/layout.proto",
     "dsm/v1/peer.proto",
     "dsm/v1/admin.proto",
+    "dsm/v1/audit.proto",
     "dsm/bench/v1/echo.proto",
 ];
 

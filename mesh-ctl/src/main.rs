@@ -8,7 +8,9 @@
 //! | `pki`  | `ca init`, `cert issue node|client|admin`, `key init` |
 //! | `up`   | `up`: a local mesh of real node processes             |
 //! | `status` | `status`: members, partitions, layout and health    |
+//! | `audit` | `audit query`, `audit verify`                        |
 
+mod audit;
 mod pki;
 mod status;
 mod up;
@@ -55,6 +57,11 @@ enum Command {
     },
     /// Start a local mesh on loopback with fresh certificates, and run until interrupted.
     Up(up::UpArgs),
+    /// The audit trail: query it mesh-wide, or verify every node's chain.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
     /// Members, partition counts, layout agreement and health of a local mesh (exit 1 on a problem).
     Status(status::StatusArgs),
     /// Print shell completions.
@@ -78,6 +85,7 @@ async fn main() -> ExitCode {
         Command::Key { command } => pki::key(command, cli.output).map(|()| true),
         Command::Up(args) => up::run(args, cli.output).await.map(|()| true),
         Command::Status(args) => status::run(args, cli.output).await,
+        Command::Audit { command } => audit::run(command, cli.output).await,
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -28,9 +28,10 @@ pub enum Error {
     Remote(Code, String),
 }
 
-impl From<Error> for Status {
-    fn from(e: Error) -> Status {
-        let code = match &e {
+impl Error {
+    /// The gRPC code of this error: the one place errors map to codes.
+    pub fn code(&self) -> Code {
+        match self {
             Error::Invalid(_) => Code::InvalidArgument,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::PermissionDenied(_) => Code::PermissionDenied,
@@ -38,11 +39,16 @@ impl From<Error> for Status {
             Error::FailedPrecondition(_) | Error::Storage(StorageError::Rejected(_)) => {
                 Code::FailedPrecondition
             }
-            Error::Unavailable(_) => Code::Unavailable,
+            Error::Unavailable(_) | Error::Storage(StorageError::Flush(_)) => Code::Unavailable,
             Error::Remote(code, _) => *code,
-            Error::Storage(StorageError::Flush(_)) => Code::Unavailable,
             Error::Storage(_) => Code::Internal,
-        };
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        let code = e.code();
         let message = match &e {
             // Storage internals stay in the node's log; the caller learns only what to do.
             Error::Storage(StorageError::Flush(_)) => {

@@ -6,6 +6,7 @@
 //! proof, and pass the owner's answer back unchanged. The owner authorises against the identity in
 //! the proof, never against the forwarding node (see `proof`).
 
+use crate::audit::log::{AuditLog, Entry};
 use crate::error::Error;
 use crate::identity::Identity;
 use crate::ids::{OrderId, Partition, partition_of};
@@ -48,10 +49,42 @@ struct Caller {
     role: Role,
 }
 
+/// What one request touched, filled in as it is handled, for its audit record.
+#[derive(Debug, Default)]
+struct Access {
+    principal: String,
+    role: String,
+    customer: String,
+    order: String,
+    purpose: String,
+    fields: Vec<String>,
+    /// Handled by the owner node, which keeps the record.
+    forwarded: bool,
+}
+
+impl Access {
+    fn caller(&mut self, identity: &Identity) {
+        self.principal = identity.to_string();
+        self.role = identity
+            .role()
+            .map_or_else(|| "node".to_owned(), |r| r.to_string());
+    }
+}
+
+/// Buyer fields a role receives unmasked: what an allowed read discloses.
+fn disclosed(role: Role) -> Vec<String> {
+    policy::Field::ALL
+        .into_iter()
+        .filter(|f| f.is_buyer_field() && policy::visibility(role, *f) == policy::Visibility::Full)
+        .map(|f| f.path().to_owned())
+        .collect()
+}
+
 /// The gateway service of one node; also answers requests forwarded by peers.
 #[derive(Debug, Clone)]
 pub struct Gateway {
     store: Arc<Store>,
+    audit: AuditLog,
     metrics: Arc<Metrics>,
     mesh: Arc<Mesh>,
     /// Upper bound on a forwarded request when the client sent no deadline.
@@ -81,15 +114,63 @@ fn grpc_timeout<T>(req: &Request<T>) -> Option<Duration> {
 impl Gateway {
     pub fn new(
         store: Arc<Store>,
+        audit: AuditLog,
         metrics: Arc<Metrics>,
         mesh: Arc<Mesh>,
         forward_timeout: Duration,
     ) -> Gateway {
         Gateway {
             store,
+            audit,
             metrics,
             mesh,
             forward_timeout,
+        }
+    }
+
+    /// Records the request's one audit record, durably, before anything is returned. If the record
+    /// cannot be written the access is refused (fail closed). A request the owner handled was
+    /// recorded there.
+    async fn audited<T>(
+        &self,
+        method: &str,
+        access: Access,
+        result: Result<T, Error>,
+    ) -> Result<T, Error> {
+        if access.forwarded {
+            return result;
+        }
+        let reason = match &result {
+            Ok(_) => String::new(),
+            Err(e) => crate::metrics::code_name(e.code()).to_owned(),
+        };
+        let entry = Entry {
+            principal: if access.principal.is_empty() {
+                "-".into()
+            } else {
+                access.principal
+            },
+            role: access.role,
+            action: method.to_owned(),
+            customer: access.customer,
+            order: access.order,
+            purpose: access.purpose,
+            fields: if result.is_ok() {
+                access.fields
+            } else {
+                Vec::new()
+            },
+            allowed: result.is_ok(),
+            reason,
+        };
+        match self.audit.append(entry).await {
+            Ok(_) => result,
+            Err(e) => {
+                tracing::error!(error = %e, method, "audit record not written; access refused");
+                Err(Error::Unavailable(
+                    "the audit trail is unavailable, so the access was refused; retry later".into(),
+                ))
+            }
         }
     }
 
@@ -116,7 +197,12 @@ impl Gateway {
     }
 
     /// The caller of a request that arrived on this node's TLS listener.
-    fn tls_caller<T>(&self, req: &Request<T>, method: Method) -> Result<Caller, Error> {
+    fn tls_caller<T>(
+        &self,
+        req: &Request<T>,
+        method: Method,
+        access: &mut Access,
+    ) -> Result<Caller, Error> {
         let info = req.extensions().get::<PeerInfo>().ok_or_else(|| {
             Error::Unauthenticated("no verified client certificate on this connection".into())
         })?;
@@ -125,6 +211,7 @@ impl Gateway {
                 "client certificate has no usable mesh identity: {e}"
             ))
         })?;
+        access.caller(&identity);
         self.authorize(identity, method)
     }
 
@@ -226,7 +313,15 @@ impl Gateway {
 
     // ---- The handlers, run on the owner node -------------------------------------------------
 
-    async fn do_create(&self, caller: &Caller, req: CreateOrderRequest) -> Result<Order, Error> {
+    async fn do_create(
+        &self,
+        caller: &Caller,
+        req: CreateOrderRequest,
+        access: &mut Access,
+    ) -> Result<Order, Error> {
+        if validate::is_valid_customer_id(&req.customer_id) {
+            access.customer = self.store.customer_subject(&req.customer_id);
+        }
         validate::create_order(&req)?;
         let at = now();
         let order = Order {
@@ -253,16 +348,27 @@ impl Gateway {
             self.metrics.orders_created.inc();
         }
         tracing::debug!(principal = %caller.identity, order_id = %stored.order_id, "order created");
+        access.order = self.store.order_subject(&stored.order_id);
+        access.fields = disclosed(caller.role);
         Ok(project(&stored, caller.role))
     }
 
-    fn do_get(&self, caller: &Caller, req: &GetOrderRequest) -> Result<Order, Error> {
+    fn do_get(
+        &self,
+        caller: &Caller,
+        req: &GetOrderRequest,
+        access: &mut Access,
+    ) -> Result<Order, Error> {
+        access.purpose.clone_from(&req.purpose);
         let id = validate::order_id(&req.order_id)?;
+        access.order = self.store.order_subject(&req.order_id);
         validate::purpose(&req.purpose)?;
         let order = self
             .store
             .get_order(&id)?
             .ok_or_else(|| Error::NotFound("order not found".into()))?;
+        access.customer = self.store.customer_subject(&order.customer_id);
+        access.fields = disclosed(caller.role);
         Ok(project(&order, caller.role))
     }
 
@@ -270,7 +376,11 @@ impl Gateway {
         &self,
         caller: &Caller,
         req: &UpdateOrderStatusRequest,
+        access: &mut Access,
     ) -> Result<Order, Error> {
+        if req.order_id.parse::<OrderId>().is_ok() {
+            access.order = self.store.order_subject(&req.order_id);
+        }
         let update = validate::update_status(req)?;
         let courier = req.courier.clone();
         let at = now();
@@ -296,6 +406,8 @@ impl Gateway {
                 Ok(())
             })
             .await?;
+        access.customer = self.store.customer_subject(&order.customer_id);
+        access.fields = disclosed(caller.role);
         Ok(project(&order, caller.role))
     }
 
@@ -303,10 +415,14 @@ impl Gateway {
         &self,
         caller: &Caller,
         req: &ListCustomerOrdersRequest,
+        access: &mut Access,
     ) -> Result<Vec<Order>, Error> {
+        access.purpose.clone_from(&req.purpose);
         validate::customer_id(&req.customer_id)?;
+        access.customer = self.store.customer_subject(&req.customer_id);
         validate::purpose(&req.purpose)?;
         let orders = self.store.customer_orders(&req.customer_id)?;
+        access.fields = disclosed(caller.role);
         Ok(orders.iter().map(|o| project(o, caller.role)).collect())
     }
 
@@ -330,38 +446,74 @@ impl Gateway {
     }
 
     async fn create_order(&self, req: Request<CreateOrderRequest>) -> Result<Order, Error> {
-        let caller = self.tls_caller(&req, Method::CreateOrder)?;
+        let mut access = Access::default();
+        let result = self.create_order_routed(req, &mut access).await;
+        self.audited(CREATE_ORDER, access, result).await
+    }
+
+    async fn create_order_routed(
+        &self,
+        req: Request<CreateOrderRequest>,
+        access: &mut Access,
+    ) -> Result<Order, Error> {
+        let caller = self.tls_caller(&req, Method::CreateOrder, access)?;
         match self.route_customer(&req.get_ref().customer_id) {
-            (Route::Remote(owner), Some(p)) => Ok(self
-                .forward::<_, CreateOrderResponse>(&req, CREATE_ORDER, &owner, p)
-                .await?
-                .order
-                .unwrap_or_default()),
-            _ => self.do_create(&caller, req.into_inner()).await,
+            (Route::Remote(owner), Some(p)) => {
+                let answer = self
+                    .forward::<_, CreateOrderResponse>(&req, CREATE_ORDER, &owner, p)
+                    .await;
+                access.forwarded = matches!(answer, Ok(_) | Err(Error::Remote(..)));
+                Ok(answer?.order.unwrap_or_default())
+            }
+            _ => self.do_create(&caller, req.into_inner(), access).await,
         }
     }
 
     async fn get_order(&self, req: Request<GetOrderRequest>) -> Result<Order, Error> {
-        let caller = self.tls_caller(&req, Method::GetOrder)?;
+        let mut access = Access::default();
+        let result = self.get_order_routed(req, &mut access).await;
+        self.audited(GET_ORDER, access, result).await
+    }
+
+    async fn get_order_routed(
+        &self,
+        req: Request<GetOrderRequest>,
+        access: &mut Access,
+    ) -> Result<Order, Error> {
+        let caller = self.tls_caller(&req, Method::GetOrder, access)?;
         match self.route_order(&req.get_ref().order_id) {
-            (Route::Remote(owner), Some(p)) => Ok(self
-                .forward::<_, GetOrderResponse>(&req, GET_ORDER, &owner, p)
-                .await?
-                .order
-                .unwrap_or_default()),
-            _ => self.do_get(&caller, req.get_ref()),
+            (Route::Remote(owner), Some(p)) => {
+                let answer = self
+                    .forward::<_, GetOrderResponse>(&req, GET_ORDER, &owner, p)
+                    .await;
+                access.forwarded = matches!(answer, Ok(_) | Err(Error::Remote(..)));
+                Ok(answer?.order.unwrap_or_default())
+            }
+            _ => self.do_get(&caller, req.get_ref(), access),
         }
     }
 
     async fn update_status(&self, req: Request<UpdateOrderStatusRequest>) -> Result<Order, Error> {
-        let caller = self.tls_caller(&req, Method::UpdateOrderStatus)?;
+        let mut access = Access::default();
+        let result = self.update_status_routed(req, &mut access).await;
+        self.audited(UPDATE_ORDER_STATUS, access, result).await
+    }
+
+    async fn update_status_routed(
+        &self,
+        req: Request<UpdateOrderStatusRequest>,
+        access: &mut Access,
+    ) -> Result<Order, Error> {
+        let caller = self.tls_caller(&req, Method::UpdateOrderStatus, access)?;
         match self.route_order(&req.get_ref().order_id) {
-            (Route::Remote(owner), Some(p)) => Ok(self
-                .forward::<_, UpdateOrderStatusResponse>(&req, UPDATE_ORDER_STATUS, &owner, p)
-                .await?
-                .order
-                .unwrap_or_default()),
-            _ => self.do_update(&caller, req.get_ref()).await,
+            (Route::Remote(owner), Some(p)) => {
+                let answer = self
+                    .forward::<_, UpdateOrderStatusResponse>(&req, UPDATE_ORDER_STATUS, &owner, p)
+                    .await;
+                access.forwarded = matches!(answer, Ok(_) | Err(Error::Remote(..)));
+                Ok(answer?.order.unwrap_or_default())
+            }
+            _ => self.do_update(&caller, req.get_ref(), access).await,
         }
     }
 
@@ -369,18 +521,44 @@ impl Gateway {
         &self,
         req: Request<ListCustomerOrdersRequest>,
     ) -> Result<Vec<Order>, Error> {
-        let caller = self.tls_caller(&req, Method::ListCustomerOrders)?;
+        let mut access = Access::default();
+        let result = self.list_orders_routed(req, &mut access).await;
+        self.audited(LIST_CUSTOMER_ORDERS, access, result).await
+    }
+
+    async fn list_orders_routed(
+        &self,
+        req: Request<ListCustomerOrdersRequest>,
+        access: &mut Access,
+    ) -> Result<Vec<Order>, Error> {
+        let caller = self.tls_caller(&req, Method::ListCustomerOrders, access)?;
         match self.route_customer(&req.get_ref().customer_id) {
-            (Route::Remote(owner), Some(p)) => Ok(self
-                .forward::<_, ForwardedOrders>(&req, LIST_CUSTOMER_ORDERS, &owner, p)
-                .await?
-                .orders),
-            _ => self.do_list(&caller, req.get_ref()),
+            (Route::Remote(owner), Some(p)) => {
+                let answer = self
+                    .forward::<_, ForwardedOrders>(&req, LIST_CUSTOMER_ORDERS, &owner, p)
+                    .await;
+                access.forwarded = matches!(answer, Ok(_) | Err(Error::Remote(..)));
+                Ok(answer?.orders)
+            }
+            _ => self.do_list(&caller, req.get_ref(), access),
         }
     }
 
-    /// A request forwarded by a peer: verify the client's proof, authorise that client, handle it.
+    /// A request forwarded by a peer. The owner keeps its one audit record, refusals included.
     async fn forwarded(&self, from: &str, call: ForwardedCall) -> Result<Vec<u8>, Error> {
+        let method = call.method.clone();
+        let mut access = Access::default();
+        let result = self.forwarded_inner(from, call, &mut access).await;
+        self.audited(&method, access, result).await
+    }
+
+    /// Verifies the client's proof, authorises that client, and handles the request.
+    async fn forwarded_inner(
+        &self,
+        from: &str,
+        call: ForwardedCall,
+        access: &mut Access,
+    ) -> Result<Vec<u8>, Error> {
         let proof = call.proof.ok_or_else(|| {
             Error::Unauthenticated("forwarded request carries no client proof".into())
         })?;
@@ -390,6 +568,7 @@ impl Gateway {
                 .verify(&call.method, &call.request, &proof)
                 .map_err(|e| Error::Unauthenticated(format!("client proof refused: {e}")))?,
         );
+        access.caller(&identity);
         tracing::debug!(forwarded_by = from, principal = %identity, method = %call.method, "forwarded request");
         let bad = |_| Error::Unauthenticated("forwarded request does not decode".into());
         let bytes = call.request.as_slice();
@@ -401,7 +580,7 @@ impl Gateway {
                     self.ensure_local(partition_of(&req.customer_id))?;
                 }
                 let order = self
-                    .observe(Method::CreateOrder, self.do_create(&caller, req))
+                    .observe(Method::CreateOrder, self.do_create(&caller, req, access))
                     .await
                     .map_err(status_error)?;
                 Ok(CreateOrderResponse { order: Some(order) }.encode_to_vec())
@@ -412,7 +591,9 @@ impl Gateway {
                 let id = validate::order_id(&req.order_id)?;
                 self.ensure_local(id.partition())?;
                 let order = self
-                    .observe(Method::GetOrder, async { self.do_get(&caller, &req) })
+                    .observe(Method::GetOrder, async {
+                        self.do_get(&caller, &req, access)
+                    })
                     .await
                     .map_err(status_error)?;
                 Ok(GetOrderResponse { order: Some(order) }.encode_to_vec())
@@ -423,7 +604,10 @@ impl Gateway {
                 let id = validate::order_id(&req.order_id)?;
                 self.ensure_local(id.partition())?;
                 let order = self
-                    .observe(Method::UpdateOrderStatus, self.do_update(&caller, &req))
+                    .observe(
+                        Method::UpdateOrderStatus,
+                        self.do_update(&caller, &req, access),
+                    )
                     .await
                     .map_err(status_error)?;
                 Ok(UpdateOrderStatusResponse { order: Some(order) }.encode_to_vec())
@@ -435,11 +619,21 @@ impl Gateway {
                 self.ensure_local(partition_of(&req.customer_id))?;
                 let orders = self
                     .observe(Method::ListCustomerOrders, async {
-                        self.do_list(&caller, &req)
+                        self.do_list(&caller, &req, access)
                     })
                     .await
                     .map_err(status_error)?;
                 Ok(ForwardedOrders { orders }.encode_to_vec())
+            }
+            crate::audit::service::QUERY => {
+                if identity.role() != Some(Role::Auditor) {
+                    return Err(Error::PermissionDenied(
+                        "only auditors may read the audit trail".into(),
+                    ));
+                }
+                crate::audit::service::AuditService::new(self.audit.clone(), self.mesh.clone())
+                    .forwarded(bytes)
+                    .map_err(status_error)
             }
             other => Err(Error::PermissionDenied(format!(
                 "method {other} cannot be forwarded"

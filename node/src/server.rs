@@ -5,6 +5,8 @@
 //! (ports bound, store open, `/readyz` green) so callers and tests never guess with sleeps.
 
 use crate::admin::AdminService;
+use crate::audit::log::{AuditLog, CheckpointSigner};
+use crate::audit::service::AuditService;
 use crate::config::Config;
 use crate::crypto::NodeKeys;
 use crate::gateway::Gateway;
@@ -18,6 +20,7 @@ use crate::tls::{self, TlsError, TlsMaterial};
 use crate::transport::{PeerTransport, TransportError};
 use crate::{crypto::CryptoError, listener};
 use mesh_proto::v1::admin_server::AdminServer;
+use mesh_proto::v1::audit_server::AuditServer;
 use mesh_proto::v1::order_gateway_server::OrderGatewayServer;
 use prost::Message as _;
 use std::net::SocketAddr;
@@ -47,6 +50,8 @@ pub enum StartError {
     Transport(#[from] TransportError),
     #[error("stored layout: {0}")]
     Layout(#[from] crate::layout::LayoutError),
+    #[error("audit log: {0}")]
+    Audit(String),
 }
 
 /// The layout to start with: the stored one (verified again) or the configured one, whichever is
@@ -86,6 +91,8 @@ pub struct RunningNode {
     ops_task: JoinHandle<()>,
     ops_state: Arc<OpsState>,
     store: Arc<Store>,
+    audit: AuditLog,
+    audit_task: JoinHandle<()>,
     drain_timeout: std::time::Duration,
 }
 
@@ -167,8 +174,21 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         transport.clone(),
         ProofVerifier::new(tls::client_verifier(&material.roots)?),
     ));
+    // The audit trail, in the data directory, checkpoints signed with this node's key.
+    let signer = crate::proof::Signer::from_pem_file(&config.tls_key).map_err(StartError::Audit)?;
+    let checkpoint_signer = CheckpointSigner {
+        signer,
+        cert_der: material.chain[0].to_vec(),
+    };
+    let (audit, audit_task) = AuditLog::open(
+        &config.data_dir.join("audit"),
+        &config.node_id,
+        checkpoint_signer,
+    )
+    .map_err(|e| StartError::Audit(e.to_string()))?;
     let gateway = Gateway::new(
         store.clone(),
+        audit.clone(),
         metrics.clone(),
         mesh.clone(),
         config.request_timeout,
@@ -196,7 +216,11 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(OrderGatewayServer::new(gateway))
-        .add_service(AdminServer::new(admin));
+        .add_service(AdminServer::new(admin))
+        .add_service(AuditServer::new(AuditService::new(
+            audit.clone(),
+            mesh.clone(),
+        )));
     let signal = shutdown.clone();
     let gateway_task = tokio::spawn(async move {
         if let Err(e) = router
@@ -220,6 +244,8 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         ops_task,
         ops_state,
         store,
+        audit,
+        audit_task,
         drain_timeout: config.drain_timeout,
     })
 }
@@ -238,6 +264,12 @@ impl RunningNode {
         let _ = self.ops_task.await;
         let _ = self.peer_task.await;
         self.transport.close().await;
+        // A final signed checkpoint covers every record, so truncating the tail is detectable.
+        if let Err(e) = self.audit.checkpoint().await {
+            tracing::error!(error = %e, "final audit checkpoint failed");
+        }
+        drop(self.audit);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), self.audit_task).await;
         let flushed = match Arc::try_unwrap(self.store) {
             Ok(store) => store.close().await,
             // A request task still holds the store (drain timed out): flush what is there.

@@ -195,6 +195,8 @@ pub struct NodeOptions {
     pub gateway: SocketAddr,
     pub peer: SocketAddr,
     pub layout_file: Option<PathBuf>,
+    /// Extra environment for the process (fault injection).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for NodeOptions {
@@ -204,6 +206,7 @@ impl Default for NodeOptions {
             gateway: SocketAddr::from(([127, 0, 0, 1], 0)),
             peer: SocketAddr::from(([127, 0, 0, 1], 0)),
             layout_file: None,
+            env: Vec::new(),
         }
     }
 }
@@ -261,6 +264,7 @@ impl TestMesh {
                     peer: m.peer_addr.parse().expect("addr"),
                     layout_file: Some(layout_file.clone()),
                     log_level: log_level.to_owned(),
+                    env: Vec::new(),
                 };
                 NodeProcess::start_with(&pki, &m.node_id, &opts)
             })
@@ -304,6 +308,7 @@ pub struct NodeProcess {
     child: Option<Child>,
     pub gateway: SocketAddr,
     pub ops: SocketAddr,
+    env: Vec<(String, String)>,
     // Keeps the node's directory alive as long as the process handle.
     _tmp: Option<tempfile::TempDir>,
 }
@@ -373,6 +378,7 @@ impl NodeProcess {
             child: None,
             gateway: SocketAddr::from(([127, 0, 0, 1], 0)),
             ops: SocketAddr::from(([127, 0, 0, 1], 0)),
+            env: opts.env.clone(),
             _tmp: Some(tmp),
         };
         node.spawn().expect("node starts");
@@ -400,6 +406,7 @@ impl NodeProcess {
             .append(true)
             .open(self.log_file())?;
         let mut child = Command::new(mesh_node_bin())
+            .envs(self.env.iter().cloned())
             .arg("run")
             .arg("--config")
             .arg(&self.config)

@@ -398,8 +398,12 @@ impl AuditLog {
     }
 }
 
-/// Records of the log in `dir` that match `keep`, oldest first (a sequential scan).
-pub fn scan(dir: &Path, mut keep: impl FnMut(&Record) -> bool) -> Result<Vec<Record>, AuditError> {
+/// Records of the log in `dir` that match `keep`, oldest first, each with its line exactly as
+/// stored (a sequential scan).
+pub fn scan(
+    dir: &Path,
+    mut keep: impl FnMut(&Record) -> bool,
+) -> Result<Vec<(Record, String)>, AuditError> {
     let mut out = Vec::new();
     for n in segments(dir)? {
         let f = std::fs::File::open(segment_path(dir, n)).map_err(io)?;
@@ -407,7 +411,7 @@ pub fn scan(dir: &Path, mut keep: impl FnMut(&Record) -> bool) -> Result<Vec<Rec
             let line = line.map_err(io)?;
             if let Ok(rec) = serde_json::from_slice::<Record>(&line) {
                 if keep(&rec) {
-                    out.push(rec);
+                    out.push((rec, String::from_utf8_lossy(&line).into_owned()));
                 }
             }
         }

@@ -6,6 +6,7 @@
 
 pub mod chain;
 pub mod log;
+pub mod service;
 
 #[cfg(test)]
 mod tests;

@@ -390,6 +390,16 @@ impl Store {
         Ok(inv)
     }
 
+    /// The audit subject of a customer: the keyed hash its records are stored under, in hex.
+    pub fn customer_subject(&self, customer_id: &str) -> String {
+        hex::encode(keys::customer_hash(&self.keys, customer_id))
+    }
+
+    /// The audit subject of an order, in hex.
+    pub fn order_subject(&self, order_id: &str) -> String {
+        hex::encode(keys::order_hash(&self.keys, order_id))
+    }
+
     /// The persisted signed layout, if any (bytes of `dsm.v1.SignedLayout`).
     pub fn saved_layout(&self) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.meta.get("layout")?.map(|v| v.to_vec()))

@@ -1,0 +1,234 @@
+//! `mesh-ctl audit query` (the mesh-wide trail through any gateway, as an auditor) and
+//! `mesh-ctl audit verify` (each node's chain and checkpoint signatures, offline).
+
+use crate::Output;
+use crate::up::MeshFile;
+use anyhow::Context as _;
+use base64::Engine as _;
+use mesh_node::audit::chain::{self, Checkpoint};
+use mesh_node::audit::log;
+use mesh_node::identity::Identity;
+use mesh_proto::v1::AuditQueryRequest;
+use mesh_proto::v1::audit_client::AuditClient;
+use rustls_pki_types::{CertificateDer, UnixTime};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(clap::Subcommand)]
+pub enum AuditCommand {
+    /// Query the audit trail of every node through one gateway, with the auditor certificate.
+    Query {
+        /// The directory of a mesh started with `mesh-ctl up`.
+        #[arg(long, default_value = "mesh-local")]
+        dir: PathBuf,
+        #[arg(long, default_value = "")]
+        principal: String,
+        #[arg(long, default_value = "")]
+        role: String,
+        /// Full method path, for example /dsm.v1.OrderGateway/GetOrder.
+        #[arg(long, default_value = "")]
+        action: String,
+        /// A keyed hash of a customer or order, as found in records.
+        #[arg(long, default_value = "")]
+        subject: String,
+        /// allow or deny.
+        #[arg(long, default_value = "")]
+        decision: String,
+        /// Only records newer than this (for example 15m, 2h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+    /// Verify every node's audit chain and checkpoint signatures; exit 1 naming the first bad record.
+    Verify {
+        /// The directory of a mesh started with `mesh-ctl up`.
+        #[arg(long, default_value = "mesh-local")]
+        dir: PathBuf,
+        /// Verify one audit directory instead (with --ca).
+        #[arg(long)]
+        audit_dir: Option<PathBuf>,
+        #[arg(long)]
+        ca: Option<PathBuf>,
+    },
+}
+
+/// Whether a checkpoint is genuinely signed by the node it names, with a certificate from `ca` that
+/// was valid when the checkpoint was made.
+fn checkpoint_genuine(
+    cp: &Checkpoint,
+    verifier: &dyn rustls::server::danger::ClientCertVerifier,
+) -> bool {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (Ok(der), Ok(sig)) = (b64.decode(&cp.cert), b64.decode(&cp.sig)) else {
+        return false;
+    };
+    let at = UnixTime::since_unix_epoch(Duration::from_millis(cp.ts.max(0) as u64));
+    if verifier
+        .verify_client_cert(&CertificateDer::from(der.as_slice()), &[], at)
+        .is_err()
+    {
+        return false;
+    }
+    match Identity::from_certificate(&der) {
+        Ok(Identity::Node { node_id, .. }) if node_id == cp.node => {}
+        _ => return false,
+    }
+    use x509_parser::prelude::*;
+    let Ok((_, cert)) = X509Certificate::from_der(&der) else {
+        return false;
+    };
+    let spki = cert.public_key().subject_public_key.data.to_vec();
+    aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+        spki,
+    )
+    .verify(
+        &chain::checkpoint_payload(&cp.node, cp.seq, &cp.head, cp.ts),
+        &sig,
+    )
+    .is_ok()
+}
+
+/// Verifies one node's audit directory.
+pub fn verify_dir(
+    dir: &Path,
+    ca: &Path,
+) -> anyhow::Result<Result<chain::Verified, chain::ChainError>> {
+    let roots = mesh_node::tls::load_certs(ca)?;
+    let verifier = mesh_node::tls::client_verifier(&roots)?;
+    // Checkpoints first: a live node only checkpoints records already on disk.
+    let checkpoints = log::read_checkpoints(dir)?;
+    let lines = log::read_all(dir)?;
+    let refs: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+    Ok(chain::verify(&refs, &checkpoints, &|cp| {
+        checkpoint_genuine(cp, verifier.as_ref())
+    }))
+}
+
+pub async fn run(cmd: AuditCommand, output: Output) -> anyhow::Result<bool> {
+    match cmd {
+        AuditCommand::Verify { dir, audit_dir, ca } => {
+            let targets: Vec<(String, PathBuf, PathBuf)> = match (audit_dir, ca) {
+                (Some(a), Some(ca)) => vec![(a.display().to_string(), a, ca)],
+                (Some(_), None) => anyhow::bail!("--audit-dir needs --ca"),
+                _ => {
+                    let mesh = read_mesh(&dir)?;
+                    mesh.nodes
+                        .iter()
+                        .map(|n| (n.id.clone(), n.data_dir.join("audit"), mesh.ca_cert.clone()))
+                        .collect()
+                }
+            };
+            let mut ok = true;
+            let mut report = Vec::new();
+            for (name, audit, ca) in targets {
+                match verify_dir(&audit, &ca)? {
+                    Ok(v) => report.push(serde_json::json!({ "node": name, "ok": true, "records": v.records, "checkpoints": v.checkpoints, "last_seq": v.last_seq, "head": v.head })),
+                    Err(e) => {
+                        ok = false;
+                        report.push(serde_json::json!({ "node": name, "ok": false, "error": e.to_string() }));
+                    }
+                }
+            }
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Table => {
+                    for r in &report {
+                        match r["ok"].as_bool() {
+                            Some(true) => println!(
+                                "{:<8} ok   {} records, {} checkpoints, head {}",
+                                r["node"].as_str().unwrap_or("?"),
+                                r["records"],
+                                r["checkpoints"],
+                                r["head"].as_str().unwrap_or("")
+                            ),
+                            _ => println!(
+                                "{:<8} FAIL {}",
+                                r["node"].as_str().unwrap_or("?"),
+                                r["error"].as_str().unwrap_or("")
+                            ),
+                        }
+                    }
+                }
+            }
+            Ok(ok)
+        }
+        AuditCommand::Query {
+            dir,
+            principal,
+            role,
+            action,
+            subject,
+            decision,
+            since,
+            limit,
+        } => {
+            let mesh = read_mesh(&dir)?;
+            let auditor = mesh
+                .clients
+                .get("auditor")
+                .context("mesh.json has no auditor client")?;
+            let tls = mesh_node::client::client_tls(&mesh.ca_cert, &auditor.cert, &auditor.key)?;
+            let node = mesh.nodes.first().context("mesh.json lists no node")?;
+            let channel =
+                mesh_node::client::connect(node.gateway.parse()?, &mesh.server_name, tls).await?;
+            let signer = mesh_node::proof::Signer::from_pem_file(&auditor.key)
+                .map_err(anyhow::Error::msg)?;
+            let from = since.map_or(0, |d| mesh_node::proof::now_ms() - d.as_millis() as i64);
+            let q = AuditQueryRequest {
+                from_unix_ms: from,
+                principal,
+                role,
+                action,
+                subject,
+                decision,
+                limit,
+                ..Default::default()
+            };
+            let mut stream = AuditClient::new(channel)
+                .query(signer.signed(mesh_node::audit::service::QUERY, q))
+                .await?
+                .into_inner();
+            if output == Output::Table {
+                println!(
+                    "{:<6} {:>6} {:<24} {:<8} {:<42} {:<6} principal",
+                    "node", "seq", "time", "role", "action", "result"
+                );
+            }
+            while let Some(r) = stream.message().await? {
+                match output {
+                    Output::Json => println!("{}", r.line),
+                    Output::Table => {
+                        let t = time::OffsetDateTime::from_unix_timestamp_nanos(
+                            i128::from(r.ts_unix_ms) * 1_000_000,
+                        )
+                        .map(|t| {
+                            t.format(&time::format_description::well_known::Rfc3339)
+                                .unwrap_or_default()
+                        })
+                        .unwrap_or_default();
+                        let result = if r.decision == "allow" {
+                            "allow".to_owned()
+                        } else {
+                            format!("deny:{}", r.reason)
+                        };
+                        println!(
+                            "{:<6} {:>6} {:<24} {:<8} {:<42} {:<6} {}",
+                            r.node, r.seq, t, r.role, r.action, result, r.principal
+                        );
+                    }
+                }
+            }
+            Ok(true)
+        }
+    }
+}
+
+fn read_mesh(dir: &Path) -> anyhow::Result<MeshFile> {
+    let path = dir.join("mesh.json");
+    Ok(serde_json::from_str(
+        &std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {} (is `mesh-ctl up` running?)", path.display()))?,
+    )?)
+}
