@@ -1,6 +1,7 @@
 //! `dsm.v1.Admin`: mesh operations on every node's gateway, for `admin` certificates only. It
 //! installs signed layouts and reports the node's view of the mesh; it never returns order data.
 
+use crate::audit::log::{AuditLog, Entry};
 use crate::layout::LayoutError;
 use crate::listener::PeerInfo;
 use crate::mesh::Mesh;
@@ -21,26 +22,69 @@ use tonic::{Request, Response, Status};
 pub struct AdminService {
     mesh: Arc<Mesh>,
     store: Arc<Store>,
+    audit: AuditLog,
 }
 
+pub const APPLY_LAYOUT: &str = "/dsm.v1.Admin/ApplyLayout";
+pub const GET_STATUS: &str = "/dsm.v1.Admin/GetStatus";
+
 impl AdminService {
-    pub fn new(mesh: Arc<Mesh>, store: Arc<Store>) -> AdminService {
-        AdminService { mesh, store }
+    pub fn new(mesh: Arc<Mesh>, store: Arc<Store>, audit: AuditLog) -> AdminService {
+        AdminService { mesh, store, audit }
     }
 
-    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let identity = req
+    /// Records an administrative action (fail closed: no record, no action result).
+    async fn record<T>(
+        &self,
+        principal: &str,
+        action: &str,
+        note: String,
+        result: Result<T, Status>,
+    ) -> Result<T, Status> {
+        let entry = Entry {
+            principal: principal.to_owned(),
+            role: "admin".into(),
+            action: action.to_owned(),
+            purpose: note,
+            allowed: result.is_ok(),
+            reason: result
+                .as_ref()
+                .err()
+                .map(|s| crate::metrics::code_name(s.code()).to_owned())
+                .unwrap_or_default(),
+            ..Entry::default()
+        };
+        match self.audit.append(entry).await {
+            Ok(_) => result,
+            Err(_) => Err(Status::unavailable(
+                "the audit trail is unavailable, so the action was refused",
+            )),
+        }
+    }
+
+    /// The admin behind a request, or why not (with whoever it was, for the record).
+    fn authorize<T>(&self, req: &Request<T>) -> (String, Result<(), Status>) {
+        let Some(identity) = req
             .extensions()
             .get::<PeerInfo>()
             .and_then(|i| i.identity.clone().ok())
-            .ok_or_else(|| Status::unauthenticated("no usable client certificate"))?;
+        else {
+            return (
+                "-".into(),
+                Err(Status::unauthenticated("no usable client certificate")),
+            );
+        };
+        let who = identity.to_string();
         if identity.trust_domain() != self.mesh.trust_domain || identity.role() != Some(Role::Admin)
         {
-            return Err(Status::permission_denied(format!(
-                "{identity} is not an admin of this mesh"
-            )));
+            return (
+                who,
+                Err(Status::permission_denied(format!(
+                    "{identity} is not an admin of this mesh"
+                ))),
+            );
         }
-        Ok(())
+        (who, Ok(()))
     }
 }
 
@@ -60,30 +104,37 @@ impl Admin for AdminService {
         &self,
         req: Request<ApplyLayoutRequest>,
     ) -> Result<Response<ApplyLayoutResponse>, Status> {
-        self.authorize(&req)?;
-        let signed = req
-            .into_inner()
-            .layout
-            .ok_or_else(|| Status::invalid_argument("layout: is required"))?;
-        let layout = self.mesh.apply(&signed).map_err(layout_status)?;
-        self.store
-            .save_layout(&signed.encode_to_vec())
-            .await
-            .map_err(|_| {
-                Status::unavailable(
-                    "the layout was applied but could not be persisted; apply it again",
-                )
-            })?;
-        Ok(Response::new(ApplyLayoutResponse {
-            version: layout.version,
-        }))
+        let (who, allowed) = self.authorize(&req);
+        let signed = req.into_inner().layout;
+        let result = async {
+            allowed?;
+            let signed = signed.ok_or_else(|| Status::invalid_argument("layout: is required"))?;
+            let layout = self.mesh.apply(&signed).map_err(layout_status)?;
+            self.store
+                .save_layout(&signed.encode_to_vec())
+                .await
+                .map_err(|_| {
+                    Status::unavailable(
+                        "the layout was applied but could not be persisted; apply it again",
+                    )
+                })?;
+            Ok(layout.version)
+        }
+        .await;
+        let note = result
+            .as_ref()
+            .map_or_else(|_| String::new(), |v| format!("layout v{v}"));
+        let version = self.record(&who, APPLY_LAYOUT, note, result).await?;
+        Ok(Response::new(ApplyLayoutResponse { version }))
     }
 
     async fn get_status(
         &self,
         req: Request<GetStatusRequest>,
     ) -> Result<Response<GetStatusResponse>, Status> {
-        self.authorize(&req)?;
+        let (who, allowed) = self.authorize(&req);
+        self.record(&who, GET_STATUS, String::new(), allowed)
+            .await?;
         let Some(layout) = self.mesh.layout() else {
             return Ok(Response::new(GetStatusResponse {
                 node_id: self.mesh.node_id.clone(),

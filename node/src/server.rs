@@ -199,7 +199,7 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         Arc::new(move |node: &str| membership_view.is_member(node)),
         shutdown.clone(),
     );
-    let admin = AdminService::new(mesh.clone(), store.clone());
+    let admin = AdminService::new(mesh.clone(), store.clone(), audit.clone());
     let incoming = listener::incoming(
         gateway_listener,
         tokio_rustls::TlsAcceptor::from(server_tls),

@@ -417,3 +417,43 @@ async fn a_query_through_any_gateway_merges_every_nodes_trail() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_records_as_they_are_written() {
+    within(60, async {
+        let pki = Pki::new();
+        let node = NodeProcess::start(&pki, "n1");
+        let mut client = AuditClient::new(
+            node.channel(&pki.client(Role::Auditor))
+                .await
+                .expect("connect"),
+        );
+        let mut live = client
+            .watch(mesh_proto::v1::AuditWatchRequest {
+                action: CREATE_ORDER.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        let mut sf = node.client(&pki.client(Role::Storefront)).await;
+        sf.create_order(sample_order("watched", 1))
+            .await
+            .expect("create");
+        let r = tokio::time::timeout(std::time::Duration::from_secs(5), live.message())
+            .await
+            .expect("a record within 5s")
+            .expect("stream")
+            .expect("record");
+        assert_eq!(
+            (r.action.as_str(), r.role.as_str(), r.decision.as_str()),
+            (CREATE_ORDER, "storefront", "allow")
+        );
+        assert_eq!(
+            mesh_node::audit::chain::hash_line(r.line.as_bytes()).len(),
+            64,
+            "the exact stored line comes along"
+        );
+    })
+    .await;
+}

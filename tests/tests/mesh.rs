@@ -545,6 +545,43 @@ async fn forged_and_replayed_older_layouts_are_refused() {
             Code::PermissionDenied
         );
         let _: &Layout = &v2;
+
+        // Every administrative action is in the node's audit trail, refusals included.
+        let auditor = mesh.pki.client(Role::Auditor);
+        let mut audit = mesh_proto::v1::audit_client::AuditClient::new(
+            mesh.nodes[0].channel(&auditor).await.expect("connect"),
+        );
+        let q = mesh_proto::v1::AuditQueryRequest {
+            local_only: true,
+            action: mesh_node::admin::APPLY_LAYOUT.into(),
+            ..Default::default()
+        };
+        let mut stream = audit.query(q).await.expect("query").into_inner();
+        let mut seen = Vec::new();
+        while let Some(r) = stream.message().await.expect("stream") {
+            seen.push((r.decision, r.reason, r.purpose));
+        }
+        assert_eq!(
+            seen,
+            [
+                (
+                    "deny".to_owned(),
+                    "PERMISSION_DENIED".to_owned(),
+                    String::new()
+                ),
+                (
+                    "deny".to_owned(),
+                    "FAILED_PRECONDITION".to_owned(),
+                    String::new()
+                ),
+                ("allow".to_owned(), String::new(), "layout v2".to_owned()),
+                (
+                    "deny".to_owned(),
+                    "FAILED_PRECONDITION".to_owned(),
+                    String::new()
+                ),
+            ]
+        );
     })
     .await;
 }
