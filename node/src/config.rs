@@ -23,13 +23,17 @@
 //! [log]
 //! format = "text"                       # or "json"
 //! level = "info"
+//! [audit]
+//! retention = "1095d"                   # keep the trail this long (longer than any order data)
+//! segment_bytes = 67108864              # rotate segments past this size
 //! ```
 //!
 //! Each key has an environment override: `DSM_NODE_ID`, `DSM_TRUST_DOMAIN`, `DSM_DATA_DIR`,
 //! `DSM_KEY_FILE`, `DSM_GATEWAY_LISTEN`, `DSM_OPS_LISTEN`, `DSM_PEER_LISTEN`, `DSM_CONTROL_PUBLIC_KEY`,
 //! `DSM_LAYOUT_FILE`, `DSM_TLS_CA`, `DSM_TLS_CERT`,
 //! `DSM_TLS_KEY`, `DSM_MAX_CONCURRENT_REQUESTS`, `DSM_REQUEST_TIMEOUT`, `DSM_HANDSHAKE_TIMEOUT`,
-//! `DSM_DRAIN_TIMEOUT`, `DSM_LOG_FORMAT`, `DSM_LOG_LEVEL`.
+//! `DSM_DRAIN_TIMEOUT`, `DSM_LOG_FORMAT`, `DSM_LOG_LEVEL`, `DSM_AUDIT_RETENTION`,
+//! `DSM_AUDIT_SEGMENT_BYTES`.
 
 use crate::identity::{Identity, is_valid_name, is_valid_trust_domain};
 use serde::Deserialize;
@@ -78,6 +82,15 @@ struct FileConfig {
     limits: FileLimits,
     #[serde(default)]
     log: FileLog,
+    #[serde(default)]
+    audit: FileAudit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAudit {
+    retention: Option<String>,
+    segment_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -134,6 +147,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     pub drain_timeout: Duration,
     pub log_format: LogFormat,
+    /// How long the audit trail is kept and how it rotates.
+    pub audit_retention: crate::audit::log::Retention,
     pub log_level: String,
 }
 
@@ -444,6 +459,25 @@ impl Config {
             c.errors.push(format!("log.level: `{log_level}` is not a tracing filter (for example `info` or `mesh_node=debug`)"));
         }
 
+        let mut audit_retention = crate::audit::log::Retention::default();
+        if let Some(raw) = c.pick("DSM_AUDIT_RETENTION", fc.audit.retention) {
+            match humantime::parse_duration(&raw) {
+                Ok(d) if d >= Duration::from_secs(1) => audit_retention.keep = d,
+                _ => c.errors.push(format!("audit.retention: `{raw}` is not a duration of at least 1s (for example `1095d`)")),
+            }
+        }
+        if let Some(raw) = c.pick(
+            "DSM_AUDIT_SEGMENT_BYTES",
+            fc.audit.segment_bytes.map(|n| n.to_string()),
+        ) {
+            match raw.parse::<u64>() {
+                Ok(n) if n >= 1024 => audit_retention.segment_bytes = n,
+                _ => c.errors.push(format!(
+                    "audit.segment_bytes: `{raw}` must be a whole number of at least 1024"
+                )),
+            }
+        }
+
         if !c.errors.is_empty() {
             return Err(ConfigErrors(c.errors));
         }
@@ -484,6 +518,7 @@ impl Config {
                 drain_timeout,
                 log_format,
                 log_level,
+                audit_retention,
             }),
             _ => Err(ConfigErrors(vec!["incomplete configuration".into()])),
         }

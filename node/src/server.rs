@@ -184,6 +184,7 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         &config.data_dir.join("audit"),
         &config.node_id,
         checkpoint_signer,
+        config.audit_retention,
     )
     .map_err(|e| StartError::Audit(e.to_string()))?;
     let gateway = Gateway::new(

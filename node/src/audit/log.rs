@@ -19,7 +19,28 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-const SEGMENT_BYTES: u64 = 64 << 20;
+/// How a log rotates and how long it keeps records.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Start a new segment past this size (a signed checkpoint closes every segment, so it anchors
+    /// the next one even after older segments are pruned).
+    pub segment_bytes: u64,
+    /// Segments whose newest record is older than this are deleted.
+    pub keep: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        // Longer than any order retention: audit outlives the data it describes.
+        Retention {
+            segment_bytes: 64 << 20,
+            keep: Duration::from_secs(3 * 365 * 86_400),
+        }
+    }
+}
+
+/// How often pruning is considered.
+const PRUNE_EVERY: Duration = Duration::from_secs(5);
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 const CHECKPOINTS_FILE: &str = "checkpoints.jsonl";
 /// Test-only fault injection: `DSM_TEST_FAILPOINTS=audit-append` makes every append fail.
@@ -88,6 +109,8 @@ struct Writer {
     signer: CheckpointSigner,
     live: broadcast::Sender<Arc<String>>,
     fail: bool,
+    retention: Retention,
+    last_prune: std::time::Instant,
 }
 
 fn segment_path(dir: &Path, n: u64) -> PathBuf {
@@ -148,6 +171,7 @@ impl Writer {
         node: &str,
         signer: CheckpointSigner,
         live: broadcast::Sender<Arc<String>>,
+        retention: Retention,
     ) -> Result<Writer, AuditError> {
         std::fs::create_dir_all(dir).map_err(io)?;
         let segs = segments(dir)?;
@@ -190,6 +214,8 @@ impl Writer {
         let fail =
             std::env::var(FAILPOINT_ENV).is_ok_and(|v| v.split(',').any(|f| f == "audit-append"));
         Ok(Writer {
+            retention,
+            last_prune: std::time::Instant::now(),
             dir: dir.to_owned(),
             node: node.to_owned(),
             segment,
@@ -210,8 +236,10 @@ impl Writer {
                 "injected failure (audit-append failpoint)".into(),
             ));
         }
-        if self.segment_len > SEGMENT_BYTES {
+        if self.segment_len > self.retention.segment_bytes {
             self.segment.sync_all().map_err(io)?;
+            // Close the segment with a signed checkpoint: it anchors the next one.
+            self.checkpoint()?;
             self.segment_no += 1;
             self.segment = std::fs::OpenOptions::new()
                 .create(true)
@@ -260,6 +288,44 @@ impl Writer {
         Ok(seqs)
     }
 
+    /// Deletes whole segments whose newest record is older than the retention period, then records
+    /// the pruning in the trail itself. The checkpoint that closed the last pruned segment anchors
+    /// what remains, so the log still verifies.
+    fn prune(&mut self) -> Result<(), AuditError> {
+        self.last_prune = std::time::Instant::now();
+        let horizon = now_ms() - self.retention.keep.as_millis() as i64;
+        let mut pruned = Vec::new();
+        for n in segments(&self.dir)?
+            .into_iter()
+            .filter(|n| *n < self.segment_no)
+        {
+            let path = segment_path(&self.dir, n);
+            let newest = read_lines(&path)?
+                .last()
+                .and_then(|l| serde_json::from_slice::<Record>(l).ok())
+                .map(|r| r.ts);
+            if newest.is_some_and(|ts| ts < horizon) {
+                std::fs::remove_file(&path).map_err(io)?;
+                pruned.push(n);
+            } else {
+                break; // segments are in time order: the rest are newer
+            }
+        }
+        if let (Some(first), Some(last)) = (pruned.first(), pruned.last()) {
+            tracing::info!(first, last, "pruned audit segments past retention");
+            let entry = Entry {
+                principal: format!("node:{}", self.node),
+                role: "node".into(),
+                action: "AuditPrune".into(),
+                purpose: format!("segments {first}-{last}"),
+                allowed: true,
+                ..Entry::default()
+            };
+            self.append_batch(&[entry])?;
+        }
+        Ok(())
+    }
+
     fn checkpoint(&mut self) -> Result<(), AuditError> {
         if self.seq == self.checkpointed_seq {
             return Ok(());
@@ -298,9 +364,10 @@ impl AuditLog {
         dir: &Path,
         node: &str,
         signer: CheckpointSigner,
+        retention: Retention,
     ) -> Result<(AuditLog, tokio::task::JoinHandle<()>), AuditError> {
         let (live, _) = broadcast::channel(4096);
-        let mut writer = Writer::open(dir, node, signer, live.clone())?;
+        let mut writer = Writer::open(dir, node, signer, live.clone(), retention)?;
         let (tx, mut rx) = mpsc::unbounded_channel::<Cmd>();
         let task = tokio::task::spawn_blocking(move || {
             let mut last_checkpoint = std::time::Instant::now();
@@ -340,6 +407,11 @@ impl AuditLog {
                                 let _ = done.send(Err(e.clone()));
                             }
                         }
+                    }
+                }
+                if writer.last_prune.elapsed() >= PRUNE_EVERY {
+                    if let Err(e) = writer.prune() {
+                        tracing::error!(error = %e, "audit pruning failed");
                     }
                 }
                 if closed

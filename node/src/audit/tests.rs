@@ -64,7 +64,8 @@ fn entry(i: usize) -> Entry {
 
 async fn write_log(dir: &Path, n: usize) {
     let (signer, _) = node_signer(dir);
-    let (log, task) = AuditLog::open(&dir.join("audit"), "n1", signer).unwrap();
+    let (log, task) =
+        AuditLog::open(&dir.join("audit"), "n1", signer, log::Retention::default()).unwrap();
     for i in 0..n {
         log.append(entry(i)).await.unwrap();
     }
