@@ -39,6 +39,10 @@ impl Default for Retention {
     }
 }
 
+/// Group commit: at most this many short pauses to let concurrent requests join one fsync.
+const GATHER_ROUNDS: usize = 4;
+const GATHER_PAUSE: Duration = Duration::from_micros(100);
+
 /// How often pruning is considered.
 const PRUNE_EVERY: Duration = Duration::from_secs(5);
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
@@ -80,6 +84,8 @@ enum Cmd {
 /// Handle to a node's audit log.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
+    /// Benchmarks only (`DSM_BENCH_AUDIT_OFF=1`): appends succeed without writing anything.
+    off: bool,
     tx: mpsc::UnboundedSender<Cmd>,
     live: broadcast::Sender<Arc<String>>,
     dir: PathBuf,
@@ -389,6 +395,19 @@ impl AuditLog {
                         while let Ok(cmd) = rx.try_recv() {
                             push(cmd);
                         }
+                        // Gather: while requests keep arriving, wait a moment for more before
+                        // paying for one fsync (bounded; a lone request waits one short pause).
+                        for _ in 0..GATHER_ROUNDS {
+                            std::thread::sleep(GATHER_PAUSE);
+                            let mut more = false;
+                            while let Ok(cmd) = rx.try_recv() {
+                                push(cmd);
+                                more = true;
+                            }
+                            if !more {
+                                break;
+                            }
+                        }
                     }
                     Ok(None) => closed = true,
                     Err(_) => {}
@@ -434,6 +453,7 @@ impl AuditLog {
         });
         Ok((
             AuditLog {
+                off: false,
                 tx,
                 live,
                 dir: dir.to_owned(),
@@ -442,8 +462,19 @@ impl AuditLog {
         ))
     }
 
+    /// Turns recording off, for measuring what audit costs. Never for production: the node warns.
+    pub fn disable_for_benchmarks(&mut self) {
+        tracing::warn!(
+            "AUDIT IS OFF (DSM_BENCH_AUDIT_OFF=1): accesses are not recorded; benchmarks only"
+        );
+        self.off = true;
+    }
+
     /// Appends one record and waits until it is durable; returns its sequence number.
     pub async fn append(&self, entry: Entry) -> Result<u64, AuditError> {
+        if self.off {
+            return Ok(0);
+        }
         let (done, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Append(entry, done))
