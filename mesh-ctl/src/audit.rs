@@ -40,6 +40,19 @@ pub enum AuditCommand {
         #[arg(long, default_value_t = 1000)]
         limit: u32,
     },
+    /// Follow every node's audit trail live (each node's Watch, merged), until interrupted.
+    Watch {
+        #[arg(long, default_value = "mesh-local")]
+        dir: PathBuf,
+        #[arg(long, default_value = "")]
+        principal: String,
+        #[arg(long, default_value = "")]
+        role: String,
+        #[arg(long, default_value = "")]
+        action: String,
+        #[arg(long, default_value = "")]
+        decision: String,
+    },
     /// Verify every node's audit chain and checkpoint signatures; exit 1 naming the first bad record.
     Verify {
         /// The directory of a mesh started with `mesh-ctl up`.
@@ -108,6 +121,54 @@ pub fn verify_dir(
 
 pub async fn run(cmd: AuditCommand, output: Output) -> anyhow::Result<bool> {
     match cmd {
+        AuditCommand::Watch {
+            dir,
+            principal,
+            role,
+            action,
+            decision,
+        } => {
+            use futures::StreamExt as _;
+            let mesh = read_mesh(&dir)?;
+            let auditor = mesh
+                .clients
+                .get("auditor")
+                .context("mesh.json has no auditor client")?;
+            let tls = mesh_node::client::client_tls(&mesh.ca_cert, &auditor.cert, &auditor.key)?;
+            let w = mesh_proto::v1::AuditWatchRequest {
+                principal,
+                role,
+                action,
+                decision,
+            };
+            let mut streams = Vec::new();
+            for node in &mesh.nodes {
+                let channel = mesh_node::client::connect(
+                    node.gateway.parse()?,
+                    &mesh.server_name,
+                    tls.clone(),
+                )
+                .await?;
+                streams.push(
+                    AuditClient::new(channel)
+                        .watch(w.clone())
+                        .await?
+                        .into_inner(),
+                );
+            }
+            let mut merged = futures::stream::select_all(streams);
+            while let Some(r) = merged.next().await {
+                let r = r?;
+                match output {
+                    Output::Json => println!("{}", r.line),
+                    Output::Table => println!(
+                        "{:<6} {:>6} {:<8} {:<42} {:<6} {}",
+                        r.node, r.seq, r.role, r.action, r.decision, r.principal
+                    ),
+                }
+            }
+            Ok(true)
+        }
         AuditCommand::Verify { dir, audit_dir, ca } => {
             let targets: Vec<(String, PathBuf, PathBuf)> = match (audit_dir, ca) {
                 (Some(a), Some(ca)) => vec![(a.display().to_string(), a, ca)],

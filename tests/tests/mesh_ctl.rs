@@ -288,6 +288,63 @@ async fn up_starts_a_three_node_mesh_that_serves_orders_through_every_gateway() 
             "mesh-ctl audit verify did not pass on a live mesh"
         );
 
+        // A live, merged watch over every node.
+        let mut watch = Command::new(mesh_ctl_bin())
+            .args([
+                "audit",
+                "watch",
+                "-o",
+                "json",
+                "--action",
+                mesh_node::gateway::CREATE_ORDER,
+                "--dir",
+            ])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("audit watch");
+        let stdout = watch.stdout.take().expect("stdout");
+        let first_line = std::thread::spawn(move || {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+                .map(|_| line)
+        });
+        // Give the watch a moment to subscribe on every node, then write on the last node.
+        let last = &nodes[2];
+        let addr = last["gateway"]
+            .as_str()
+            .expect("gateway")
+            .parse()
+            .expect("addr");
+        let channel = mesh_node::client::connect(
+            addr,
+            mesh["server_name"].as_str().expect("name"),
+            tls.clone(),
+        )
+        .await
+        .expect("connect");
+        let mut seen = None;
+        for attempt in 0..50u32 {
+            let req = signer.signed(
+                mesh_node::gateway::CREATE_ORDER,
+                sample_order(&format!("watched-{attempt}"), attempt),
+            );
+            OrderGatewayClient::new(channel.clone())
+                .create_order(req)
+                .await
+                .expect("create");
+            if first_line.is_finished() {
+                seen = Some(first_line.join().expect("reader").expect("read"));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = watch.kill();
+        let line = seen.expect("mesh-ctl audit watch printed a record within 5s");
+        let rec: serde_json::Value = serde_json::from_str(line.trim()).expect("a JSON record");
+        assert_eq!(rec["action"], mesh_node::gateway::CREATE_ORDER);
+
         // Ctrl-C (SIGINT) stops every node and removes mesh.json.
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(up.id() as i32),
