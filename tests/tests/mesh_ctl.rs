@@ -341,6 +341,7 @@ async fn up_starts_a_three_node_mesh_that_serves_orders_through_every_gateway() 
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let _ = watch.kill();
+        let _ = watch.wait();
         let line = seen.expect("mesh-ctl audit watch printed a record within 5s");
         let rec: serde_json::Value = serde_json::from_str(line.trim()).expect("a JSON record");
         assert_eq!(rec["action"], mesh_node::gateway::CREATE_ORDER);

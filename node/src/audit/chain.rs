@@ -189,10 +189,10 @@ pub fn verify(
         if cp.seq > last {
             return Err(ChainError::Truncated { seq: cp.seq, last });
         }
-        if let Some(h) = hashes.get(&cp.seq) {
-            if *h != cp.head {
-                return Err(ChainError::CheckpointHead { seq: cp.seq });
-            }
+        if let Some(h) = hashes.get(&cp.seq)
+            && *h != cp.head
+        {
+            return Err(ChainError::CheckpointHead { seq: cp.seq });
         }
         out.checkpoints += 1;
     }

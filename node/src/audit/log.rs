@@ -428,10 +428,10 @@ impl AuditLog {
                         }
                     }
                 }
-                if writer.last_prune.elapsed() >= PRUNE_EVERY {
-                    if let Err(e) = writer.prune() {
-                        tracing::error!(error = %e, "audit pruning failed");
-                    }
+                if writer.last_prune.elapsed() >= PRUNE_EVERY
+                    && let Err(e) = writer.prune()
+                {
+                    tracing::error!(error = %e, "audit pruning failed");
                 }
                 if closed
                     || !checkpoint_waiters.is_empty()
@@ -512,10 +512,10 @@ pub fn scan(
         let f = std::fs::File::open(segment_path(dir, n)).map_err(io)?;
         for line in std::io::BufReader::new(f).split(b'\n') {
             let line = line.map_err(io)?;
-            if let Ok(rec) = serde_json::from_slice::<Record>(&line) {
-                if keep(&rec) {
-                    out.push((rec, String::from_utf8_lossy(&line).into_owned()));
-                }
+            if let Ok(rec) = serde_json::from_slice::<Record>(&line)
+                && keep(&rec)
+            {
+                out.push((rec, String::from_utf8_lossy(&line).into_owned()));
             }
         }
     }

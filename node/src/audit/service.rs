@@ -151,81 +151,81 @@ impl Audit for AuditService {
         self.record(&principal, true, "").await?;
         let q = req.get_ref().clone();
         let mut records = self.local(&q)?;
-        if !q.local_only {
-            if let Some(layout) = self.mesh.layout() {
-                let header = req.metadata().get(PROOF_HEADER).and_then(|v| v.to_str().ok()).ok_or_else(|| {
+        if !q.local_only
+            && let Some(layout) = self.mesh.layout()
+        {
+            let header = req.metadata().get(PROOF_HEADER).and_then(|v| v.to_str().ok()).ok_or_else(|| {
                     Status::unauthenticated(format!("a mesh-wide query must carry the auditor's client proof ({PROOF_HEADER}); or set local_only"))
                 })?;
-                let (ts, nonce, sig) = crate::proof::parse_header(header)
-                    .map_err(|e| Status::unauthenticated(e.to_string()))?;
-                let chain = req
-                    .extensions()
-                    .get::<PeerInfo>()
-                    .map(|i| i.chain.to_vec())
-                    .unwrap_or_default();
-                for m in layout
-                    .members
-                    .iter()
-                    .filter(|m| m.node_id != self.mesh.node_id)
-                {
-                    let call = ForwardedCall {
-                        method: QUERY.into(),
-                        request: q.encode_to_vec(),
-                        proof: Some(ClientProof {
-                            chain: chain.clone(),
-                            timestamp_unix_ms: ts,
-                            nonce: nonce.clone(),
-                            signature: sig.clone(),
-                        }),
-                    };
-                    let answer = self
-                        .mesh
-                        .transport
-                        .call(
-                            m,
-                            PeerRequest {
-                                deadline_unix_ms: 0,
-                                body: Some(Body::Call(call)),
-                            },
-                            Instant::now() + Duration::from_secs(10),
-                        )
-                        .await
-                        .map_err(|e| {
-                            Status::unavailable(format!(
-                                "node {} did not answer the audit query: {e}",
-                                m.node_id
-                            ))
-                        })?;
-                    match answer.result {
-                        Some(PeerResult::Response(b)) => records.extend(
-                            ForwardedAuditRecords::decode(b.as_slice())
-                                .map_err(|_| Status::unavailable("unreadable answer"))?
-                                .records,
-                        ),
-                        Some(PeerResult::Status(s)) => {
-                            return Err(Status::new(
-                                tonic::Code::from(s.code),
-                                format!("node {}: {}", m.node_id, s.message),
-                            ));
-                        }
-                        _ => {
-                            return Err(Status::unavailable(format!(
-                                "node {} sent no answer",
-                                m.node_id
-                            )));
-                        }
+            let (ts, nonce, sig) = crate::proof::parse_header(header)
+                .map_err(|e| Status::unauthenticated(e.to_string()))?;
+            let chain = req
+                .extensions()
+                .get::<PeerInfo>()
+                .map(|i| i.chain.to_vec())
+                .unwrap_or_default();
+            for m in layout
+                .members
+                .iter()
+                .filter(|m| m.node_id != self.mesh.node_id)
+            {
+                let call = ForwardedCall {
+                    method: QUERY.into(),
+                    request: q.encode_to_vec(),
+                    proof: Some(ClientProof {
+                        chain: chain.clone(),
+                        timestamp_unix_ms: ts,
+                        nonce: nonce.clone(),
+                        signature: sig.clone(),
+                    }),
+                };
+                let answer = self
+                    .mesh
+                    .transport
+                    .call(
+                        m,
+                        PeerRequest {
+                            deadline_unix_ms: 0,
+                            body: Some(Body::Call(call)),
+                        },
+                        Instant::now() + Duration::from_secs(10),
+                    )
+                    .await
+                    .map_err(|e| {
+                        Status::unavailable(format!(
+                            "node {} did not answer the audit query: {e}",
+                            m.node_id
+                        ))
+                    })?;
+                match answer.result {
+                    Some(PeerResult::Response(b)) => records.extend(
+                        ForwardedAuditRecords::decode(b.as_slice())
+                            .map_err(|_| Status::unavailable("unreadable answer"))?
+                            .records,
+                    ),
+                    Some(PeerResult::Status(s)) => {
+                        return Err(Status::new(
+                            tonic::Code::from(s.code),
+                            format!("node {}: {}", m.node_id, s.message),
+                        ));
+                    }
+                    _ => {
+                        return Err(Status::unavailable(format!(
+                            "node {} sent no answer",
+                            m.node_id
+                        )));
                     }
                 }
-                records.sort_by(|a, b| {
-                    (a.ts_unix_ms, &a.node, a.seq).cmp(&(b.ts_unix_ms, &b.node, b.seq))
-                });
-                let limit = if q.limit == 0 {
-                    MAX_RESULTS
-                } else {
-                    q.limit.min(MAX_RESULTS)
-                } as usize;
-                records.truncate(limit);
             }
+            records.sort_by(|a, b| {
+                (a.ts_unix_ms, &a.node, a.seq).cmp(&(b.ts_unix_ms, &b.node, b.seq))
+            });
+            let limit = if q.limit == 0 {
+                MAX_RESULTS
+            } else {
+                q.limit.min(MAX_RESULTS)
+            } as usize;
+            records.truncate(limit);
         }
         Ok(Response::new(Box::pin(futures::stream::iter(
             records.into_iter().map(Ok),
@@ -255,10 +255,10 @@ impl Audit for AuditService {
                 loop {
                     match rx.recv().await {
                         Ok(line) => {
-                            if let Ok(r) = serde_json::from_str::<Record>(&line) {
-                                if matches(&q, &r) {
-                                    return Some((Ok(to_proto(r, line.to_string())), rx));
-                                }
+                            if let Ok(r) = serde_json::from_str::<Record>(&line)
+                                && matches(&q, &r)
+                            {
+                                return Some((Ok(to_proto(r, line.to_string())), rx));
                             }
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
