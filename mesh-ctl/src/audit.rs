@@ -14,6 +14,22 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Record filters shared by `query` and `watch`; empty matches anything.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Filter {
+    /// A certificate identity, for example spiffe://mesh.local/client/oms/local-oms.
+    #[arg(long, default_value = "")]
+    principal: String,
+    #[arg(long, default_value = "")]
+    role: String,
+    /// Full method path, for example /dsm.v1.OrderGateway/GetOrder.
+    #[arg(long, default_value = "")]
+    action: String,
+    /// allow or deny.
+    #[arg(long, default_value = "")]
+    decision: String,
+}
+
 #[derive(clap::Subcommand)]
 pub enum AuditCommand {
     /// Query the audit trail of every node through one gateway, with the auditor certificate.
@@ -21,19 +37,11 @@ pub enum AuditCommand {
         /// The directory of a mesh started with `mesh-ctl up`.
         #[arg(long, default_value = "mesh-local")]
         dir: PathBuf,
-        #[arg(long, default_value = "")]
-        principal: String,
-        #[arg(long, default_value = "")]
-        role: String,
-        /// Full method path, for example /dsm.v1.OrderGateway/GetOrder.
-        #[arg(long, default_value = "")]
-        action: String,
+        #[command(flatten)]
+        filter: Filter,
         /// A keyed hash of a customer or order, as found in records.
         #[arg(long, default_value = "")]
         subject: String,
-        /// allow or deny.
-        #[arg(long, default_value = "")]
-        decision: String,
         /// Only records newer than this (for example 15m, 2h).
         #[arg(long, value_parser = humantime::parse_duration)]
         since: Option<Duration>,
@@ -42,16 +50,11 @@ pub enum AuditCommand {
     },
     /// Follow every node's audit trail live (each node's Watch, merged), until interrupted.
     Watch {
+        /// The directory of a mesh started with `mesh-ctl up`.
         #[arg(long, default_value = "mesh-local")]
         dir: PathBuf,
-        #[arg(long, default_value = "")]
-        principal: String,
-        #[arg(long, default_value = "")]
-        role: String,
-        #[arg(long, default_value = "")]
-        action: String,
-        #[arg(long, default_value = "")]
-        decision: String,
+        #[command(flatten)]
+        filter: Filter,
     },
     /// Verify every node's audit chain and checkpoint signatures; exit 1 naming the first bad record.
     Verify {
@@ -123,10 +126,13 @@ pub async fn run(cmd: AuditCommand, output: Output) -> anyhow::Result<bool> {
     match cmd {
         AuditCommand::Watch {
             dir,
-            principal,
-            role,
-            action,
-            decision,
+            filter:
+                Filter {
+                    principal,
+                    role,
+                    action,
+                    decision,
+                },
         } => {
             use futures::StreamExt as _;
             let mesh = read_mesh(&dir)?;
@@ -217,11 +223,14 @@ pub async fn run(cmd: AuditCommand, output: Output) -> anyhow::Result<bool> {
         }
         AuditCommand::Query {
             dir,
-            principal,
-            role,
-            action,
+            filter:
+                Filter {
+                    principal,
+                    role,
+                    action,
+                    decision,
+                },
             subject,
-            decision,
             since,
             limit,
         } => {

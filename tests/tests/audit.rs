@@ -60,6 +60,7 @@ async fn every_method_for_every_role_leaves_exactly_one_record_and_no_pii() {
             Role::Marketing,
             Role::Analyst,
             Role::Admin,
+            Role::Auditor,
         ];
         for role in roles {
             let mut c = node.client(&pki.client_named(role, "probe")).await;
@@ -454,6 +455,27 @@ async fn watch_streams_records_as_they_are_written() {
             64,
             "the exact stored line comes along"
         );
+        // A refused watch is refused and recorded too.
+        let mut oms =
+            AuditClient::new(node.channel(&pki.client(Role::Oms)).await.expect("connect"));
+        let denied = oms
+            .watch(mesh_proto::v1::AuditWatchRequest::default())
+            .await
+            .expect_err("oms may not watch");
+        assert_eq!(denied.code(), Code::PermissionDenied);
+        let refusals = query(
+            &node,
+            &pki,
+            AuditQueryRequest {
+                local_only: true,
+                action: mesh_node::audit::service::WATCH.into(),
+                decision: "deny".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(refusals.len(), 1, "{refusals:?}");
+        assert_eq!(refusals[0].role, "oms");
     })
     .await;
 }

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 
 pub const QUERY: &str = "/dsm.v1.Audit/Query";
+pub const WATCH: &str = "/dsm.v1.Audit/Watch";
 pub const MAX_RESULTS: u32 = 100_000;
 
 #[derive(Debug, Clone)]
@@ -100,18 +101,38 @@ impl AuditService {
         Ok(id.to_string())
     }
 
-    async fn record(&self, principal: &str, allowed: bool, reason: &str) -> Result<(), Status> {
+    /// Authorises an auditor and records the access (allowed or refused, with the caller's actual
+    /// role) before anything is answered. Returns the auditor's identity.
+    async fn admit<T>(&self, req: &Request<T>, action: &str) -> Result<String, Status> {
+        let identity = req
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|i| i.identity.clone().ok());
+        let (principal, role) = identity
+            .as_ref()
+            .map_or(("-".to_owned(), String::new()), |i| {
+                (
+                    i.to_string(),
+                    i.role().map_or("node".into(), |r| r.to_string()),
+                )
+            });
+        let verdict = self.auditor(req);
         let entry = Entry {
-            principal: principal.into(),
-            role: "auditor".into(),
-            action: QUERY.into(),
-            allowed,
-            reason: reason.into(),
+            principal: principal.clone(),
+            role,
+            action: action.into(),
+            allowed: verdict.is_ok(),
+            reason: verdict
+                .as_ref()
+                .err()
+                .map(|s| crate::metrics::code_name(s.code()).to_owned())
+                .unwrap_or_default(),
             ..Entry::default()
         };
-        self.log.append(entry).await.map(|_| ()).map_err(|_| {
+        self.log.append(entry).await.map_err(|_| {
             Status::unavailable("the audit trail is unavailable, so the access was refused")
-        })
+        })?;
+        verdict.map(|_| principal)
     }
 
     /// Answers a query forwarded by a peer (already proof-verified as an auditor's): local records.
@@ -135,20 +156,7 @@ impl Audit for AuditService {
         &self,
         req: Request<AuditQueryRequest>,
     ) -> Result<Response<RecordStream>, Status> {
-        let principal = match self.auditor(&req) {
-            Ok(p) => p,
-            Err(s) => {
-                let who = req
-                    .extensions()
-                    .get::<PeerInfo>()
-                    .and_then(|i| i.identity.clone().ok())
-                    .map_or("-".into(), |i| i.to_string());
-                self.record(&who, false, crate::metrics::code_name(s.code()))
-                    .await?;
-                return Err(s);
-            }
-        };
-        self.record(&principal, true, "").await?;
+        self.admit(&req, QUERY).await?;
         let q = req.get_ref().clone();
         let mut records = self.local(&q)?;
         if !q.local_only
@@ -238,8 +246,7 @@ impl Audit for AuditService {
         &self,
         req: Request<AuditWatchRequest>,
     ) -> Result<Response<RecordStream>, Status> {
-        let principal = self.auditor(&req)?;
-        self.record(&principal, true, "").await?;
+        self.admit(&req, WATCH).await?;
         let w = req.into_inner();
         let q = AuditQueryRequest {
             principal: w.principal,
