@@ -136,11 +136,7 @@ pub async fn run(cmd: AuditCommand, output: Output) -> anyhow::Result<bool> {
         } => {
             use futures::StreamExt as _;
             let mesh = read_mesh(&dir)?;
-            let auditor = mesh
-                .clients
-                .get("auditor")
-                .context("mesh.json has no auditor client")?;
-            let tls = mesh_node::client::client_tls(&mesh.ca_cert, &auditor.cert, &auditor.key)?;
+            let (_, tls) = auditor_tls(&mesh)?;
             let w = mesh_proto::v1::AuditWatchRequest {
                 principal,
                 role,
@@ -235,11 +231,7 @@ pub async fn run(cmd: AuditCommand, output: Output) -> anyhow::Result<bool> {
             limit,
         } => {
             let mesh = read_mesh(&dir)?;
-            let auditor = mesh
-                .clients
-                .get("auditor")
-                .context("mesh.json has no auditor client")?;
-            let tls = mesh_node::client::client_tls(&mesh.ca_cert, &auditor.cert, &auditor.key)?;
+            let (auditor, tls) = auditor_tls(&mesh)?;
             let node = mesh.nodes.first().context("mesh.json lists no node")?;
             let channel =
                 mesh_node::client::connect(node.gateway.parse()?, &mesh.server_name, tls).await?;
@@ -293,6 +285,23 @@ pub async fn run(cmd: AuditCommand, output: Output) -> anyhow::Result<bool> {
             Ok(true)
         }
     }
+}
+
+/// The auditor client of a local mesh and its TLS settings.
+fn auditor_tls(
+    mesh: &MeshFile,
+) -> anyhow::Result<(
+    &crate::up::ClientEntry,
+    std::sync::Arc<rustls::ClientConfig>,
+)> {
+    let auditor = mesh
+        .clients
+        .get("auditor")
+        .context("mesh.json has no auditor client")?;
+    Ok((
+        auditor,
+        mesh_node::client::client_tls(&mesh.ca_cert, &auditor.cert, &auditor.key)?,
+    ))
 }
 
 fn read_mesh(dir: &Path) -> anyhow::Result<MeshFile> {
