@@ -66,6 +66,9 @@ pub enum AuditCommand {
         audit_dir: Option<PathBuf>,
         #[arg(long)]
         ca: Option<PathBuf>,
+        /// With --audit-dir: the node whose log this must be.
+        #[arg(long)]
+        node: Option<String>,
     },
 }
 
@@ -110,6 +113,7 @@ fn checkpoint_genuine(
 pub fn verify_dir(
     dir: &Path,
     ca: &Path,
+    node: Option<&str>,
 ) -> anyhow::Result<Result<chain::Verified, chain::ChainError>> {
     let roots = mesh_node::tls::load_certs(ca)?;
     let verifier = mesh_node::tls::client_verifier(&roots)?;
@@ -117,7 +121,7 @@ pub fn verify_dir(
     let checkpoints = log::read_checkpoints(dir)?;
     let lines = log::read_all(dir)?;
     let refs: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
-    Ok(chain::verify(&refs, &checkpoints, &|cp| {
+    Ok(chain::verify(&refs, &checkpoints, node, &|cp| {
         checkpoint_genuine(cp, verifier.as_ref())
     }))
 }
@@ -171,22 +175,35 @@ pub async fn run(cmd: AuditCommand, output: Output) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
-        AuditCommand::Verify { dir, audit_dir, ca } => {
-            let targets: Vec<(String, PathBuf, PathBuf)> = match (audit_dir, ca) {
-                (Some(a), Some(ca)) => vec![(a.display().to_string(), a, ca)],
+        AuditCommand::Verify {
+            dir,
+            audit_dir,
+            ca,
+            node,
+        } => {
+            // (name to report, audit directory, CA, the node the log must belong to)
+            let targets: Vec<(String, PathBuf, PathBuf, Option<String>)> = match (audit_dir, ca) {
+                (Some(a), Some(ca)) => vec![(a.display().to_string(), a, ca, node)],
                 (Some(_), None) => anyhow::bail!("--audit-dir needs --ca"),
                 _ => {
                     let mesh = read_mesh(&dir)?;
                     mesh.nodes
                         .iter()
-                        .map(|n| (n.id.clone(), n.data_dir.join("audit"), mesh.ca_cert.clone()))
+                        .map(|n| {
+                            (
+                                n.id.clone(),
+                                n.data_dir.join("audit"),
+                                mesh.ca_cert.clone(),
+                                Some(n.id.clone()),
+                            )
+                        })
                         .collect()
                 }
             };
             let mut ok = true;
             let mut report = Vec::new();
-            for (name, audit, ca) in targets {
-                match verify_dir(&audit, &ca)? {
+            for (name, audit, ca, node) in targets {
+                match verify_dir(&audit, &ca, node.as_deref())? {
                     Ok(v) => report.push(serde_json::json!({ "node": name, "ok": true, "records": v.records, "checkpoints": v.checkpoints, "last_seq": v.last_seq, "head": v.head })),
                     Err(e) => {
                         ok = false;

@@ -23,6 +23,8 @@ pub struct AdminService {
     mesh: Arc<Mesh>,
     store: Arc<Store>,
     audit: AuditLog,
+    /// Serialises layout changes.
+    applying: Arc<tokio::sync::Mutex<()>>,
 }
 
 pub const APPLY_LAYOUT: &str = "/dsm.v1.Admin/ApplyLayout";
@@ -30,20 +32,26 @@ pub const GET_STATUS: &str = "/dsm.v1.Admin/GetStatus";
 
 impl AdminService {
     pub fn new(mesh: Arc<Mesh>, store: Arc<Store>, audit: AuditLog) -> AdminService {
-        AdminService { mesh, store, audit }
+        AdminService {
+            mesh,
+            store,
+            audit,
+            applying: Arc::new(tokio::sync::Mutex::new(())),
+        }
     }
 
     /// Records an administrative action (fail closed: no record, no action result).
     async fn record<T>(
         &self,
         principal: &str,
+        role: &str,
         action: &str,
         note: String,
         result: Result<T, Status>,
     ) -> Result<T, Status> {
         let entry = Entry {
             principal: principal.to_owned(),
-            role: "admin".into(),
+            role: role.to_owned(),
             action: action.to_owned(),
             purpose: note,
             allowed: result.is_ok(),
@@ -62,8 +70,8 @@ impl AdminService {
         }
     }
 
-    /// The admin behind a request, or why not (with whoever it was, for the record).
-    fn authorize<T>(&self, req: &Request<T>) -> (String, Result<(), Status>) {
+    /// The admin behind a request, or why not; with the caller's identity and role for the record.
+    fn authorize<T>(&self, req: &Request<T>) -> (String, String, Result<(), Status>) {
         let Some(identity) = req
             .extensions()
             .get::<PeerInfo>()
@@ -71,20 +79,27 @@ impl AdminService {
         else {
             return (
                 "-".into(),
+                String::new(),
                 Err(Status::unauthenticated("no usable client certificate")),
             );
         };
-        let who = identity.to_string();
+        let (who, role) = (
+            identity.to_string(),
+            identity
+                .role()
+                .map_or_else(|| "node".to_owned(), |r| r.to_string()),
+        );
         if identity.trust_domain() != self.mesh.trust_domain || identity.role() != Some(Role::Admin)
         {
             return (
                 who,
+                role,
                 Err(Status::permission_denied(format!(
                     "{identity} is not an admin of this mesh"
                 ))),
             );
         }
-        (who, Ok(()))
+        (who, role, Ok(()))
     }
 }
 
@@ -104,27 +119,31 @@ impl Admin for AdminService {
         &self,
         req: Request<ApplyLayoutRequest>,
     ) -> Result<Response<ApplyLayoutResponse>, Status> {
-        let (who, allowed) = self.authorize(&req);
+        let (who, role, allowed) = self.authorize(&req);
         let signed = req.into_inner().layout;
         let result = async {
             allowed?;
             let signed = signed.ok_or_else(|| Status::invalid_argument("layout: is required"))?;
-            let layout = self.mesh.apply(&signed).map_err(layout_status)?;
+            // One apply at a time: verify, persist, then install, so a restart never comes back to
+            // an older layout than the one that was acknowledged.
+            let _one_at_a_time = self.applying.lock().await;
+            let layout = Arc::new(self.mesh.verify_next(&signed).map_err(layout_status)?);
             self.store
                 .save_layout(&signed.encode_to_vec())
                 .await
                 .map_err(|_| {
                     Status::unavailable(
-                        "the layout was applied but could not be persisted; apply it again",
+                        "the layout could not be persisted, so it was not applied; apply it again",
                     )
                 })?;
+            self.mesh.install(layout.clone());
             Ok(layout.version)
         }
         .await;
         let note = result
             .as_ref()
             .map_or_else(|_| String::new(), |v| format!("layout v{v}"));
-        let version = self.record(&who, APPLY_LAYOUT, note, result).await?;
+        let version = self.record(&who, &role, APPLY_LAYOUT, note, result).await?;
         Ok(Response::new(ApplyLayoutResponse { version }))
     }
 
@@ -132,8 +151,8 @@ impl Admin for AdminService {
         &self,
         req: Request<GetStatusRequest>,
     ) -> Result<Response<GetStatusResponse>, Status> {
-        let (who, allowed) = self.authorize(&req);
-        self.record(&who, GET_STATUS, String::new(), allowed)
+        let (who, role, allowed) = self.authorize(&req);
+        self.record(&who, &role, GET_STATUS, String::new(), allowed)
             .await?;
         let Some(layout) = self.mesh.layout() else {
             return Ok(Response::new(GetStatusResponse {

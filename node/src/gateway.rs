@@ -101,8 +101,8 @@ fn grpc_timeout<T>(req: &Request<T>) -> Option<Duration> {
     let (n, unit) = v.split_at(v.len().checked_sub(1)?);
     let n: u64 = n.parse().ok()?;
     Some(match unit {
-        "H" => Duration::from_secs(n * 3600),
-        "M" => Duration::from_secs(n * 60),
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
         "S" => Duration::from_secs(n),
         "m" => Duration::from_millis(n),
         "u" => Duration::from_micros(n),
@@ -359,10 +359,10 @@ impl Gateway {
         req: &GetOrderRequest,
         access: &mut Access,
     ) -> Result<Order, Error> {
-        access.purpose.clone_from(&req.purpose);
         let id = validate::order_id(&req.order_id)?;
         access.order = self.store.order_subject(&req.order_id);
         validate::purpose(&req.purpose)?;
+        access.purpose.clone_from(&req.purpose);
         let order = self
             .store
             .get_order(&id)?
@@ -417,10 +417,10 @@ impl Gateway {
         req: &ListCustomerOrdersRequest,
         access: &mut Access,
     ) -> Result<Vec<Order>, Error> {
-        access.purpose.clone_from(&req.purpose);
         validate::customer_id(&req.customer_id)?;
         access.customer = self.store.customer_subject(&req.customer_id);
         validate::purpose(&req.purpose)?;
+        access.purpose.clone_from(&req.purpose);
         let orders = self.store.customer_orders(&req.customer_id)?;
         access.fields = disclosed(caller.role);
         Ok(orders.iter().map(|o| project(o, caller.role)).collect())
@@ -546,7 +546,15 @@ impl Gateway {
 
     /// A request forwarded by a peer. The owner keeps its one audit record, refusals included.
     async fn forwarded(&self, from: &str, call: ForwardedCall) -> Result<Vec<u8>, Error> {
-        let method = call.method.clone();
+        // Only known method names reach the trail: a peer cannot write arbitrary strings into it.
+        let method = match call.method.as_str() {
+            CREATE_ORDER
+            | GET_ORDER
+            | UPDATE_ORDER_STATUS
+            | LIST_CUSTOMER_ORDERS
+            | crate::audit::service::QUERY => call.method.clone(),
+            _ => "unknown-forwarded-method".to_owned(),
+        };
         let mut access = Access::default();
         let result = self.forwarded_inner(from, call, &mut access).await;
         self.audited(&method, access, result).await
@@ -626,9 +634,11 @@ impl Gateway {
                 Ok(ForwardedOrders { orders }.encode_to_vec())
             }
             crate::audit::service::QUERY => {
-                if identity.role() != Some(Role::Auditor) {
+                if identity.trust_domain() != self.mesh.trust_domain
+                    || identity.role() != Some(Role::Auditor)
+                {
                     return Err(Error::PermissionDenied(
-                        "only auditors may read the audit trail".into(),
+                        "only auditors of this mesh may read the audit trail".into(),
                     ));
                 }
                 crate::audit::service::AuditService::new(self.audit.clone(), self.mesh.clone())
@@ -659,7 +669,15 @@ impl PeerHandler for Gateway {
                         result: Some(PeerResult::Pong(Ping {})),
                     };
                 }
-                Some(Body::Call(call)) => self.forwarded(&from, call).await,
+                Some(Body::Call(call)) => {
+                    // Detached like gateway requests: the caller's deadline must not cut a write
+                    // off from its audit record.
+                    let this = self.clone();
+                    match tokio::spawn(async move { this.forwarded(&from, call).await }).await {
+                        Ok(result) => result,
+                        Err(_) => Err(Error::Unavailable("the request handler failed".into())),
+                    }
+                }
                 None => Err(Error::Unauthenticated("empty peer request".into())),
             };
             match result {
@@ -680,6 +698,17 @@ impl PeerHandler for Gateway {
     }
 }
 
+/// Runs a request to completion even if its caller goes away: tonic drops a handler whose client
+/// cancels or whose deadline passes, which could otherwise leave a committed write without its
+/// audit record.
+async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T, Status>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(work)
+        .await
+        .map_err(|_| Status::internal("the request handler failed; see the node's log"))?
+}
+
 type OrderStream =
     Pin<Box<dyn futures::Stream<Item = Result<ListCustomerOrdersResponse, Status>> + Send>>;
 
@@ -689,9 +718,14 @@ impl OrderGateway for Gateway {
         &self,
         req: Request<CreateOrderRequest>,
     ) -> Result<Response<CreateOrderResponse>, Status> {
-        let order = self
-            .observe(Method::CreateOrder, Gateway::create_order(self, req))
-            .await?;
+        let order = {
+            let this = self.clone();
+            detached(async move {
+                this.observe(Method::CreateOrder, Gateway::create_order(&this, req))
+                    .await
+            })
+            .await?
+        };
         Ok(Response::new(CreateOrderResponse { order: Some(order) }))
     }
 
@@ -699,9 +733,14 @@ impl OrderGateway for Gateway {
         &self,
         req: Request<GetOrderRequest>,
     ) -> Result<Response<GetOrderResponse>, Status> {
-        let order = self
-            .observe(Method::GetOrder, Gateway::get_order(self, req))
-            .await?;
+        let order = {
+            let this = self.clone();
+            detached(async move {
+                this.observe(Method::GetOrder, Gateway::get_order(&this, req))
+                    .await
+            })
+            .await?
+        };
         Ok(Response::new(GetOrderResponse { order: Some(order) }))
     }
 
@@ -709,9 +748,14 @@ impl OrderGateway for Gateway {
         &self,
         req: Request<UpdateOrderStatusRequest>,
     ) -> Result<Response<UpdateOrderStatusResponse>, Status> {
-        let order = self
-            .observe(Method::UpdateOrderStatus, self.update_status(req))
-            .await?;
+        let order = {
+            let this = self.clone();
+            detached(async move {
+                this.observe(Method::UpdateOrderStatus, this.update_status(req))
+                    .await
+            })
+            .await?
+        };
         Ok(Response::new(UpdateOrderStatusResponse {
             order: Some(order),
         }))
@@ -723,9 +767,14 @@ impl OrderGateway for Gateway {
         &self,
         req: Request<ListCustomerOrdersRequest>,
     ) -> Result<Response<OrderStream>, Status> {
-        let orders = self
-            .observe(Method::ListCustomerOrders, self.list_orders(req))
-            .await?;
+        let orders = {
+            let this = self.clone();
+            detached(async move {
+                this.observe(Method::ListCustomerOrders, this.list_orders(req))
+                    .await
+            })
+            .await?
+        };
         let stream = futures::stream::iter(
             orders
                 .into_iter()

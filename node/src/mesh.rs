@@ -74,25 +74,31 @@ impl Mesh {
         self.layout().is_some_and(|l| l.is_member(node_id))
     }
 
-    /// Verifies `signed` and makes it current if it is newer. Returns the new layout.
-    pub fn apply(&self, signed: &SignedLayout) -> Result<Arc<Layout>, LayoutError> {
+    /// Verifies `signed` against the control key and checks it is newer than the current layout.
+    pub fn verify_next(&self, signed: &SignedLayout) -> Result<Layout, LayoutError> {
         let key = self.control_key.as_ref().ok_or_else(|| {
             LayoutError::Invalid(
                 "this node has no control public key configured (control_public_key)".into(),
             )
         })?;
-        let layout = Arc::new(Layout::verify(signed, key)?);
+        let layout = Layout::verify(signed, key)?;
+        layout.may_replace(self.layout().as_deref())?;
+        Ok(layout)
+    }
+
+    /// Makes a verified layout current, unless a newer one was installed meanwhile.
+    pub fn install(&self, layout: Arc<Layout>) {
         let mut current = self
             .layout
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        layout.may_replace(current.as_deref())?;
-        *current = Some(layout.clone());
-        tracing::info!(
-            version = layout.version,
-            members = layout.members.len(),
-            "layout applied"
-        );
-        Ok(layout)
+        if layout.may_replace(current.as_deref()).is_ok() {
+            tracing::info!(
+                version = layout.version,
+                members = layout.members.len(),
+                "layout applied"
+            );
+            *current = Some(layout);
+        }
     }
 }

@@ -180,16 +180,21 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         signer,
         cert_der: material.chain[0].to_vec(),
     };
-    let (mut audit, audit_task) = AuditLog::open(
+    let (audit, audit_task) = AuditLog::open(
         &config.data_dir.join("audit"),
         &config.node_id,
         checkpoint_signer,
         config.audit_retention,
     )
     .map_err(|e| StartError::Audit(e.to_string()))?;
-    if std::env::var("DSM_BENCH_AUDIT_OFF").is_ok_and(|v| v == "1") {
-        audit.disable_for_benchmarks();
-    }
+    #[cfg(feature = "bench-switches")]
+    let audit = {
+        let mut audit = audit;
+        if std::env::var("DSM_BENCH_AUDIT_OFF").is_ok_and(|v| v == "1") {
+            audit.disable_for_benchmarks();
+        }
+        audit
+    };
     let gateway = Gateway::new(
         store.clone(),
         audit.clone(),

@@ -338,6 +338,16 @@ impl PeerTransport {
                     tracing::debug!("peer connected");
                     drop(_enter);
                     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                        // Membership is re-checked per request: a node removed by a newer layout
+                        // loses its connection at its next request.
+                        if !membership(&from) {
+                            tracing::warn!(peer = %from, "closing a peer that left the layout");
+                            conn.close(
+                                quinn::VarInt::from_u32(REFUSED),
+                                b"not a member of the current layout",
+                            );
+                            break;
+                        }
                         let (handler, from) = (handler.clone(), from.clone());
                         tokio::spawn(async move {
                             let Ok(bytes) = recv.read_to_end(MAX_MESSAGE).await else {

@@ -21,7 +21,7 @@ pub const MAX_QUANTITY: i32 = 10_000;
 pub const MAX_UNIT_PRICE_PAISE: i64 = 1_000_000_000;
 /// ₹100 crore per order.
 pub const MAX_TOTAL_PAISE: i64 = 100_000_000_000;
-pub const MAX_PURPOSE_LEN: usize = 128;
+pub const MAX_PURPOSE_LEN: usize = 64;
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 
 /// One thing wrong with one field.
@@ -299,9 +299,23 @@ pub fn customer_id(s: &str) -> Result<(), Violations> {
     v.into_result()
 }
 
+/// A purpose is a short code (`ndr-callback`, `fulfilment`), not free text: it is recorded in the
+/// audit trail, which must never hold PII.
+pub fn is_valid_purpose(s: &str) -> bool {
+    s.len() <= MAX_PURPOSE_LEN
+        && s.bytes().next().is_none_or(|b| b.is_ascii_lowercase())
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        })
+}
+
 pub fn purpose(s: &str) -> Result<(), Violations> {
     let mut v = Violations::default();
-    text(&mut v, "purpose", s, false, MAX_PURPOSE_LEN);
+    v.check(
+        is_valid_purpose(s),
+        "purpose",
+        "must be a short code: lowercase letters, digits, `-`, `_` or `.` (at most 64)",
+    );
     v.into_result()
 }
 
@@ -478,6 +492,20 @@ mod tests {
                 "payment.amount_paise"
             ]
         );
+    }
+
+    #[test]
+    fn a_purpose_is_a_code_not_free_text() {
+        assert!(purpose("ndr-callback").is_ok());
+        assert!(purpose("").is_ok());
+        for bad in [
+            "call Ravi +919812345678",
+            "NDR",
+            "x".repeat(65).as_str(),
+            "-leading",
+        ] {
+            assert_eq!(purpose(bad).unwrap_err().fields(), ["purpose"], "{bad}");
+        }
     }
 
     #[test]

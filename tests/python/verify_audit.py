@@ -51,7 +51,7 @@ def checkpoint_ok(cp, ca):
         return False
 
 
-def verify(audit_dir, ca):
+def verify(audit_dir, ca, node=None):
     cp_path = os.path.join(audit_dir, "checkpoints.jsonl")
     checkpoints = [json.loads(l) for l in complete_lines(cp_path)] if os.path.exists(cp_path) else []
     for cp in checkpoints:
@@ -60,12 +60,20 @@ def verify(audit_dir, ca):
     lines = []
     for seg in sorted(glob.glob(os.path.join(audit_dir, "segment-*.jsonl"))):
         lines.extend(complete_lines(seg))
+    # Everything must belong to one node: the expected one, or the one the log starts with.
+    if node is None:
+        node = json.loads(lines[0])["node"] if lines else (checkpoints[0]["node"] if checkpoints else None)
+    for cp in checkpoints:
+        if cp["node"] != node:
+            return f"checkpoint seq {cp['seq']} belongs to node {cp['node']}, not {node}"
     if lines and not checkpoints:
         return "no signed checkpoint covers this log"
     hashes_by_seq = {}
     prev_seq, prev_hash = None, None
     for i, line in enumerate(lines):
         rec = json.loads(line)
+        if rec["node"] != node:
+            return f"record seq {rec['seq']} belongs to node {rec['node']}, not {node}"
         if prev_seq is None:
             anchored = rec["prev"] == ZERO if rec["seq"] == 1 else any(
                 c["seq"] == rec["seq"] - 1 and c["head"] == rec["prev"] for c in checkpoints
@@ -92,10 +100,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--audit-dir", required=True)
     ap.add_argument("--ca", required=True)
+    ap.add_argument("--node", help="the node whose log this must be")
     args = ap.parse_args()
     with open(args.ca, "rb") as f:
         ca = x509.load_pem_x509_certificate(f.read())
-    result = verify(args.audit_dir, ca)
+    result = verify(args.audit_dir, ca, args.node)
     if isinstance(result, str):
         print(json.dumps({"ok": False, "error": result}))
         sys.exit(1)

@@ -78,7 +78,8 @@ pub fn bin_dir() -> &'static Path {
             "--bins",
         ]);
         if release {
-            cmd.arg("--release");
+            // Benchmarks measure with switches that shipped builds do not have (audit off).
+            cmd.args(["--release", "--features", "mesh-node/bench-switches"]);
         }
         let status = cmd
             .status()

@@ -279,6 +279,20 @@ async fn mesh_ctl_and_an_independent_verifier_detect_every_kind_of_tampering() {
             assert_eq!(py["ok"], true, "{py}");
             assert!(py["records"].as_u64().expect("records") >= 24);
         }
+        // Verified as another node's log, an intact log fails: another node's key cannot vouch.
+        let out = Command::new(mesh_tests::mesh_ctl_bin())
+            .args(["audit", "verify", "--node", "n2", "--audit-dir"])
+            .arg(&audit)
+            .arg("--ca")
+            .arg(&ca)
+            .output()
+            .expect("verify as n2");
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("log of node n2"),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         type Tamper = Box<dyn Fn(&Path)>;
         let cases: Vec<(&str, &str, Tamper)> = vec![
             (

@@ -102,6 +102,12 @@ pub enum ChainError {
     Truncated { seq: u64, last: u64 },
     #[error("no signed checkpoint covers this log: it cannot be told apart from a forgery")]
     NoCheckpoint,
+    #[error("seq {seq} belongs to node {found}, but this is the log of node {expected}")]
+    ForeignNode {
+        seq: u64,
+        found: String,
+        expected: String,
+    },
 }
 
 /// What a verified chain looks like.
@@ -119,8 +125,29 @@ pub struct Verified {
 pub fn verify(
     lines: &[&[u8]],
     checkpoints: &[Checkpoint],
+    expected_node: Option<&str>,
     check_sig: &dyn Fn(&Checkpoint) -> bool,
 ) -> Result<Verified, ChainError> {
+    // Every record and checkpoint must belong to one node: the expected one, or else the node the
+    // log itself starts with. Otherwise another node's key could vouch for a rewritten log.
+    let first_node = lines
+        .first()
+        .and_then(|l| serde_json::from_slice::<Record>(l).ok())
+        .map(|r| r.node)
+        .or_else(|| checkpoints.first().map(|c| c.node.clone()));
+    let node = expected_node
+        .map(str::to_owned)
+        .or(first_node)
+        .unwrap_or_default();
+    for cp in checkpoints {
+        if cp.node != node {
+            return Err(ChainError::ForeignNode {
+                seq: cp.seq,
+                found: cp.node.clone(),
+                expected: node,
+            });
+        }
+    }
     for cp in checkpoints {
         if !check_sig(cp) {
             return Err(ChainError::CheckpointSignature {
@@ -135,6 +162,13 @@ pub fn verify(
     for (i, line) in lines.iter().enumerate() {
         let rec: Record =
             serde_json::from_slice(line).map_err(|_| ChainError::Unparseable { line: i + 1 })?;
+        if rec.node != node {
+            return Err(ChainError::ForeignNode {
+                seq: rec.seq,
+                found: rec.node,
+                expected: node,
+            });
+        }
         match &prev {
             None => {
                 out.first_seq = rec.seq;

@@ -123,6 +123,24 @@ fn segment_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("segment-{n:08}.jsonl"))
 }
 
+/// Cuts a file back to its last complete line (a crash can leave half a line behind).
+fn truncate_torn_tail(path: &Path) -> Result<(), AuditError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
+    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    if complete < bytes.len() {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io)?;
+        f.set_len(complete as u64).map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    Ok(())
+}
+
 /// Segment numbers present in `dir`, ascending.
 pub fn segments(dir: &Path) -> Result<Vec<u64>, AuditError> {
     let mut out: Vec<u64> = std::fs::read_dir(dir)
@@ -184,18 +202,7 @@ impl Writer {
         let segment_no = segs.last().copied().unwrap_or(1);
         let path = segment_path(dir, segment_no);
         // Drop a torn final line: it was never acknowledged.
-        if path.exists() {
-            let bytes = std::fs::read(&path).map_err(io)?;
-            let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-            if complete < bytes.len() {
-                let f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(io)?;
-                f.set_len(complete as u64).map_err(io)?;
-                f.sync_all().map_err(io)?;
-            }
-        }
+        truncate_torn_tail(&path)?;
         let mut seq = 0;
         let mut head = ZERO_HASH.to_owned();
         for n in segs.iter().rev() {
@@ -206,6 +213,7 @@ impl Writer {
                 break;
             }
         }
+        truncate_torn_tail(&dir.join(CHECKPOINTS_FILE))?;
         let checkpointed_seq = read_checkpoints(dir)?
             .iter()
             .map(|c| c.seq)
@@ -283,8 +291,23 @@ impl Writer {
             lines.push(line);
             seqs.push(seq);
         }
-        self.segment.write_all(&buf).map_err(io)?;
-        self.segment.sync_data().map_err(io)?;
+        // A batch is all or nothing: if it cannot be made durable, cut the file back to where it
+        // was, so the next batch reuses these sequence numbers on a clean chain.
+        let durable = self
+            .segment
+            .write_all(&buf)
+            .and_then(|()| self.segment.sync_data());
+        if let Err(e) = durable {
+            if let Err(cut) = self
+                .segment
+                .set_len(self.segment_len)
+                .and_then(|()| self.segment.sync_data())
+            {
+                tracing::error!(error = %cut, "cannot cut a failed audit batch back; refusing all further appends");
+                self.fail = true;
+            }
+            return Err(io(e));
+        }
         self.segment_len += buf.len() as u64;
         self.seq = seq;
         self.head = head;
@@ -462,7 +485,9 @@ impl AuditLog {
         ))
     }
 
-    /// Turns recording off, for measuring what audit costs. Never for production: the node warns.
+    /// Turns recording off, for measuring what audit costs. Only in builds with the
+    /// `bench-switches` feature (benchmarks); shipped binaries cannot do this.
+    #[cfg(feature = "bench-switches")]
     pub fn disable_for_benchmarks(&mut self) {
         tracing::warn!(
             "AUDIT IS OFF (DSM_BENCH_AUDIT_OFF=1): accesses are not recorded; benchmarks only"

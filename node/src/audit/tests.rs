@@ -80,6 +80,7 @@ fn verify(dir: &Path) -> Result<chain::Verified, ChainError> {
     chain::verify(
         &refs,
         &log::read_checkpoints(&dir.join("audit")).unwrap(),
+        Some("n1"),
         &sig_ok,
     )
 }
