@@ -106,9 +106,7 @@ impl AdminService {
 fn layout_status(e: LayoutError) -> Status {
     match e {
         LayoutError::BadSignature => Status::permission_denied(e.to_string()),
-        LayoutError::NotNewer { .. } | LayoutError::Skipped { .. } => {
-            Status::failed_precondition(e.to_string())
-        }
+        LayoutError::NotNewer { .. } => Status::failed_precondition(e.to_string()),
         _ => Status::invalid_argument(e.to_string()),
     }
 }

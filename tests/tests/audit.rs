@@ -48,20 +48,7 @@ async fn every_method_for_every_role_leaves_exactly_one_record_and_no_pii() {
             .order
             .expect("order");
 
-        let roles = [
-            Role::Storefront,
-            Role::Oms,
-            Role::Ims,
-            Role::Wms,
-            Role::Label,
-            Role::Courier,
-            Role::Comms,
-            Role::Support,
-            Role::Marketing,
-            Role::Analyst,
-            Role::Admin,
-            Role::Auditor,
-        ];
+        let roles = Role::ALL;
         for role in roles {
             let mut c = node.client(&pki.client_named(role, "probe")).await;
             let _ = c.create_order(sample_order("audit-cust-2", 1)).await;

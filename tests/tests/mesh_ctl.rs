@@ -10,6 +10,22 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// A channel to the gateway of `node`, an entry of mesh.json.
+async fn gateway_channel(
+    mesh: &serde_json::Value,
+    node: &serde_json::Value,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+) -> tonic::transport::Channel {
+    let addr = node["gateway"]
+        .as_str()
+        .expect("gateway")
+        .parse()
+        .expect("addr");
+    mesh_node::client::connect(addr, mesh["server_name"].as_str().expect("name"), tls)
+        .await
+        .expect("connect")
+}
+
 fn ctl(args: &[&str]) -> std::process::Output {
     Command::new(mesh_ctl_bin())
         .args(args)
@@ -194,18 +210,7 @@ async fn up_starts_a_three_node_mesh_that_serves_orders_through_every_gateway() 
         .expect("tls");
         let signer = mesh_node::proof::Signer::from_pem_file(&key).expect("signer");
         for (i, node) in nodes.iter().enumerate() {
-            let addr = node["gateway"]
-                .as_str()
-                .expect("gateway")
-                .parse()
-                .expect("addr");
-            let channel = mesh_node::client::connect(
-                addr,
-                mesh["server_name"].as_str().expect("name"),
-                tls.clone(),
-            )
-            .await
-            .expect("connect");
+            let channel = gateway_channel(&mesh, node, tls.clone()).await;
             for c in 0..5 {
                 let req = signer.signed(
                     mesh_node::gateway::CREATE_ORDER,
@@ -312,18 +317,7 @@ async fn up_starts_a_three_node_mesh_that_serves_orders_through_every_gateway() 
         });
         // Give the watch a moment to subscribe on every node, then write on the last node.
         let last = &nodes[2];
-        let addr = last["gateway"]
-            .as_str()
-            .expect("gateway")
-            .parse()
-            .expect("addr");
-        let channel = mesh_node::client::connect(
-            addr,
-            mesh["server_name"].as_str().expect("name"),
-            tls.clone(),
-        )
-        .await
-        .expect("connect");
+        let channel = gateway_channel(&mesh, last, tls.clone()).await;
         let mut seen = None;
         for attempt in 0..50u32 {
             let req = signer.signed(

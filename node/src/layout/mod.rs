@@ -34,10 +34,6 @@ pub enum LayoutError {
     Format(u32),
     #[error("layout version {offered} is not newer than the current version {current}")]
     NotNewer { offered: u64, current: u64 },
-    #[error(
-        "layout version must be {expected} (current + 1), not {offered}; run `mesh-ctl layout show` and apply current+1"
-    )]
-    Skipped { offered: u64, expected: u64 },
     #[error("invalid layout: {0}")]
     Invalid(String),
     #[error("control key file is not a mesh control key ({0})")]
