@@ -43,6 +43,7 @@ fn order(customer: &str, n: u64) -> Order {
                 state: "Maharashtra".into(),
                 pincode: "411001".into(),
             }),
+            ..Customer::default()
         }),
         items: vec![LineItem {
             sku: "SKU-1".into(),

@@ -26,6 +26,11 @@
 //! [audit]
 //! retention = "1095d"                   # keep the trail this long (longer than any order data)
 //! segment_bytes = 67108864              # rotate segments past this size
+//! [access]
+//! contact_grace = "72h"                 # courier/label views and contact handles end this long after delivery
+//! reveal_limit = 20                     # RevealField calls per principal per reveal_window
+//! reveal_window = "1h"
+//! require_purpose = ["comms", "support"]  # roles that must state a purpose on every read
 //! ```
 //!
 //! Each key has an environment override: `DSM_NODE_ID`, `DSM_TRUST_DOMAIN`, `DSM_DATA_DIR`,
@@ -33,7 +38,8 @@
 //! `DSM_LAYOUT_FILE`, `DSM_TLS_CA`, `DSM_TLS_CERT`,
 //! `DSM_TLS_KEY`, `DSM_MAX_CONCURRENT_REQUESTS`, `DSM_REQUEST_TIMEOUT`, `DSM_HANDSHAKE_TIMEOUT`,
 //! `DSM_DRAIN_TIMEOUT`, `DSM_LOG_FORMAT`, `DSM_LOG_LEVEL`, `DSM_AUDIT_RETENTION`,
-//! `DSM_AUDIT_SEGMENT_BYTES`.
+//! `DSM_AUDIT_SEGMENT_BYTES`, `DSM_ACCESS_CONTACT_GRACE`, `DSM_ACCESS_REVEAL_LIMIT`,
+//! `DSM_ACCESS_REVEAL_WINDOW`, `DSM_ACCESS_REQUIRE_PURPOSE` (comma-separated roles; empty for none).
 
 use crate::identity::{Identity, is_valid_name, is_valid_trust_domain};
 use serde::Deserialize;
@@ -84,6 +90,17 @@ struct FileConfig {
     log: FileLog,
     #[serde(default)]
     audit: FileAudit,
+    #[serde(default)]
+    access: FileAccess,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAccess {
+    contact_grace: Option<String>,
+    reveal_limit: Option<u64>,
+    reveal_window: Option<String>,
+    require_purpose: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,6 +166,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// How long the audit trail is kept and how it rotates.
     pub audit_retention: crate::audit::log::Retention,
+    /// Access windows, the reveal limit and purpose requirements.
+    pub access: crate::access::AccessRules,
     pub log_level: String,
 }
 
@@ -478,6 +497,8 @@ impl Config {
             }
         }
 
+        let access = access_rules(&mut c, fc.access);
+
         if !c.errors.is_empty() {
             return Err(ConfigErrors(c.errors));
         }
@@ -519,10 +540,60 @@ impl Config {
                 log_format,
                 log_level,
                 audit_retention,
+                access,
             }),
             _ => Err(ConfigErrors(vec!["incomplete configuration".into()])),
         }
     }
+}
+
+/// The `[access]` section: windows, the reveal limit, purpose requirements.
+fn access_rules(c: &mut Collect<'_>, fa: FileAccess) -> crate::access::AccessRules {
+    use crate::policy::Role;
+    let mut rules = crate::access::AccessRules::default();
+    // Grace periods are counted in hours or days, so the 1h cap of `limits.*` does not apply.
+    let span = |c: &mut Collect<'_>, key: &str, env: &str, file: Option<String>, into: &mut Duration| {
+        if let Some(raw) = c.pick(env, file) {
+            match humantime::parse_duration(&raw) {
+                Ok(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(366 * 86_400) => {
+                    *into = d;
+                }
+                _ => c.errors.push(format!(
+                    "{key}: `{raw}` is not a duration from 1s to 366d (for example `72h`)"
+                )),
+            }
+        }
+    };
+    span(c, "access.contact_grace", "DSM_ACCESS_CONTACT_GRACE", fa.contact_grace, &mut rules.contact_grace);
+    span(c, "access.reveal_window", "DSM_ACCESS_REVEAL_WINDOW", fa.reveal_window, &mut rules.reveal_window);
+    if let Some(raw) = c.pick("DSM_ACCESS_REVEAL_LIMIT", fa.reveal_limit.map(|n| n.to_string())) {
+        match raw.parse::<u32>() {
+            Ok(n) if (1..=100_000).contains(&n) => rules.reveal_limit = n,
+            _ => c.errors.push(format!(
+                "access.reveal_limit: `{raw}` must be a whole number from 1 to 100000"
+            )),
+        }
+    }
+    let roles = match c.env.var("DSM_ACCESS_REQUIRE_PURPOSE") {
+        Some(raw) => Some(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>(),
+        ),
+        None => fa.require_purpose,
+    };
+    if let Some(roles) = roles {
+        rules.require_purpose.clear();
+        for name in roles {
+            match name.parse::<Role>() {
+                Ok(role) => rules.require_purpose.push(role),
+                Err(e) => c.errors.push(format!("access.require_purpose: {e}")),
+            }
+        }
+    }
+    rules
 }
 
 #[cfg(test)]
@@ -559,6 +630,50 @@ mod tests {
                 "{needle} missing from {errs:#?}"
             );
         }
+    }
+
+    #[test]
+    fn access_settings_are_checked_and_named() {
+        let env: HashMap<String, String> = [
+            ("DSM_ACCESS_CONTACT_GRACE", "soon"),
+            ("DSM_ACCESS_REVEAL_LIMIT", "0"),
+            ("DSM_ACCESS_REQUIRE_PURPOSE", "support, wizard"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let mut c = Collect {
+            env: &env,
+            errors: Vec::new(),
+        };
+        let rules = access_rules(&mut c, FileAccess::default());
+        assert_eq!(rules.require_purpose, vec![crate::policy::Role::Support]);
+        for needle in [
+            "access.contact_grace",
+            "access.reveal_limit",
+            "access.require_purpose: unknown role `wizard`",
+        ] {
+            assert!(
+                c.errors.iter().any(|e| e.starts_with(needle)),
+                "{needle} missing from {:#?}",
+                c.errors
+            );
+        }
+        let env: HashMap<String, String> = [
+            ("DSM_ACCESS_CONTACT_GRACE", "2s"),
+            ("DSM_ACCESS_REQUIRE_PURPOSE", ""),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let mut c = Collect {
+            env: &env,
+            errors: Vec::new(),
+        };
+        let rules = access_rules(&mut c, FileAccess::default());
+        assert!(c.errors.is_empty(), "{:?}", c.errors);
+        assert_eq!(rules.contact_grace, Duration::from_secs(2));
+        assert!(rules.require_purpose.is_empty());
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
     /// A status returned by the owner node of a forwarded request, passed through unchanged.
@@ -40,6 +42,7 @@ impl Error {
                 Code::FailedPrecondition
             }
             Error::Unavailable(_) | Error::Storage(StorageError::Flush(_)) => Code::Unavailable,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Remote(code, _) => *code,
             Error::Storage(_) => Code::Internal,
         }

@@ -1,22 +1,28 @@
 //! The public gRPC API, `dsm.v1.OrderGateway`, and its mesh routing.
 //!
-//! Every request: authenticate the caller from its TLS certificate; find the partition it touches;
-//! if this node owns it, handle it here (authorise against the role table, validate, touch storage,
-//! project the answer); otherwise forward it in one hop to the owner with the client's end-to-end
-//! proof, and pass the owner's answer back unchanged. The owner authorises against the identity in
-//! the proof, never against the forwarding node (see `proof`).
+//! Every request: authenticate the caller from its TLS certificate; refuse a role that sees no
+//! buyer field if the request carries or asks for one; find the partition it touches; if this node
+//! owns it, handle it here (authorise against the role table, validate, touch storage, project the
+//! answer); otherwise forward it in one hop to the owner with the client's end-to-end proof, and
+//! pass the owner's answer back unchanged. The owner authorises against the identity in the proof,
+//! never against the forwarding node (see `proof`).
+//!
+//! Each method is one [`Call`]: its types, its routing key, the buyer fields its request carries,
+//! and its handler on the owner. Routing, forwarding, auditing and metrics are written once.
 
+use crate::access::{self, AccessRules, RevealLimiter};
 use crate::audit::log::{AuditLog, Entry};
+use crate::clock::Clock;
 use crate::error::Error;
 use crate::identity::Identity;
-use crate::ids::{OrderId, Partition, partition_of};
+use crate::ids::{ContactHandle, OrderId, Partition, partition_of};
 use crate::layout::Member;
 use crate::lifecycle::can_transition;
 use crate::listener::PeerInfo;
 use crate::mesh::{Mesh, Route};
 use crate::metrics::Metrics;
-use crate::policy::{self, Method, Role};
-use crate::projection::project;
+use crate::policy::{self, Field, Method, Role, Visibility};
+use crate::projection::{At, project, project_fields};
 use crate::proof::{self, PROOF_HEADER};
 use crate::storage::Store;
 use crate::transport::{PeerHandler, TransportError};
@@ -26,21 +32,26 @@ use mesh_proto::v1::peer_request::Body;
 use mesh_proto::v1::peer_response::Result as PeerResult;
 use mesh_proto::v1::{
     ClientProof, Consent, CreateOrderRequest, CreateOrderResponse, ForwardedCall, ForwardedOrders,
-    GetOrderRequest, GetOrderResponse, ListCustomerOrdersRequest, ListCustomerOrdersResponse,
-    Order, OrderStatus, PeerRequest, PeerResponse, PeerStatus, Ping, UpdateOrderStatusRequest,
-    UpdateOrderStatusResponse,
+    GetOrderRequest, GetOrderResponse, GetShippingLabelRequest, GetShippingLabelResponse,
+    ListCustomerOrdersRequest, ListCustomerOrdersResponse, Order, OrderStatus, OrderView,
+    PaymentMethod, PeerRequest, PeerResponse, PeerStatus, Ping, ResolveContactHandleRequest,
+    ResolveContactHandleResponse, RevealFieldRequest, RevealFieldResponse, ShippingLabel,
+    UpdateOrderStatusRequest, UpdateOrderStatusResponse,
 };
 use prost::Message;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
-pub const CREATE_ORDER: &str = "/dsm.v1.OrderGateway/CreateOrder";
-pub const GET_ORDER: &str = "/dsm.v1.OrderGateway/GetOrder";
-pub const UPDATE_ORDER_STATUS: &str = "/dsm.v1.OrderGateway/UpdateOrderStatus";
-pub const LIST_CUSTOMER_ORDERS: &str = "/dsm.v1.OrderGateway/ListCustomerOrders";
+pub const CREATE_ORDER: &str = Method::CreateOrder.path();
+pub const GET_ORDER: &str = Method::GetOrder.path();
+pub const UPDATE_ORDER_STATUS: &str = Method::UpdateOrderStatus.path();
+pub const LIST_CUSTOMER_ORDERS: &str = Method::ListCustomerOrders.path();
+pub const GET_SHIPPING_LABEL: &str = Method::GetShippingLabel.path();
+pub const REVEAL_FIELD: &str = Method::RevealField.path();
+pub const RESOLVE_CONTACT_HANDLE: &str = Method::ResolveContactHandle.path();
 
 /// The authenticated, authorised caller of one request.
 #[derive(Debug)]
@@ -57,6 +68,7 @@ struct Access {
     customer: String,
     order: String,
     purpose: String,
+    note: String,
     fields: Vec<String>,
     /// Handled by the owner node, which keeps the record.
     forwarded: bool,
@@ -69,15 +81,20 @@ impl Access {
             .role()
             .map_or_else(|| "node".to_owned(), |r| r.to_string());
     }
-}
 
-/// Buyer fields a role receives unmasked: what an allowed read discloses.
-fn disclosed(role: Role) -> Vec<String> {
-    policy::Field::ALL
-        .into_iter()
-        .filter(|f| f.is_buyer_field() && policy::visibility(role, *f) == policy::Visibility::Full)
-        .map(|f| f.path().to_owned())
-        .collect()
+    /// Records the buyer fields a projection disclosed unmasked (those neither masked nor
+    /// withheld in its view).
+    fn disclosed(&mut self, view: Option<&OrderView>) {
+        let Some(view) = view else { return };
+        for f in Field::ALL.into_iter().filter(|f| f.is_buyer_field()) {
+            let path = f.path();
+            let hidden = view.masked_fields.iter().any(|p| p == path)
+                || view.withheld_fields.iter().any(|p| p == path);
+            if !hidden && !self.fields.iter().any(|p| p == path) {
+                self.fields.push(path.to_owned());
+            }
+        }
+    }
 }
 
 /// The gateway service of one node; also answers requests forwarded by peers.
@@ -89,10 +106,9 @@ pub struct Gateway {
     mesh: Arc<Mesh>,
     /// Upper bound on a forwarded request when the client sent no deadline.
     forward_timeout: Duration,
-}
-
-fn now() -> prost_types::Timestamp {
-    prost_types::Timestamp::from(SystemTime::now())
+    rules: Arc<AccessRules>,
+    reveals: Arc<RevealLimiter>,
+    clock: Clock,
 }
 
 /// The client's deadline from the `grpc-timeout` header, if any.
@@ -111,6 +127,34 @@ fn grpc_timeout<T>(req: &Request<T>) -> Option<Duration> {
     })
 }
 
+/// One gateway method, as the routing, forwarding and audit code sees it.
+trait Call: Send + 'static {
+    const METHOD: Method;
+    type Req: Message + Default + Send + Sync + 'static;
+    /// The gRPC answer (for the streaming list: all of it, streamed by the service).
+    type Resp: Message + Default + Send + 'static;
+    /// The partition the request touches, or `None` if its key is malformed (then it is handled,
+    /// and refused, locally).
+    fn partition(req: &Self::Req) -> Option<Partition>;
+    /// The buyer fields the request carries or asks for.
+    fn buyer_fields(req: &Self::Req) -> Vec<Field>;
+    /// Handles the request on the owner node, filling in what it touched.
+    fn handle(
+        gw: &Gateway,
+        caller: &Caller,
+        req: Self::Req,
+        access: &mut Access,
+    ) -> impl Future<Output = Result<Self::Resp, Error>> + Send;
+}
+
+fn customer_partition(customer_id: &str) -> Option<Partition> {
+    validate::is_valid_customer_id(customer_id).then(|| partition_of(customer_id))
+}
+
+fn order_partition(order_id: &str) -> Option<Partition> {
+    order_id.parse::<OrderId>().ok().map(|id| id.partition())
+}
+
 impl Gateway {
     pub fn new(
         store: Arc<Store>,
@@ -118,13 +162,26 @@ impl Gateway {
         metrics: Arc<Metrics>,
         mesh: Arc<Mesh>,
         forward_timeout: Duration,
+        rules: AccessRules,
+        clock: Clock,
     ) -> Gateway {
+        let reveals = Arc::new(RevealLimiter::new(rules.reveal_limit, rules.reveal_window));
         Gateway {
             store,
             audit,
             metrics,
             mesh,
             forward_timeout,
+            rules: Arc::new(rules),
+            reveals,
+            clock,
+        }
+    }
+
+    fn at(&self) -> At {
+        At {
+            now: self.clock.now(),
+            grace: self.rules.contact_grace,
         }
     }
 
@@ -162,6 +219,7 @@ impl Gateway {
             },
             allowed: result.is_ok(),
             reason,
+            note: access.note,
         };
         match self.audit.append(entry).await {
             Ok(_) => result,
@@ -174,8 +232,14 @@ impl Gateway {
         }
     }
 
-    /// May this identity call `method`? The role comes from the certificate only.
-    fn authorize(&self, identity: Arc<Identity>, method: Method) -> Result<Caller, Error> {
+    /// May this identity call `method` with a request carrying or asking for `buyer_fields`? The
+    /// role comes from the certificate only.
+    fn authorize(
+        &self,
+        identity: Arc<Identity>,
+        method: Method,
+        buyer_fields: &[Field],
+    ) -> Result<Caller, Error> {
         if identity.trust_domain() != self.mesh.trust_domain {
             return Err(Error::Unauthenticated(format!(
                 "certificate is for trust domain `{}`, this mesh is `{}`",
@@ -188,6 +252,14 @@ impl Gateway {
                 "node certificates cannot call the gateway; use a client certificate".into(),
             )
         })?;
+        if let Some(field) = buyer_fields.first()
+            && policy::sees_no_buyer_field(role)
+        {
+            return Err(Error::PermissionDenied(format!(
+                "role `{role}` gets no buyer fields, and this {method} request carries or asks for `{}`",
+                field.path()
+            )));
+        }
         if !policy::may_call(role, method) {
             return Err(Error::PermissionDenied(format!(
                 "role `{role}` may not call {method}"
@@ -196,13 +268,8 @@ impl Gateway {
         Ok(Caller { identity, role })
     }
 
-    /// The caller of a request that arrived on this node's TLS listener.
-    fn tls_caller<T>(
-        &self,
-        req: &Request<T>,
-        method: Method,
-        access: &mut Access,
-    ) -> Result<Caller, Error> {
+    /// The certificate identity of a request that arrived on this node's TLS listener.
+    fn tls_identity<T>(&self, req: &Request<T>, access: &mut Access) -> Result<Arc<Identity>, Error> {
         let info = req.extensions().get::<PeerInfo>().ok_or_else(|| {
             Error::Unauthenticated("no verified client certificate on this connection".into())
         })?;
@@ -212,7 +279,20 @@ impl Gateway {
             ))
         })?;
         access.caller(&identity);
-        self.authorize(identity, method)
+        Ok(identity)
+    }
+
+    /// Checks and records a read's purpose; roles configured to need one are refused without it.
+    fn purpose(&self, caller: &Caller, purpose: &str, access: &mut Access) -> Result<(), Error> {
+        validate::purpose(purpose)?;
+        if purpose.is_empty() && self.rules.requires_purpose(caller.role) {
+            return Err(Error::PermissionDenied(format!(
+                "role `{}` must state a purpose (the `purpose` field, for example `ndr-callback`)",
+                caller.role
+            )));
+        }
+        access.purpose = purpose.to_owned();
+        Ok(())
     }
 
     /// Runs one request inside a span, counting and timing it. Spans carry the method and the
@@ -311,253 +391,53 @@ impl Gateway {
         }
     }
 
-    // ---- The handlers, run on the owner node -------------------------------------------------
-
-    async fn do_create(
-        &self,
-        caller: &Caller,
-        req: CreateOrderRequest,
-        access: &mut Access,
-    ) -> Result<Order, Error> {
-        if validate::is_valid_customer_id(&req.customer_id) {
-            access.customer = self.store.customer_subject(&req.customer_id);
-        }
-        validate::create_order(&req)?;
-        let at = now();
-        let order = Order {
-            order_id: OrderId::mint(partition_of(&req.customer_id)).to_string(),
-            customer_id: req.customer_id,
-            external_ref: req.external_ref,
-            channel: req.channel,
-            customer: req.customer,
-            items: req.items,
-            total_paise: req.total_paise,
-            payment: req.payment,
-            status: OrderStatus::Placed as i32,
-            courier: None,
-            consent: Some(req.consent.unwrap_or(Consent { marketing: false })),
-            created_at: Some(at),
-            updated_at: Some(at),
-            view: None,
-        };
-        let stored = self
-            .store
-            .create_order(&order, &req.idempotency_key)
-            .await?;
-        if stored.order_id == order.order_id {
-            self.metrics.orders_created.inc();
-        }
-        tracing::debug!(principal = %caller.identity, order_id = %stored.order_id, "order created");
-        access.order = self.store.order_subject(&stored.order_id);
-        access.fields = disclosed(caller.role);
-        Ok(project(&stored, caller.role))
-    }
-
-    fn do_get(
-        &self,
-        caller: &Caller,
-        req: &GetOrderRequest,
-        access: &mut Access,
-    ) -> Result<Order, Error> {
-        let id = validate::order_id(&req.order_id)?;
-        access.order = self.store.order_subject(&req.order_id);
-        validate::purpose(&req.purpose)?;
-        access.purpose.clone_from(&req.purpose);
+    /// Reads an order this node owns, or NOT_FOUND.
+    fn order(&self, id: &OrderId, access: &mut Access) -> Result<Order, Error> {
         let order = self
             .store
-            .get_order(&id)?
+            .get_order(id)?
             .ok_or_else(|| Error::NotFound("order not found".into()))?;
         access.customer = self.store.customer_subject(&order.customer_id);
-        access.fields = disclosed(caller.role);
-        Ok(project(&order, caller.role))
+        Ok(order)
     }
 
-    async fn do_update(
-        &self,
-        caller: &Caller,
-        req: &UpdateOrderStatusRequest,
-        access: &mut Access,
-    ) -> Result<Order, Error> {
-        if req.order_id.parse::<OrderId>().is_ok() {
-            access.order = self.store.order_subject(&req.order_id);
-        }
-        let update = validate::update_status(req)?;
-        let courier = req.courier.clone();
-        let at = now();
-        let order = self
-            .store
-            .update_order(&update.order_id, |order| {
-                let from = OrderStatus::try_from(order.status).unwrap_or(OrderStatus::Unspecified);
-                if !can_transition(from, update.status) {
-                    return Err(format!(
-                        "an order in status {} cannot move to {}",
-                        from.as_str_name(),
-                        update.status.as_str_name()
-                    ));
-                }
-                order.status = update.status as i32;
-                if let Some(c) = &courier {
-                    order.courier = Some(c.clone());
-                }
-                if let Some(ps) = update.payment_status {
-                    order.payment.get_or_insert_default().status = ps as i32;
-                }
-                order.updated_at = Some(at);
-                Ok(())
-            })
-            .await?;
-        access.customer = self.store.customer_subject(&order.customer_id);
-        access.fields = disclosed(caller.role);
-        Ok(project(&order, caller.role))
-    }
+    // ---- Entry points: authenticate, route, then handle or forward ---------------------------
 
-    fn do_list(
-        &self,
-        caller: &Caller,
-        req: &ListCustomerOrdersRequest,
-        access: &mut Access,
-    ) -> Result<Vec<Order>, Error> {
-        validate::customer_id(&req.customer_id)?;
-        access.customer = self.store.customer_subject(&req.customer_id);
-        validate::purpose(&req.purpose)?;
-        access.purpose.clone_from(&req.purpose);
-        let orders = self.store.customer_orders(&req.customer_id)?;
-        access.fields = disclosed(caller.role);
-        Ok(orders.iter().map(|o| project(o, caller.role)).collect())
-    }
-
-    // ---- Entry points: route, then handle or forward ------------------------------------------
-
-    /// The partition a customer id routes to; an invalid id is handled (and refused) locally.
-    fn route_customer(&self, customer_id: &str) -> (Route, Option<Partition>) {
-        if validate::is_valid_customer_id(customer_id) {
-            let p = partition_of(customer_id);
-            (self.mesh.route(p), Some(p))
-        } else {
-            (Route::Local, None)
-        }
-    }
-
-    fn route_order(&self, order_id: &str) -> (Route, Option<Partition>) {
-        match order_id.parse::<OrderId>() {
-            Ok(id) => (self.mesh.route(id.partition()), Some(id.partition())),
-            Err(_) => (Route::Local, None),
-        }
-    }
-
-    async fn create_order(&self, req: Request<CreateOrderRequest>) -> Result<Order, Error> {
+    /// A request that arrived on this node's gateway, with its one audit record.
+    async fn entry<C: Call>(&self, req: Request<C::Req>) -> Result<C::Resp, Error> {
         let mut access = Access::default();
-        let result = self.create_order_routed(req, &mut access).await;
-        self.audited(CREATE_ORDER, access, result).await
+        let result = self.entry_routed::<C>(req, &mut access).await;
+        self.audited(C::METHOD.path(), access, result).await
     }
 
-    async fn create_order_routed(
+    async fn entry_routed<C: Call>(
         &self,
-        req: Request<CreateOrderRequest>,
+        req: Request<C::Req>,
         access: &mut Access,
-    ) -> Result<Order, Error> {
-        let caller = self.tls_caller(&req, Method::CreateOrder, access)?;
-        match self.route_customer(&req.get_ref().customer_id) {
-            (Route::Remote(owner), Some(p)) => {
-                let answer = self
-                    .forward::<_, CreateOrderResponse>(&req, CREATE_ORDER, &owner, p)
-                    .await;
+    ) -> Result<C::Resp, Error> {
+        let identity = self.tls_identity(&req, access)?;
+        let caller = self.authorize(identity, C::METHOD, &C::buyer_fields(req.get_ref()))?;
+        match C::partition(req.get_ref()).map(|p| (p, self.mesh.route(p))) {
+            Some((p, Route::Remote(owner))) => {
+                let answer = self.forward(&req, C::METHOD.path(), &owner, p).await;
                 access.forwarded = matches!(answer, Ok(_) | Err(Error::Remote(..)));
-                Ok(answer?.order.unwrap_or_default())
+                answer
             }
-            _ => self.do_create(&caller, req.into_inner(), access).await,
-        }
-    }
-
-    async fn get_order(&self, req: Request<GetOrderRequest>) -> Result<Order, Error> {
-        let mut access = Access::default();
-        let result = self.get_order_routed(req, &mut access).await;
-        self.audited(GET_ORDER, access, result).await
-    }
-
-    async fn get_order_routed(
-        &self,
-        req: Request<GetOrderRequest>,
-        access: &mut Access,
-    ) -> Result<Order, Error> {
-        let caller = self.tls_caller(&req, Method::GetOrder, access)?;
-        match self.route_order(&req.get_ref().order_id) {
-            (Route::Remote(owner), Some(p)) => {
-                let answer = self
-                    .forward::<_, GetOrderResponse>(&req, GET_ORDER, &owner, p)
-                    .await;
-                access.forwarded = matches!(answer, Ok(_) | Err(Error::Remote(..)));
-                Ok(answer?.order.unwrap_or_default())
-            }
-            _ => self.do_get(&caller, req.get_ref(), access),
-        }
-    }
-
-    async fn update_status(&self, req: Request<UpdateOrderStatusRequest>) -> Result<Order, Error> {
-        let mut access = Access::default();
-        let result = self.update_status_routed(req, &mut access).await;
-        self.audited(UPDATE_ORDER_STATUS, access, result).await
-    }
-
-    async fn update_status_routed(
-        &self,
-        req: Request<UpdateOrderStatusRequest>,
-        access: &mut Access,
-    ) -> Result<Order, Error> {
-        let caller = self.tls_caller(&req, Method::UpdateOrderStatus, access)?;
-        match self.route_order(&req.get_ref().order_id) {
-            (Route::Remote(owner), Some(p)) => {
-                let answer = self
-                    .forward::<_, UpdateOrderStatusResponse>(&req, UPDATE_ORDER_STATUS, &owner, p)
-                    .await;
-                access.forwarded = matches!(answer, Ok(_) | Err(Error::Remote(..)));
-                Ok(answer?.order.unwrap_or_default())
-            }
-            _ => self.do_update(&caller, req.get_ref(), access).await,
-        }
-    }
-
-    async fn list_orders(
-        &self,
-        req: Request<ListCustomerOrdersRequest>,
-    ) -> Result<Vec<Order>, Error> {
-        let mut access = Access::default();
-        let result = self.list_orders_routed(req, &mut access).await;
-        self.audited(LIST_CUSTOMER_ORDERS, access, result).await
-    }
-
-    async fn list_orders_routed(
-        &self,
-        req: Request<ListCustomerOrdersRequest>,
-        access: &mut Access,
-    ) -> Result<Vec<Order>, Error> {
-        let caller = self.tls_caller(&req, Method::ListCustomerOrders, access)?;
-        match self.route_customer(&req.get_ref().customer_id) {
-            (Route::Remote(owner), Some(p)) => {
-                let answer = self
-                    .forward::<_, ForwardedOrders>(&req, LIST_CUSTOMER_ORDERS, &owner, p)
-                    .await;
-                access.forwarded = matches!(answer, Ok(_) | Err(Error::Remote(..)));
-                Ok(answer?.orders)
-            }
-            _ => self.do_list(&caller, req.get_ref(), access),
+            _ => C::handle(self, &caller, req.into_inner(), access).await,
         }
     }
 
     /// A request forwarded by a peer. The owner keeps its one audit record, refusals included.
     async fn forwarded(&self, from: &str, call: ForwardedCall) -> Result<Vec<u8>, Error> {
         // Only known method names reach the trail: a peer cannot write arbitrary strings into it.
-        let method = match call.method.as_str() {
-            CREATE_ORDER
-            | GET_ORDER
-            | UPDATE_ORDER_STATUS
-            | LIST_CUSTOMER_ORDERS
-            | crate::audit::service::QUERY => call.method.clone(),
-            _ => "unknown-forwarded-method".to_owned(),
+        let method = match Method::from_path(&call.method) {
+            Some(m) => m.path(),
+            None if call.method == crate::audit::service::QUERY => crate::audit::service::QUERY,
+            None => "unknown-forwarded-method",
         };
         let mut access = Access::default();
         let result = self.forwarded_inner(from, call, &mut access).await;
-        self.audited(&method, access, result).await
+        self.audited(method, access, result).await
     }
 
     /// Verifies the client's proof, authorises that client, and handles the request.
@@ -578,62 +458,24 @@ impl Gateway {
         );
         access.caller(&identity);
         tracing::debug!(forwarded_by = from, principal = %identity, method = %call.method, "forwarded request");
-        let bad = |_| Error::Unauthenticated("forwarded request does not decode".into());
         let bytes = call.request.as_slice();
-        match call.method.as_str() {
-            CREATE_ORDER => {
-                let caller = self.authorize(identity, Method::CreateOrder)?;
-                let req = CreateOrderRequest::decode(bytes).map_err(bad)?;
-                if validate::is_valid_customer_id(&req.customer_id) {
-                    self.ensure_local(partition_of(&req.customer_id))?;
-                }
-                let order = self
-                    .observe(Method::CreateOrder, self.do_create(&caller, req, access))
-                    .await
-                    .map_err(status_error)?;
-                Ok(CreateOrderResponse { order: Some(order) }.encode_to_vec())
+        match Method::from_path(&call.method) {
+            Some(Method::CreateOrder) => self.owner_call::<Create>(identity, bytes, access).await,
+            Some(Method::GetOrder) => self.owner_call::<Get>(identity, bytes, access).await,
+            Some(Method::UpdateOrderStatus) => {
+                self.owner_call::<Update>(identity, bytes, access).await
             }
-            GET_ORDER => {
-                let caller = self.authorize(identity, Method::GetOrder)?;
-                let req = GetOrderRequest::decode(bytes).map_err(bad)?;
-                let id = validate::order_id(&req.order_id)?;
-                self.ensure_local(id.partition())?;
-                let order = self
-                    .observe(Method::GetOrder, async {
-                        self.do_get(&caller, &req, access)
-                    })
-                    .await
-                    .map_err(status_error)?;
-                Ok(GetOrderResponse { order: Some(order) }.encode_to_vec())
+            Some(Method::ListCustomerOrders) => {
+                self.owner_call::<List>(identity, bytes, access).await
             }
-            UPDATE_ORDER_STATUS => {
-                let caller = self.authorize(identity, Method::UpdateOrderStatus)?;
-                let req = UpdateOrderStatusRequest::decode(bytes).map_err(bad)?;
-                let id = validate::order_id(&req.order_id)?;
-                self.ensure_local(id.partition())?;
-                let order = self
-                    .observe(
-                        Method::UpdateOrderStatus,
-                        self.do_update(&caller, &req, access),
-                    )
-                    .await
-                    .map_err(status_error)?;
-                Ok(UpdateOrderStatusResponse { order: Some(order) }.encode_to_vec())
+            Some(Method::GetShippingLabel) => {
+                self.owner_call::<Label>(identity, bytes, access).await
             }
-            LIST_CUSTOMER_ORDERS => {
-                let caller = self.authorize(identity, Method::ListCustomerOrders)?;
-                let req = ListCustomerOrdersRequest::decode(bytes).map_err(bad)?;
-                validate::customer_id(&req.customer_id)?;
-                self.ensure_local(partition_of(&req.customer_id))?;
-                let orders = self
-                    .observe(Method::ListCustomerOrders, async {
-                        self.do_list(&caller, &req, access)
-                    })
-                    .await
-                    .map_err(status_error)?;
-                Ok(ForwardedOrders { orders }.encode_to_vec())
+            Some(Method::RevealField) => self.owner_call::<Reveal>(identity, bytes, access).await,
+            Some(Method::ResolveContactHandle) => {
+                self.owner_call::<Resolve>(identity, bytes, access).await
             }
-            crate::audit::service::QUERY => {
+            None if call.method == crate::audit::service::QUERY => {
                 if identity.trust_domain() != self.mesh.trust_domain
                     || identity.role() != Some(Role::Auditor)
                 {
@@ -645,10 +487,445 @@ impl Gateway {
                     .forwarded(bytes)
                     .map_err(status_error)
             }
-            other => Err(Error::PermissionDenied(format!(
-                "method {other} cannot be forwarded"
+            None => Err(Error::PermissionDenied(format!(
+                "method {} cannot be forwarded",
+                call.method
             ))),
         }
+    }
+
+    /// Handles a forwarded call of method `C` on this (owner) node.
+    async fn owner_call<C: Call>(
+        &self,
+        identity: Arc<Identity>,
+        bytes: &[u8],
+        access: &mut Access,
+    ) -> Result<Vec<u8>, Error> {
+        let req = C::Req::decode(bytes)
+            .map_err(|_| Error::Unauthenticated("forwarded request does not decode".into()))?;
+        let caller = self.authorize(identity, C::METHOD, &C::buyer_fields(&req))?;
+        if let Some(p) = C::partition(&req) {
+            self.ensure_local(p)?;
+        }
+        let resp = self
+            .observe(C::METHOD, C::handle(self, &caller, req, access))
+            .await
+            .map_err(status_error)?;
+        Ok(resp.encode_to_vec())
+    }
+
+    /// Serves a gateway call: detached from the client (see [`detached`]), observed, audited.
+    async fn serve<C: Call>(&self, req: Request<C::Req>) -> Result<C::Resp, Status> {
+        let this = self.clone();
+        detached(async move { this.observe(C::METHOD, this.entry::<C>(req)).await }).await
+    }
+}
+
+// ---- The methods, run on the owner node ------------------------------------------------------
+
+struct Create;
+struct Get;
+struct Update;
+struct List;
+struct Label;
+struct Reveal;
+struct Resolve;
+
+impl Call for Create {
+    const METHOD: Method = Method::CreateOrder;
+    type Req = CreateOrderRequest;
+    type Resp = CreateOrderResponse;
+
+    fn partition(req: &Self::Req) -> Option<Partition> {
+        customer_partition(&req.customer_id)
+    }
+
+    fn buyer_fields(req: &Self::Req) -> Vec<Field> {
+        let mut carried = Vec::new();
+        if !req.customer_id.is_empty() {
+            carried.push(Field::CustomerId);
+        }
+        if let Some(c) = &req.customer {
+            let a = c.address.clone().unwrap_or_default();
+            for (field, value) in [
+                (Field::Name, &c.name),
+                (Field::Phone, &c.phone),
+                (Field::Email, &c.email),
+                (Field::ContactHandle, &c.contact_handle),
+                (Field::AddressLine1, &a.line1),
+                (Field::AddressLine2, &a.line2),
+                (Field::City, &a.city),
+                (Field::State, &a.state),
+                (Field::Pincode, &a.pincode),
+            ] {
+                if !value.is_empty() {
+                    carried.push(field);
+                }
+            }
+        }
+        carried
+    }
+
+    async fn handle(
+        gw: &Gateway,
+        caller: &Caller,
+        req: Self::Req,
+        access: &mut Access,
+    ) -> Result<Self::Resp, Error> {
+        if validate::is_valid_customer_id(&req.customer_id) {
+            access.customer = gw.store.customer_subject(&req.customer_id);
+        }
+        validate::create_order(&req)?;
+        let p = partition_of(&req.customer_id);
+        let at = prost_types::Timestamp::from(gw.clock.now());
+        let mut customer = req.customer;
+        if let Some(c) = &mut customer {
+            c.contact_handle = ContactHandle::mint(p).to_string();
+        }
+        let order = Order {
+            order_id: OrderId::mint(p).to_string(),
+            customer_id: req.customer_id,
+            external_ref: req.external_ref,
+            channel: req.channel,
+            customer,
+            items: req.items,
+            total_paise: req.total_paise,
+            payment: req.payment,
+            status: OrderStatus::Placed as i32,
+            courier: None,
+            consent: Some(req.consent.unwrap_or(Consent { marketing: false })),
+            created_at: Some(at),
+            updated_at: Some(at),
+            view: None,
+            closed_at: None,
+        };
+        let stored = gw
+            .store
+            .create_order(&order, &req.idempotency_key)
+            .await?;
+        if stored.order_id == order.order_id {
+            gw.metrics.orders_created.inc();
+        }
+        tracing::debug!(principal = %caller.identity, order_id = %stored.order_id, "order created");
+        access.order = gw.store.order_subject(&stored.order_id);
+        let order = project(&stored, caller.role, gw.at());
+        access.disclosed(order.view.as_ref());
+        Ok(CreateOrderResponse { order: Some(order) })
+    }
+}
+
+impl Call for Get {
+    const METHOD: Method = Method::GetOrder;
+    type Req = GetOrderRequest;
+    type Resp = GetOrderResponse;
+
+    fn partition(req: &Self::Req) -> Option<Partition> {
+        order_partition(&req.order_id)
+    }
+
+    fn buyer_fields(req: &Self::Req) -> Vec<Field> {
+        req.fields
+            .iter()
+            .filter_map(|p| Field::from_path(p))
+            .filter(|f| f.is_buyer_field())
+            .collect()
+    }
+
+    async fn handle(
+        gw: &Gateway,
+        caller: &Caller,
+        req: Self::Req,
+        access: &mut Access,
+    ) -> Result<Self::Resp, Error> {
+        let id = validate::order_id(&req.order_id)?;
+        access.order = gw.store.order_subject(&req.order_id);
+        gw.purpose(caller, &req.purpose, access)?;
+        let only = if req.fields.is_empty() {
+            None
+        } else {
+            let mut only = Vec::with_capacity(req.fields.len());
+            for path in &req.fields {
+                let field = validate::field_path("fields", path)?;
+                if policy::visibility(caller.role, field) == Visibility::Withheld {
+                    return Err(Error::PermissionDenied(format!(
+                        "role `{}` may not see `{}`",
+                        caller.role,
+                        field.path()
+                    )));
+                }
+                only.push(field);
+            }
+            Some(only)
+        };
+        let order = gw.order(&id, access)?;
+        let order = project_fields(&order, caller.role, gw.at(), only.as_deref());
+        access.disclosed(order.view.as_ref());
+        Ok(GetOrderResponse { order: Some(order) })
+    }
+}
+
+impl Call for Update {
+    const METHOD: Method = Method::UpdateOrderStatus;
+    type Req = UpdateOrderStatusRequest;
+    type Resp = UpdateOrderStatusResponse;
+
+    fn partition(req: &Self::Req) -> Option<Partition> {
+        order_partition(&req.order_id)
+    }
+
+    fn buyer_fields(_: &Self::Req) -> Vec<Field> {
+        Vec::new()
+    }
+
+    async fn handle(
+        gw: &Gateway,
+        caller: &Caller,
+        req: Self::Req,
+        access: &mut Access,
+    ) -> Result<Self::Resp, Error> {
+        if req.order_id.parse::<OrderId>().is_ok() {
+            access.order = gw.store.order_subject(&req.order_id);
+        }
+        let update = validate::update_status(&req)?;
+        if !policy::may_set_status(caller.role, update.status) {
+            return Err(Error::PermissionDenied(format!(
+                "role `{}` may not move an order to {}",
+                caller.role,
+                update.status.as_str_name()
+            )));
+        }
+        let courier = req.courier;
+        let at = gw.clock.now();
+        let order = gw
+            .store
+            .update_order(&update.order_id, |order| {
+                let from = OrderStatus::try_from(order.status).unwrap_or(OrderStatus::Unspecified);
+                if !can_transition(from, update.status) {
+                    return Err(format!(
+                        "an order in status {} cannot move to {}",
+                        from.as_str_name(),
+                        update.status.as_str_name()
+                    ));
+                }
+                order.status = update.status as i32;
+                if let Some(c) = &courier {
+                    order.courier = Some(c.clone());
+                }
+                if let Some(ps) = update.payment_status {
+                    order.payment.get_or_insert_default().status = ps as i32;
+                }
+                order.updated_at = Some(at.into());
+                if access::closes(update.status) {
+                    order.closed_at = Some(at.into());
+                }
+                Ok(())
+            })
+            .await?;
+        access.customer = gw.store.customer_subject(&order.customer_id);
+        let order = project(&order, caller.role, gw.at());
+        access.disclosed(order.view.as_ref());
+        Ok(UpdateOrderStatusResponse { order: Some(order) })
+    }
+}
+
+impl Call for List {
+    const METHOD: Method = Method::ListCustomerOrders;
+    type Req = ListCustomerOrdersRequest;
+    type Resp = ForwardedOrders;
+
+    fn partition(req: &Self::Req) -> Option<Partition> {
+        customer_partition(&req.customer_id)
+    }
+
+    fn buyer_fields(req: &Self::Req) -> Vec<Field> {
+        if req.customer_id.is_empty() {
+            Vec::new()
+        } else {
+            vec![Field::CustomerId]
+        }
+    }
+
+    async fn handle(
+        gw: &Gateway,
+        caller: &Caller,
+        req: Self::Req,
+        access: &mut Access,
+    ) -> Result<Self::Resp, Error> {
+        validate::customer_id(&req.customer_id)?;
+        access.customer = gw.store.customer_subject(&req.customer_id);
+        gw.purpose(caller, &req.purpose, access)?;
+        let at = gw.at();
+        let orders: Vec<Order> = gw
+            .store
+            .customer_orders(&req.customer_id)?
+            .iter()
+            .map(|o| project(o, caller.role, at))
+            .collect();
+        for o in &orders {
+            access.disclosed(o.view.as_ref());
+        }
+        Ok(ForwardedOrders { orders })
+    }
+}
+
+impl Call for Label {
+    const METHOD: Method = Method::GetShippingLabel;
+    type Req = GetShippingLabelRequest;
+    type Resp = GetShippingLabelResponse;
+
+    fn partition(req: &Self::Req) -> Option<Partition> {
+        order_partition(&req.order_id)
+    }
+
+    /// A label is the buyer's name, address and handle: asking for one asks for those.
+    fn buyer_fields(_: &Self::Req) -> Vec<Field> {
+        vec![
+            Field::Name,
+            Field::AddressLine1,
+            Field::AddressLine2,
+            Field::City,
+            Field::State,
+            Field::Pincode,
+            Field::ContactHandle,
+        ]
+    }
+
+    async fn handle(
+        gw: &Gateway,
+        caller: &Caller,
+        req: Self::Req,
+        access: &mut Access,
+    ) -> Result<Self::Resp, Error> {
+        let id = validate::order_id(&req.order_id)?;
+        access.order = gw.store.order_subject(&req.order_id);
+        gw.purpose(caller, &req.purpose, access)?;
+        let order = project(&gw.order(&id, access)?, caller.role, gw.at());
+        access.disclosed(order.view.as_ref());
+        let customer = order.customer.unwrap_or_default();
+        let payment = order.payment.unwrap_or_default();
+        let cod = payment.method == PaymentMethod::Cod as i32;
+        let label = ShippingLabel {
+            order_id: order.order_id,
+            name: customer.name,
+            address: customer.address,
+            contact_handle: customer.contact_handle,
+            cod_amount_paise: if cod { payment.amount_paise } else { 0 },
+            courier: order.courier,
+            status: order.status,
+            view: order.view,
+        };
+        Ok(GetShippingLabelResponse { label: Some(label) })
+    }
+}
+
+impl Call for Reveal {
+    const METHOD: Method = Method::RevealField;
+    type Req = RevealFieldRequest;
+    type Resp = RevealFieldResponse;
+
+    fn partition(req: &Self::Req) -> Option<Partition> {
+        order_partition(&req.order_id)
+    }
+
+    fn buyer_fields(req: &Self::Req) -> Vec<Field> {
+        Field::from_path(&req.field)
+            .filter(|f| f.is_buyer_field())
+            .into_iter()
+            .collect()
+    }
+
+    async fn handle(
+        gw: &Gateway,
+        caller: &Caller,
+        req: Self::Req,
+        access: &mut Access,
+    ) -> Result<Self::Resp, Error> {
+        let id = validate::order_id(&req.order_id)?;
+        access.order = gw.store.order_subject(&req.order_id);
+        let field = validate::field_path("field", &req.field)?;
+        validate::reveal_reason(&req.reason_code, &req.reason_text)?;
+        access.purpose.clone_from(&req.reason_code);
+        access.note.clone_from(&req.reason_text);
+        if !policy::may_reveal(caller.role, field) {
+            return Err(Error::PermissionDenied(format!(
+                "role `{}` may not reveal `{}`",
+                caller.role,
+                field.path()
+            )));
+        }
+        let order = gw.order(&id, access)?;
+        let at = gw.at();
+        if !access::in_window(&order, policy::window(caller.role), at.now, at.grace) {
+            return Err(Error::PermissionDenied(format!(
+                "role `{}` no longer sees this order's buyer fields",
+                caller.role
+            )));
+        }
+        let remaining = gw
+            .reveals
+            .take(&caller.identity.to_string(), at.now)
+            .map_err(|e| {
+                Error::ResourceExhausted(format!(
+                    "reveal limit reached: {} per {} for this principal; the next reveal is possible in {}",
+                    e.limit,
+                    humantime::format_duration(e.window),
+                    humantime::format_duration(Duration::from_secs(e.retry_after.as_secs().max(1)))
+                ))
+            })?;
+        let value = crate::projection::value_of(&order, field);
+        access.fields = vec![field.path().to_owned()];
+        Ok(RevealFieldResponse {
+            order_id: order.order_id,
+            field: field.path().to_owned(),
+            value,
+            remaining,
+        })
+    }
+}
+
+impl Call for Resolve {
+    const METHOD: Method = Method::ResolveContactHandle;
+    type Req = ResolveContactHandleRequest;
+    type Resp = ResolveContactHandleResponse;
+
+    fn partition(req: &Self::Req) -> Option<Partition> {
+        req.contact_handle
+            .parse::<ContactHandle>()
+            .ok()
+            .map(|h| h.partition())
+    }
+
+    /// Carries a handle, asks for the phone behind it.
+    fn buyer_fields(_: &Self::Req) -> Vec<Field> {
+        vec![Field::ContactHandle, Field::Phone]
+    }
+
+    async fn handle(
+        gw: &Gateway,
+        caller: &Caller,
+        req: Self::Req,
+        access: &mut Access,
+    ) -> Result<Self::Resp, Error> {
+        let handle = validate::contact_handle(&req.contact_handle)?;
+        gw.purpose(caller, &req.purpose, access)?;
+        let order = gw
+            .store
+            .order_by_handle(&handle)?
+            .ok_or_else(|| Error::NotFound("contact handle not found".into()))?;
+        access.order = gw.store.order_subject(&order.order_id);
+        access.customer = gw.store.customer_subject(&order.customer_id);
+        let at = gw.at();
+        if !access::handle_resolves(&order, at.now, at.grace) {
+            return Err(Error::FailedPrecondition(format!(
+                "this contact handle has expired: its order closed more than {} ago",
+                humantime::format_duration(at.grace)
+            )));
+        }
+        access.fields = vec![Field::Phone.path().to_owned()];
+        Ok(ResolveContactHandleResponse {
+            valid_until: access::handle_valid_until(&order, at.grace).map(Into::into),
+            phone: order.customer.map(|c| c.phone).unwrap_or_default(),
+        })
     }
 }
 
@@ -718,47 +995,21 @@ impl OrderGateway for Gateway {
         &self,
         req: Request<CreateOrderRequest>,
     ) -> Result<Response<CreateOrderResponse>, Status> {
-        let order = {
-            let this = self.clone();
-            detached(async move {
-                this.observe(Method::CreateOrder, Gateway::create_order(&this, req))
-                    .await
-            })
-            .await?
-        };
-        Ok(Response::new(CreateOrderResponse { order: Some(order) }))
+        self.serve::<Create>(req).await.map(Response::new)
     }
 
     async fn get_order(
         &self,
         req: Request<GetOrderRequest>,
     ) -> Result<Response<GetOrderResponse>, Status> {
-        let order = {
-            let this = self.clone();
-            detached(async move {
-                this.observe(Method::GetOrder, Gateway::get_order(&this, req))
-                    .await
-            })
-            .await?
-        };
-        Ok(Response::new(GetOrderResponse { order: Some(order) }))
+        self.serve::<Get>(req).await.map(Response::new)
     }
 
     async fn update_order_status(
         &self,
         req: Request<UpdateOrderStatusRequest>,
     ) -> Result<Response<UpdateOrderStatusResponse>, Status> {
-        let order = {
-            let this = self.clone();
-            detached(async move {
-                this.observe(Method::UpdateOrderStatus, this.update_status(req))
-                    .await
-            })
-            .await?
-        };
-        Ok(Response::new(UpdateOrderStatusResponse {
-            order: Some(order),
-        }))
+        self.serve::<Update>(req).await.map(Response::new)
     }
 
     type ListCustomerOrdersStream = OrderStream;
@@ -767,19 +1018,33 @@ impl OrderGateway for Gateway {
         &self,
         req: Request<ListCustomerOrdersRequest>,
     ) -> Result<Response<OrderStream>, Status> {
-        let orders = {
-            let this = self.clone();
-            detached(async move {
-                this.observe(Method::ListCustomerOrders, this.list_orders(req))
-                    .await
-            })
-            .await?
-        };
+        let orders = self.serve::<List>(req).await?.orders;
         let stream = futures::stream::iter(
             orders
                 .into_iter()
                 .map(|o| Ok(ListCustomerOrdersResponse { order: Some(o) })),
         );
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_shipping_label(
+        &self,
+        req: Request<GetShippingLabelRequest>,
+    ) -> Result<Response<GetShippingLabelResponse>, Status> {
+        self.serve::<Label>(req).await.map(Response::new)
+    }
+
+    async fn reveal_field(
+        &self,
+        req: Request<RevealFieldRequest>,
+    ) -> Result<Response<RevealFieldResponse>, Status> {
+        self.serve::<Reveal>(req).await.map(Response::new)
+    }
+
+    async fn resolve_contact_handle(
+        &self,
+        req: Request<ResolveContactHandleRequest>,
+    ) -> Result<Response<ResolveContactHandleResponse>, Status> {
+        self.serve::<Resolve>(req).await.map(Response::new)
     }
 }

@@ -59,9 +59,10 @@ pub struct BadOrderId;
 impl OrderId {
     /// Mints a fresh id in `partition` with 80 bits from the system CSPRNG.
     pub fn mint(partition: Partition) -> OrderId {
-        let mut random = [0u8; 10];
-        aws_lc_rs::rand::fill(&mut random).expect("system CSPRNG is available");
-        OrderId { partition, random }
+        OrderId {
+            partition,
+            random: random_bytes(),
+        }
     }
     pub fn partition(&self) -> Partition {
         self.partition
@@ -82,22 +83,75 @@ impl fmt::Display for OrderId {
 impl FromStr for OrderId {
     type Err = BadOrderId;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let rest = s.strip_prefix("o1-").ok_or(BadOrderId)?;
-        let (p, r) = rest.split_once('-').ok_or(BadOrderId)?;
-        let lower_hex = |x: &str| {
-            x.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        };
-        if p.len() != 4 || r.len() != 20 || !lower_hex(p) || !lower_hex(r) {
-            return Err(BadOrderId);
-        }
-        let partition = u16::from_str_radix(p, 16)
-            .ok()
-            .and_then(Partition::new)
-            .ok_or(BadOrderId)?;
-        let mut random = [0u8; 10];
-        hex::decode_to_slice(r, &mut random).map_err(|_| BadOrderId)?;
+        let (partition, random) = parse_tagged(s, "o1-").ok_or(BadOrderId)?;
         Ok(OrderId { partition, random })
+    }
+}
+
+/// Parses `<prefix>PPPP-<2N lowercase hex>`: a partition and N random bytes.
+fn parse_tagged<const N: usize>(s: &str, prefix: &str) -> Option<(Partition, [u8; N])> {
+    let rest = s.strip_prefix(prefix)?;
+    let (p, r) = rest.split_once('-')?;
+    let lower_hex = |x: &str| {
+        x.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if p.len() != 4 || r.len() != 2 * N || !lower_hex(p) || !lower_hex(r) {
+        return None;
+    }
+    let partition = u16::from_str_radix(p, 16).ok().and_then(Partition::new)?;
+    let mut random = [0u8; N];
+    hex::decode_to_slice(r, &mut random).ok()?;
+    Some((partition, random))
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut random = [0u8; N];
+    aws_lc_rs::rand::fill(&mut random).expect("system CSPRNG is available");
+    random
+}
+
+/// A contact handle: stands in for the buyer's phone number on one order (`ch1-PPPP-<24 hex>`,
+/// 96 random bits). It carries the order's partition so `ResolveContactHandle` routes in one hop;
+/// nothing in it reveals the buyer or the order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ContactHandle {
+    partition: Partition,
+    random: [u8; 12],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a contact handle (expected ch1-PPPP-<24 hex digits>)")]
+pub struct BadContactHandle;
+
+impl ContactHandle {
+    pub fn mint(partition: Partition) -> ContactHandle {
+        ContactHandle {
+            partition,
+            random: random_bytes(),
+        }
+    }
+    pub fn partition(&self) -> Partition {
+        self.partition
+    }
+}
+
+impl fmt::Display for ContactHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ch1-{:04x}-{}",
+            self.partition.0,
+            hex::encode(self.random)
+        )
+    }
+}
+
+impl FromStr for ContactHandle {
+    type Err = BadContactHandle;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (partition, random) = parse_tagged(s, "ch1-").ok_or(BadContactHandle)?;
+        Ok(ContactHandle { partition, random })
     }
 }
 
@@ -149,6 +203,13 @@ mod tests {
         fn order_ids_round_trip(p in 0u16..PARTITIONS) {
             let id = OrderId::mint(Partition::new(p).unwrap());
             prop_assert_eq!(id.to_string().parse::<OrderId>(), Ok(id));
+        }
+
+        #[test]
+        fn contact_handles_round_trip(p in 0u16..PARTITIONS) {
+            let h = ContactHandle::mint(Partition::new(p).unwrap());
+            prop_assert_eq!(h.to_string().parse::<ContactHandle>(), Ok(h));
+            prop_assert!(h.to_string().parse::<OrderId>().is_err());
         }
 
         #[test]

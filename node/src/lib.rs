@@ -6,12 +6,14 @@
 //! | module        | owns                                                                  |
 //! |---------------|-----------------------------------------------------------------------|
 //! | `identity`    | SPIFFE-style mesh identities parsed from certificates                 |
-//! | `policy`      | the role table: who may call what and see which fields                |
-//! | `projection`  | an order as one role may see it (`project(order, role)`)              |
+//! | `policy`      | the role table: who may call what, see which fields, reveal, set      |
+//! | `access`      | time and rate rules: role windows, contact handle lifetime, reveals   |
+//! | `clock`       | system time, or a hand-moved clock in tests                           |
+//! | `projection`  | an order as one role may see it (`project(order, role, at)`)          |
 //! | `mask`        | masking rules for phones, emails and names                            |
 //! | `validate`    | request validation that names every bad field                         |
 //! | `lifecycle`   | legal order status transitions                                        |
-//! | `ids`         | partitions (`partition_of(customer_id)`) and routable order ids       |
+//! | `ids`         | partitions (`partition_of(customer_id)`), routable order ids, handles |
 //! | `crypto`      | node key file, per-customer data keys, keyed hashes                   |
 //! | `storage`     | sled store: sealed records, key layout, group commit                  |
 //! | `pki`         | mesh CA and leaf certificate issuance (shared with `mesh-ctl`)        |
@@ -24,9 +26,11 @@
 //! | `server`      | node lifecycle: start, serve, drain, flush                            |
 //! | `client`      | mTLS client channel used by `mesh-ctl`, tests and benchmarks          |
 
+pub mod access;
 pub mod admin;
 pub mod audit;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod error;

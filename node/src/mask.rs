@@ -40,6 +40,11 @@ pub fn name(name: &str) -> String {
         .join(" ")
 }
 
+/// `Ravi Kumar` -> `Ravi`: enough to greet the buyer in a message, not to identify them.
+pub fn first_name(name: &str) -> String {
+    name.split_whitespace().next().unwrap_or_default().to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,6 +56,8 @@ mod tests {
         assert_eq!(email("ravi@example.com"), "r***@example.com");
         assert_eq!(name("Ravi Kumar"), "R*** K***");
         assert_eq!(name("  "), "");
+        assert_eq!(first_name("Ravi Kumar"), "Ravi");
+        assert_eq!(first_name(""), "");
     }
 
     proptest! {

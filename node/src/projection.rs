@@ -1,30 +1,60 @@
 //! Projection: the order as one role is allowed to see it, built from the role table.
 //!
-//! `project(order, role)` starts from an empty order and copies in, field by field, what
+//! `project(order, role, at)` starts from an empty order and copies in, field by field, what
 //! `policy::visibility` allows: the value, its mask, or nothing. Starting empty means a field added
-//! to the proto later is withheld from everyone until the role table names it.
+//! to the proto later is withheld from everyone until the role table names it. Outside the role's
+//! window (`policy::window`, judged by `access::in_window`) every buyer field is withheld.
 
+use crate::access;
 use crate::mask;
 use crate::policy::{self, Field, Role, Visibility};
 use mesh_proto::v1::{Address, Courier, Customer, LineItem, Order, OrderView, Payment};
+use std::time::{Duration, SystemTime};
+
+/// The moment a projection is made for, and the grace period after an order closes.
+#[derive(Debug, Clone, Copy)]
+pub struct At {
+    pub now: SystemTime,
+    pub grace: Duration,
+}
 
 /// The order as `role` may see it, with `view` saying what was masked or withheld.
-pub fn project(order: &Order, role: Role) -> Order {
+pub fn project(order: &Order, role: Role, at: At) -> Order {
+    project_fields(order, role, at, None)
+}
+
+/// As [`project`], restricted to `only` when given (a client's field mask): other fields are
+/// withheld. The caller has checked that `role` may see every field in `only`.
+pub fn project_fields(order: &Order, role: Role, at: At, only: Option<&[Field]>) -> Order {
     let mut out = Order {
         order_id: order.order_id.clone(),
         created_at: order.created_at,
         updated_at: order.updated_at,
+        closed_at: order.closed_at,
         ..Order::default()
     };
     let mut view = OrderView {
         role: role.to_string(),
         ..OrderView::default()
     };
+    let in_window = access::in_window(order, policy::window(role), at.now, at.grace);
+    let empty = Customer::default();
+    let src = Source {
+        order,
+        customer: order.customer.as_ref().unwrap_or(&empty),
+    };
     for field in Field::ALL {
-        match policy::visibility(role, field) {
-            Visibility::Full => copy(field, order, &mut out),
-            Visibility::Masked => {
-                mask_into(field, order, &mut out);
+        let visibility = if (field.is_buyer_field() && !in_window)
+            || only.is_some_and(|only| !only.contains(&field))
+        {
+            Visibility::Withheld
+        } else {
+            policy::visibility(role, field)
+        };
+        match visibility {
+            Visibility::Full => copy(field, &src, &mut out),
+            Visibility::Masked | Visibility::FirstName => {
+                reduce(field, visibility, &src, &mut out);
                 view.masked_fields.push(field.path().to_owned());
             }
             Visibility::Withheld => view.withheld_fields.push(field.path().to_owned()),
@@ -32,6 +62,22 @@ pub fn project(order: &Order, role: Role) -> Order {
     }
     out.view = Some(view);
     out
+}
+
+/// The stored order and its customer (or an empty one).
+struct Source<'a> {
+    order: &'a Order,
+    customer: &'a Customer,
+}
+
+impl Source<'_> {
+    fn address(&self) -> Option<&Address> {
+        self.customer.address.as_ref()
+    }
+
+    fn payment(&self) -> Payment {
+        self.order.payment.unwrap_or_default()
+    }
 }
 
 fn customer(o: &mut Order) -> &mut Customer {
@@ -54,61 +100,90 @@ fn items<'a>(src: &Order, o: &'a mut Order) -> &'a mut [LineItem] {
     &mut o.items
 }
 
-fn copy(field: Field, src: &Order, out: &mut Order) {
-    let c = src.customer.clone().unwrap_or_default();
-    let a = c.address.clone().unwrap_or_default();
-    let p = src.payment.unwrap_or_default();
-    match field {
-        Field::CustomerId => out.customer_id.clone_from(&src.customer_id),
-        Field::ExternalRef => out.external_ref.clone_from(&src.external_ref),
-        Field::Channel => out.channel = src.channel,
-        Field::Name => customer(out).name = c.name,
-        Field::Phone => customer(out).phone = c.phone,
-        Field::Email => customer(out).email = c.email,
-        Field::AddressLine1 => address(out).line1 = a.line1,
-        Field::AddressLine2 => address(out).line2 = a.line2,
-        Field::City => address(out).city = a.city,
-        Field::State => address(out).state = a.state,
-        Field::Pincode => address(out).pincode = a.pincode,
-        Field::ItemSkus => items(src, out)
-            .iter_mut()
-            .zip(&src.items)
-            .for_each(|(o, i)| o.sku.clone_from(&i.sku)),
-        Field::ItemNames => items(src, out)
-            .iter_mut()
-            .zip(&src.items)
-            .for_each(|(o, i)| o.name.clone_from(&i.name)),
-        Field::ItemQuantities => items(src, out)
-            .iter_mut()
-            .zip(&src.items)
-            .for_each(|(o, i)| o.quantity = i.quantity),
-        Field::ItemPrices => items(src, out)
-            .iter_mut()
-            .zip(&src.items)
-            .for_each(|(o, i)| o.unit_price_paise = i.unit_price_paise),
-        Field::Total => out.total_paise = src.total_paise,
-        Field::PaymentMethod => payment(out).method = p.method,
-        Field::PaymentAmount => payment(out).amount_paise = p.amount_paise,
-        Field::PaymentStatus => payment(out).status = p.status,
-        Field::Status => out.status = src.status,
-        Field::Courier => {
-            out.courier = src
-                .courier
-                .clone()
-                .or(Some(Courier::default()))
-                .filter(|c| !c.awb.is_empty() || !c.name.is_empty())
-        }
-        Field::Consent => out.consent = Some(src.consent.unwrap_or_default()),
+fn copy_address(src: &Source<'_>, out: &mut Order, pick: fn(&Address) -> &String, put: fn(&mut Address) -> &mut String) {
+    if let Some(a) = src.address() {
+        put(address(out)).clone_from(pick(a));
     }
 }
 
-/// Fields with a masking rule get their mask; any other field masked in the table is withheld.
-fn mask_into(field: Field, src: &Order, out: &mut Order) {
-    let c = src.customer.clone().unwrap_or_default();
+fn copy(field: Field, src: &Source<'_>, out: &mut Order) {
+    let (o, c) = (src.order, src.customer);
     match field {
-        Field::Name => customer(out).name = mask::name(&c.name),
-        Field::Phone => customer(out).phone = mask::phone(&c.phone),
-        Field::Email if !c.email.is_empty() => customer(out).email = mask::email(&c.email),
+        Field::CustomerId => out.customer_id.clone_from(&o.customer_id),
+        Field::ExternalRef => out.external_ref.clone_from(&o.external_ref),
+        Field::Channel => out.channel = o.channel,
+        Field::Name => customer(out).name.clone_from(&c.name),
+        Field::Phone => customer(out).phone.clone_from(&c.phone),
+        Field::Email => customer(out).email.clone_from(&c.email),
+        Field::ContactHandle => customer(out).contact_handle.clone_from(&c.contact_handle),
+        Field::AddressLine1 => copy_address(src, out, |a| &a.line1, |a| &mut a.line1),
+        Field::AddressLine2 => copy_address(src, out, |a| &a.line2, |a| &mut a.line2),
+        Field::City => copy_address(src, out, |a| &a.city, |a| &mut a.city),
+        Field::State => copy_address(src, out, |a| &a.state, |a| &mut a.state),
+        Field::Pincode => copy_address(src, out, |a| &a.pincode, |a| &mut a.pincode),
+        Field::ItemSkus => items(o, out)
+            .iter_mut()
+            .zip(&o.items)
+            .for_each(|(x, i)| x.sku.clone_from(&i.sku)),
+        Field::ItemNames => items(o, out)
+            .iter_mut()
+            .zip(&o.items)
+            .for_each(|(x, i)| x.name.clone_from(&i.name)),
+        Field::ItemQuantities => items(o, out)
+            .iter_mut()
+            .zip(&o.items)
+            .for_each(|(x, i)| x.quantity = i.quantity),
+        Field::ItemPrices => items(o, out)
+            .iter_mut()
+            .zip(&o.items)
+            .for_each(|(x, i)| x.unit_price_paise = i.unit_price_paise),
+        Field::Total => out.total_paise = o.total_paise,
+        Field::PaymentMethod => payment(out).method = src.payment().method,
+        Field::PaymentAmount => payment(out).amount_paise = src.payment().amount_paise,
+        Field::PaymentStatus => payment(out).status = src.payment().status,
+        Field::Status => out.status = o.status,
+        Field::Courier => {
+            out.courier = o
+                .courier
+                .as_ref()
+                .filter(|c| !c.awb.is_empty() || !c.name.is_empty())
+                .map(|c| Courier {
+                    name: c.name.clone(),
+                    awb: c.awb.clone(),
+                })
+        }
+        Field::Consent => out.consent = Some(o.consent.unwrap_or_default()),
+    }
+}
+
+/// The stored value of one buyer field, unmasked (for `RevealField`); empty for other fields.
+pub fn value_of(order: &Order, field: Field) -> String {
+    let c = order.customer.clone().unwrap_or_default();
+    let a = c.address.clone().unwrap_or_default();
+    match field {
+        Field::CustomerId => order.customer_id.clone(),
+        Field::Name => c.name,
+        Field::Phone => c.phone,
+        Field::Email => c.email,
+        Field::ContactHandle => c.contact_handle,
+        Field::AddressLine1 => a.line1,
+        Field::AddressLine2 => a.line2,
+        Field::City => a.city,
+        Field::State => a.state,
+        Field::Pincode => a.pincode,
+        _ => String::new(),
+    }
+}
+
+/// The masked or reduced form of a field. The role table only masks fields with a rule here
+/// (checked by a unit test in `policy`); anything else stays empty.
+fn reduce(field: Field, visibility: Visibility, src: &Source<'_>, out: &mut Order) {
+    let c = src.customer;
+    match (field, visibility) {
+        (Field::Name, Visibility::FirstName) => customer(out).name = mask::first_name(&c.name),
+        (Field::Name, _) => customer(out).name = mask::name(&c.name),
+        (Field::Phone, _) => customer(out).phone = mask::phone(&c.phone),
+        (Field::Email, _) if !c.email.is_empty() => customer(out).email = mask::email(&c.email),
         _ => {}
     }
 }
@@ -132,6 +207,7 @@ mod tests {
                     state: "Karnataka".into(),
                     pincode: "560001".into(),
                 }),
+                ..Customer::default()
             }),
             items: vec![LineItem {
                 sku: "SKU-1".into(),
@@ -145,20 +221,55 @@ mod tests {
         }
     }
 
+    pub(crate) fn at() -> At {
+        At {
+            now: SystemTime::now(),
+            grace: Duration::from_secs(3600),
+        }
+    }
+
     #[test]
-    fn oms_sees_masked_contact() {
-        let p = project(&sample(), Role::Oms);
+    fn oms_sees_everything_masked() {
+        let p = project(&sample(), Role::Oms, at());
         let c = p.customer.expect("customer");
         assert_eq!(c.phone, "+91******3210");
         assert_eq!(c.email, "r***@example.com");
-        assert_eq!(c.name, "Ravi Kumar");
+        assert_eq!(c.name, "R*** K***");
+        let a = c.address.expect("address");
+        assert_eq!((a.line1.as_str(), a.city.as_str()), ("", "Bengaluru"));
         let view = p.view.expect("view");
         assert!(view.masked_fields.contains(&"customer.phone".to_owned()));
+        assert!(view.withheld_fields.contains(&"customer.address.line1".to_owned()));
+    }
+
+    #[test]
+    fn comms_greets_by_first_name() {
+        let p = project(&sample(), Role::Comms, at());
+        let c = p.customer.expect("customer");
+        assert_eq!((c.name.as_str(), c.phone.as_str()), ("Ravi", "+919876543210"));
+        assert_eq!(c.address, None);
+    }
+
+    #[test]
+    fn a_courier_sees_nothing_personal_before_shipping() {
+        let p = project(&sample(), Role::Courier, at());
+        assert_eq!(p.customer, None);
+        assert_eq!(p.status, 1);
+    }
+
+    #[test]
+    fn a_field_mask_narrows_the_projection() {
+        let only = [Field::City, Field::Status];
+        let p = project_fields(&sample(), Role::Oms, at(), Some(&only));
+        let c = p.customer.expect("customer");
+        assert_eq!(c.name, "");
+        assert_eq!(c.address.expect("address").city, "Bengaluru");
+        assert!(p.items.is_empty());
     }
 
     #[test]
     fn unlisted_roles_see_nothing_but_the_id() {
-        let p = project(&sample(), Role::Admin);
+        let p = project(&sample(), Role::Admin, at());
         assert_eq!(p.customer, None);
         assert!(p.items.is_empty());
         assert_eq!(

@@ -201,6 +201,8 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         metrics.clone(),
         mesh.clone(),
         config.request_timeout,
+        config.access.clone(),
+        crate::clock::Clock::system(),
     );
     let membership_view = mesh.clone();
     let peer_task = transport.serve(

@@ -169,6 +169,11 @@ pub fn create_order(req: &CreateOrderRequest) -> Result<(), Violations> {
     match &req.customer {
         None => v.check(false, "customer", "is required"),
         Some(c) => {
+            v.check(
+                c.contact_handle.is_empty(),
+                "customer.contact_handle",
+                "is minted by the mesh; leave it empty",
+            );
             text(&mut v, "customer.name", &c.name, true, MAX_NAME_CHARS);
             v.check(
                 is_valid_indian_phone(&c.phone),
@@ -319,6 +324,57 @@ pub fn purpose(s: &str) -> Result<(), Violations> {
     v.into_result()
 }
 
+pub const MAX_REASON_TEXT_CHARS: usize = 200;
+/// Six digits in a row could be most of a phone number or a pincode.
+const MAX_DIGIT_RUN: usize = 5;
+
+/// A field path a client names (a field mask entry, a field to reveal).
+pub fn field_path(name: &str, path: &str) -> Result<crate::policy::Field, Violations> {
+    crate::policy::Field::from_path(path).ok_or_else(|| {
+        Violations(vec![Violation {
+            field: name.into(),
+            problem: "is not a field path of an order (for example `customer.phone`; see OrderView)",
+        }])
+    })
+}
+
+pub fn contact_handle(s: &str) -> Result<crate::ids::ContactHandle, Violations> {
+    s.parse().map_err(|_| {
+        Violations(vec![Violation {
+            field: "contact_handle".into(),
+            problem: "is not a contact handle (ch1-PPPP-<24 hex digits>)",
+        }])
+    })
+}
+
+/// The longest run of ASCII digits in `s`.
+fn digit_run(s: &str) -> usize {
+    s.split(|c: char| !c.is_ascii_digit())
+        .map(str::len)
+        .max()
+        .unwrap_or(0)
+}
+
+/// A reveal's reason: a code (like a purpose, but required) and words. The words go into the
+/// audit trail, so text that looks like contact details (an `@`, six or more digits in a row) is
+/// refused: a reason explains why, it never quotes the buyer.
+pub fn reveal_reason(code: &str, text_: &str) -> Result<(), Violations> {
+    let mut v = Violations::default();
+    v.check(!code.is_empty(), "reason_code", "is required");
+    v.check(
+        is_valid_purpose(code),
+        "reason_code",
+        "must be a short code: lowercase letters, digits, `-`, `_` or `.` (at most 64)",
+    );
+    text(&mut v, "reason_text", text_, true, MAX_REASON_TEXT_CHARS);
+    v.check(
+        !text_.contains('@') && digit_run(text_) <= MAX_DIGIT_RUN,
+        "reason_text",
+        "must not contain contact details (an `@` or six or more digits in a row)",
+    );
+    v.into_result()
+}
+
 /// A checked status update.
 #[derive(Debug)]
 pub struct StatusUpdate {
@@ -367,6 +423,29 @@ pub fn update_status(req: &UpdateOrderStatusRequest) -> Result<StatusUpdate, Vio
 }
 
 #[cfg(test)]
+mod reveal_tests {
+    use super::*;
+
+    #[test]
+    fn reveal_reasons_need_a_code_and_words_without_contact_details() {
+        assert!(reveal_reason("ndr-callback", "customer asked for a callback on NDR #2").is_ok());
+        for (code, words, field) in [
+            ("", "asked by the customer", "reason_code"),
+            ("NDR Callback", "asked by the customer", "reason_code"),
+            ("ndr", "", "reason_text"),
+            ("ndr", "   ", "reason_text"),
+            ("ndr", "call them on 9876543210", "reason_text"),
+            ("ndr", "mail ravi@example.com", "reason_text"),
+            ("ndr", "line\u{7}bell", "reason_text"),
+        ] {
+            let e = reveal_reason(code, words).expect_err(words);
+            assert_eq!(e.fields(), vec![field], "{code:?} {words:?}");
+        }
+        assert!(reveal_reason("ndr", &"x".repeat(201)).is_err());
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use mesh_proto::v1::{Address, Customer, LineItem, Payment};
@@ -387,6 +466,7 @@ mod tests {
                     state: "Karnataka".into(),
                     pincode: "560001".into(),
                 }),
+                ..Customer::default()
             }),
             items: vec![LineItem {
                 sku: "SKU-1".into(),

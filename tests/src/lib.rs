@@ -565,6 +565,7 @@ pub fn sample_order(customer_id: &str, n: u32) -> CreateOrderRequest {
                 state: "Tamil Nadu".into(),
                 pincode: "641001".into(),
             }),
+            ..Customer::default()
         }),
         items: vec![
             LineItem {

@@ -56,6 +56,7 @@ async fn every_method_for_every_role_leaves_exactly_one_record_and_no_pii() {
                 .get_order(GetOrderRequest {
                     order_id: order.order_id.clone(),
                     purpose: "ndr-callback".into(),
+                    fields: Vec::new(),
                 })
                 .await;
             let _ = c
@@ -190,6 +191,7 @@ async fn node_with_history(pki: &Pki) -> NodeProcess {
         oms.get_order(GetOrderRequest {
             order_id: o.order_id,
             purpose: String::new(),
+            fields: Vec::new(),
         })
         .await
         .expect("read");

@@ -62,6 +62,7 @@ async fn kill_9_under_load_loses_no_acknowledged_order() {
                 .get_order(GetOrderRequest {
                     order_id: order_id.clone(),
                     purpose: String::new(),
+                    fields: Vec::new(),
                 })
                 .await
                 .unwrap_or_else(|s| panic!("acknowledged order {order_id} lost: {s:?}"))
@@ -150,6 +151,7 @@ async fn the_data_directory_reveals_no_pii() {
             oms.get_order(GetOrderRequest {
                 order_id: order.order_id,
                 purpose: String::new(),
+                fields: Vec::new(),
             })
             .await
             .expect("read");

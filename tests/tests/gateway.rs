@@ -35,6 +35,7 @@ async fn rust_client_creates_reads_updates_and_lists_orders() {
             .get_order(GetOrderRequest {
                 order_id: created.order_id.clone(),
                 purpose: "fulfilment".into(),
+                fields: Vec::new(),
             })
             .await
             .expect("get")
@@ -123,6 +124,7 @@ async fn storefront_sees_status_items_and_totals_but_no_contact() {
             .get_order(GetOrderRequest {
                 order_id: other.order_id.clone(),
                 purpose: String::new(),
+                fields: Vec::new(),
             })
             .await
             .expect("get")
@@ -163,6 +165,7 @@ async fn roles_that_may_not_call_a_method_are_refused() {
         let get = GetOrderRequest {
             order_id: order.order_id.clone(),
             purpose: String::new(),
+            fields: Vec::new(),
         };
 
         for role in [
@@ -444,6 +447,7 @@ async fn every_validation_rule_rejects_its_input_and_stores_nothing() {
             .get_order(GetOrderRequest {
                 order_id: "12345".into(),
                 purpose: String::new(),
+                fields: Vec::new(),
             })
             .await
             .expect_err("bad id");
@@ -507,6 +511,7 @@ async fn lifecycle_not_found_and_idempotent_retries() {
             .get_order(GetOrderRequest {
                 order_id: "o1-0001-00000000000000000000".into(),
                 purpose: String::new(),
+                fields: Vec::new(),
             })
             .await
             .expect_err("missing");

@@ -83,6 +83,7 @@ async fn orders_created_through_any_gateway_are_readable_through_every_gateway()
                         GetOrderRequest {
                             order_id: order_id.clone(),
                             purpose: String::new(),
+                            fields: Vec::new(),
                         },
                     ))
                     .await
@@ -251,6 +252,7 @@ async fn a_stolen_node_identity_cannot_read_or_widen_anything_on_other_shards() 
         let get = GetOrderRequest {
             order_id: order.order_id.clone(),
             purpose: String::new(),
+            fields: Vec::new(),
         };
 
         // The attacker holds node n1's certificate and key and speaks the peer protocol to n2.
@@ -308,6 +310,7 @@ async fn a_stolen_node_identity_cannot_read_or_widen_anything_on_other_shards() 
             )
             .to_string(),
             purpose: String::new(),
+            fields: Vec::new(),
         };
         let err = peer_call(
             &t,
@@ -614,6 +617,7 @@ async fn a_dead_node_fails_only_its_shard_fast_and_recovers_with_nothing_lost() 
                 GetOrderRequest {
                     order_id: order_id.clone(),
                     purpose: String::new(),
+                    fields: Vec::new(),
                 },
             );
             req.set_timeout(Duration::from_secs(5));
@@ -645,7 +649,8 @@ async fn a_dead_node_fails_only_its_shard_fast_and_recovers_with_nothing_lost() 
                     GET_ORDER,
                     GetOrderRequest {
                         order_id: dead_order.clone(),
-                        purpose: String::new()
+                        purpose: String::new(),
+                        fields: Vec::new(),
                     }
                 ))
                 .await

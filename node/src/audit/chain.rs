@@ -6,7 +6,7 @@
 //! ```text
 //! {"v":1,"seq":7,"ts":1763900000000,"node":"n1","principal":"spiffe://td/client/oms/x","role":"oms",
 //!  "action":"GetOrder","customer":"<hex>","order":"<hex>","purpose":"","fields":["customer.name"],
-//!  "decision":"allow","reason":"","prev":"<hex sha-256 of line 6>"}
+//!  "decision":"allow","reason":"","note":"","prev":"<hex sha-256 of line 6>"}
 //! ```
 //!
 //! - `hash(line)` is SHA-256 of the line's bytes as stored (no trailing newline). Verifiers hash the
@@ -51,6 +51,10 @@ pub struct Record {
     pub decision: String,
     /// Why a request was denied (a gRPC code name), or empty.
     pub reason: String,
+    /// The caller's own justification, where a method requires one (`RevealField`'s reason text,
+    /// screened for contact details), or empty.
+    #[serde(default)]
+    pub note: String,
     pub prev: String,
 }
 

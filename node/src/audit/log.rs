@@ -74,6 +74,8 @@ pub struct Entry {
     pub fields: Vec<String>,
     pub allowed: bool,
     pub reason: String,
+    /// The caller's justification (see `chain::Record::note`), or empty.
+    pub note: String,
 }
 
 enum Cmd {
@@ -282,6 +284,7 @@ impl Writer {
                 fields: e.fields.clone(),
                 decision: if e.allowed { "allow" } else { "deny" }.into(),
                 reason: e.reason.clone(),
+                note: e.note.clone(),
                 prev: head,
             };
             let line = serde_json::to_string(&rec).map_err(io)?;

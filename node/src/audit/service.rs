@@ -47,6 +47,7 @@ fn to_proto(r: Record, line: String) -> AuditRecord {
         fields: r.fields,
         decision: r.decision,
         reason: r.reason,
+        note: r.note,
         prev: r.prev,
         line,
     }

@@ -8,6 +8,7 @@
 //! | `O`  | partition(2) ‖ `O` ‖ H(customer_id) ‖ H(order_id)    | v1 ‖ order sealed by the DEK |
 //! | `I`  | partition(2) ‖ `I` ‖ H(order_id)                     | H(customer_id)               |
 //! | `D`  | partition(2) ‖ `D` ‖ H(customer_id) ‖ H(key)         | H(order_id)                  |
+//! | `H`  | partition(2) ‖ `H` ‖ H(contact_handle)               | H(order_id)                  |
 //!
 //! `H` is HMAC-SHA256 under the node's index key, with a domain per kind of value. The separate
 //! `meta` tree holds the format version and the key check.
@@ -22,6 +23,7 @@ pub const CUSTOMER: u8 = b'C';
 pub const ORDER: u8 = b'O';
 pub const INDEX: u8 = b'I';
 pub const IDEMPOTENCY: u8 = b'D';
+pub const HANDLE: u8 = b'H';
 
 pub fn customer_hash(keys: &NodeKeys, customer_id: &str) -> Hash {
     keys.keyed_hash(b"customer", customer_id.as_bytes())
@@ -29,6 +31,10 @@ pub fn customer_hash(keys: &NodeKeys, customer_id: &str) -> Hash {
 
 pub fn order_hash(keys: &NodeKeys, order_id: &str) -> Hash {
     keys.keyed_hash(b"order", order_id.as_bytes())
+}
+
+pub fn handle_hash(keys: &NodeKeys, handle: &str) -> Hash {
+    keys.keyed_hash(b"contact-handle", handle.as_bytes())
 }
 
 pub fn idempotency_hash(keys: &NodeKeys, key: &str) -> Hash {
@@ -60,6 +66,10 @@ pub fn order_key(p: Partition, customer: &Hash, order: &Hash) -> Vec<u8> {
 
 pub fn index_key(p: Partition, order: &Hash) -> Vec<u8> {
     key(p, INDEX, &[order])
+}
+
+pub fn handle_key(p: Partition, handle: &Hash) -> Vec<u8> {
+    key(p, HANDLE, &[handle])
 }
 
 pub fn idempotency_key(p: Partition, customer: &Hash, idem: &Hash) -> Vec<u8> {

@@ -10,7 +10,7 @@ pub mod commit;
 pub mod keys;
 
 use crate::crypto::{CryptoError, DataKey, NodeKeys};
-use crate::ids::{OrderId, partition_of};
+use crate::ids::{ContactHandle, OrderId, Partition, partition_of};
 use commit::{FlushObserver, GroupCommit};
 use keys::Hash;
 use mesh_proto::v1::Order;
@@ -247,6 +247,15 @@ impl Store {
                     };
                     batch.insert(ok.as_slice(), versioned(&dek.seal(&plain, &ok)));
                     batch.insert(keys::index_key(p, &oh), &ch[..]);
+                    if let Some(handle) = order
+                        .customer
+                        .as_ref()
+                        .map(|c| c.contact_handle.as_str())
+                        .filter(|h| !h.is_empty())
+                    {
+                        let hh = keys::handle_hash(&self.keys, handle);
+                        batch.insert(keys::handle_key(p, &hh), &oh[..]);
+                    }
                     if let Some(idem) = &idem {
                         batch.insert(idem.as_slice(), &oh[..]);
                     }
@@ -276,8 +285,10 @@ impl Store {
 
     /// Locates an order: its customer hash (from the index), customer key and order key.
     fn locate(&self, id: &OrderId) -> Result<Option<Located>, StorageError> {
-        let p = id.partition();
-        let oh = keys::order_hash(&self.keys, &id.to_string());
+        self.locate_hash(id.partition(), keys::order_hash(&self.keys, &id.to_string()))
+    }
+
+    fn locate_hash(&self, p: Partition, oh: Hash) -> Result<Option<Located>, StorageError> {
         let Some(ch) = self.data.get(keys::index_key(p, &oh))? else {
             return Ok(None);
         };
@@ -290,7 +301,21 @@ impl Store {
     }
 
     pub fn get_order(&self, id: &OrderId) -> Result<Option<Order>, StorageError> {
-        let Some((_, ck, ok)) = self.locate(id)? else {
+        self.read_located(self.locate(id)?)
+    }
+
+    /// The order a contact handle was minted for.
+    pub fn order_by_handle(&self, handle: &ContactHandle) -> Result<Option<Order>, StorageError> {
+        let p = handle.partition();
+        let hh = keys::handle_hash(&self.keys, &handle.to_string());
+        let Some(oh) = self.data.get(keys::handle_key(p, &hh))? else {
+            return Ok(None);
+        };
+        self.read_located(self.locate_hash(p, hash_of(&oh, "handle index")?)?)
+    }
+
+    fn read_located(&self, located: Option<Located>) -> Result<Option<Order>, StorageError> {
+        let Some((_, ck, ok)) = located else {
             return Ok(None);
         };
         let (Some(rec), Some(dek)) = (self.data.get(&ok)?, self.data_key(&ck)?) else {
@@ -373,12 +398,20 @@ impl Store {
                         inv.unreadable += 1;
                     }
                 }
-                keys::INDEX => {
-                    let found = match (keys::hashes(&k).next(), hash_of(&v, "order index")) {
-                        (Some(oh), Ok(ch)) => {
-                            self.data.contains_key(keys::order_key(p, &ch, &oh))?
+                keys::INDEX | keys::HANDLE => {
+                    let found = match kind {
+                        keys::INDEX => {
+                            match (keys::hashes(&k).next(), hash_of(&v, "order index")) {
+                                (Some(oh), Ok(ch)) => {
+                                    self.data.contains_key(keys::order_key(p, &ch, &oh))?
+                                }
+                                _ => false,
+                            }
                         }
-                        _ => false,
+                        _ => match hash_of(&v, "handle index") {
+                            Ok(oh) => self.locate_hash(p, oh)?.is_some(),
+                            Err(_) => false,
+                        },
                     };
                     if !found {
                         inv.dangling_index += 1;

@@ -58,6 +58,7 @@ async fn drive(
                             .get_order(GetOrderRequest {
                                 order_id: ids[i % ids.len()].clone(),
                                 purpose: String::new(),
+                                fields: Vec::new(),
                             })
                             .await
                             .is_ok(),

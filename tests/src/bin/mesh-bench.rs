@@ -163,6 +163,7 @@ async fn drive(
                         .get_order(GetOrderRequest {
                             order_id: order_ids[i % order_ids.len()].clone(),
                             purpose: String::new(),
+                            fields: Vec::new(),
                         })
                         .await
                         .map(|_| ()),
