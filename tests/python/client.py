@@ -81,6 +81,15 @@ def main() -> None:
         storefront_update = "OK"
     except grpc.RpcError as e:
         storefront_update = e.code().name
+    revealed = oms.RevealField(
+        gateway_pb2.RevealFieldRequest(
+            order_id=created.order_id,
+            field="customer.name",
+            reason_code="parcel-name-check",
+            reason_text="courier asked to confirm the name on the parcel",
+        ),
+        timeout=10,
+    )
     try:
         storefront.CreateOrder(gateway_pb2.CreateOrderRequest(customer_id="py-cust-1"), timeout=10)
         invalid = "OK"
@@ -94,6 +103,8 @@ def main() -> None:
         "oms_sees_email": read.customer.email,
         "oms_sees_name": read.customer.name,
         "oms_sees_total": read.total_paise,
+        "oms_reveals_name": revealed.value,
+        "reveals_remaining": revealed.remaining,
         "status_after_pack": order_pb2.OrderStatus.Name(packed.status),
         "storefront_update": storefront_update,
         "invalid_create": invalid,

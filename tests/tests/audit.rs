@@ -2,16 +2,15 @@
 //! no PII in the audit store, tampering detected by `mesh-ctl audit verify` and by an independent
 //! Python verifier, fail-closed reads, and a mesh-wide query.
 
-use mesh_node::gateway::{CREATE_ORDER, GET_ORDER, LIST_CUSTOMER_ORDERS, UPDATE_ORDER_STATUS};
-use mesh_node::policy::Role;
+use mesh_node::gateway::{CREATE_ORDER, GET_ORDER, REVEAL_FIELD};
+use mesh_node::policy::{Method, Role};
 use mesh_node::proof::Signer;
 use mesh_proto::v1::audit_client::AuditClient;
 use mesh_proto::v1::{
-    AuditQueryRequest, AuditRecord, GetOrderRequest, ListCustomerOrdersRequest,
-    UpdateOrderStatusRequest,
+    AuditQueryRequest, AuditRecord, GetOrderRequest, ListCustomerOrdersRequest, OrderStatus,
 };
 use mesh_tests::{
-    NodeOptions, NodeProcess, Pki, TestMesh, contains, read_tree, sample_order, within,
+    NodeOptions, NodeProcess, Pki, TestMesh, contains, probe, read_tree, sample_order, within,
 };
 use std::path::Path;
 use std::process::Command;
@@ -48,30 +47,41 @@ async fn every_method_for_every_role_leaves_exactly_one_record_and_no_pii() {
             .order
             .expect("order");
 
-        let roles = Role::ALL;
-        for role in roles {
+        let mut support = node.client(&pki.client(Role::Support)).await;
+        let handle = support
+            .get_order(GetOrderRequest {
+                order_id: order.order_id.clone(),
+                purpose: "ndr-callback".into(),
+                fields: vec!["customer.contact_handle".into()],
+            })
+            .await
+            .expect("support read")
+            .into_inner()
+            .order
+            .and_then(|o| o.customer)
+            .expect("customer")
+            .contact_handle;
+        let target = probe::Target {
+            order_id: order.order_id.clone(),
+            customer_id: "audit-cust-1".into(),
+            handle,
+            purpose: "ndr-callback".into(),
+            status: OrderStatus::Packed,
+            reveal: "customer.phone".into(),
+            new_customer: "audit-cust-2".into(),
+        };
+
+        // Every role calls every method once; what it was told is what the trail must say.
+        let mut outcomes = Vec::new();
+        for role in Role::ALL {
             let mut c = node.client(&pki.client_named(role, "probe")).await;
-            let _ = c.create_order(sample_order("audit-cust-2", 1)).await;
-            let _ = c
-                .get_order(GetOrderRequest {
-                    order_id: order.order_id.clone(),
-                    purpose: "ndr-callback".into(),
-                    fields: Vec::new(),
-                })
-                .await;
-            let _ = c
-                .update_order_status(UpdateOrderStatusRequest {
-                    order_id: order.order_id.clone(),
-                    status: 2,
-                    ..Default::default()
-                })
-                .await;
-            let _ = c
-                .list_customer_orders(ListCustomerOrdersRequest {
-                    customer_id: "audit-cust-1".into(),
-                    purpose: String::new(),
-                })
-                .await;
+            for method in Method::ALL {
+                let code = match probe::call(&mut c, None, method, &target).await {
+                    Ok(_) => Code::Ok,
+                    Err(s) => s.code(),
+                };
+                outcomes.push((role, method, code));
+            }
         }
         let records = query(
             &node,
@@ -82,39 +92,30 @@ async fn every_method_for_every_role_leaves_exactly_one_record_and_no_pii() {
             },
         )
         .await;
-        for role in roles {
+        let code_name = |c: Code| format!("{c:?}");
+        for (role, method, code) in outcomes {
             let principal = format!("spiffe://{}/client/{role}/probe", mesh_tests::TRUST_DOMAIN);
-            for method in [
-                CREATE_ORDER,
-                GET_ORDER,
-                UPDATE_ORDER_STATUS,
-                LIST_CUSTOMER_ORDERS,
-            ] {
-                let mine: Vec<&AuditRecord> = records
-                    .iter()
-                    .filter(|r| r.principal == principal && r.action == method)
-                    .collect();
-                assert_eq!(mine.len(), 1, "{role} {method}: {mine:?}");
-                let r = mine[0];
-                assert_eq!(r.role, role.as_str());
-                let allowed = mesh_node::policy::may_call(
-                    role,
-                    match method {
-                        CREATE_ORDER => mesh_node::policy::Method::CreateOrder,
-                        GET_ORDER => mesh_node::policy::Method::GetOrder,
-                        UPDATE_ORDER_STATUS => mesh_node::policy::Method::UpdateOrderStatus,
-                        _ => mesh_node::policy::Method::ListCustomerOrders,
-                    },
-                );
+            let mine: Vec<&AuditRecord> = records
+                .iter()
+                .filter(|r| r.principal == principal && r.action == method.path())
+                .collect();
+            assert_eq!(mine.len(), 1, "{role} {method}: {mine:?}");
+            let r = mine[0];
+            assert_eq!(r.role, role.as_str());
+            if code == Code::Ok {
+                assert_eq!(r.decision, "allow", "{role} {method}");
+            } else {
+                assert_eq!(r.decision, "deny", "{role} {method}");
                 assert_eq!(
-                    r.decision,
-                    if allowed { "allow" } else { "deny" },
+                    r.reason.replace('_', "").to_lowercase(),
+                    code_name(code).to_lowercase(),
                     "{role} {method}"
                 );
-                if !allowed {
-                    assert_eq!(r.reason, "PERMISSION_DENIED", "{role} {method}");
-                    assert!(r.fields.is_empty());
-                }
+                assert!(r.fields.is_empty(), "{role} {method}");
+            }
+            // Denials for lack of the right are the role table's; every role gets some.
+            if !mesh_node::policy::may_call(role, method) {
+                assert_eq!(code, Code::PermissionDenied, "{role} {method}");
             }
         }
         // The oms read: subjects are keyed hashes, the purpose is kept, disclosed fields named.
@@ -125,11 +126,23 @@ async fn every_method_for_every_role_leaves_exactly_one_record_and_no_pii() {
         assert_eq!(oms_get.purpose, "ndr-callback");
         assert_eq!(oms_get.order.len(), 64);
         assert_eq!(oms_get.customer.len(), 64);
-        assert!(oms_get.fields.contains(&"customer.name".to_owned()));
-        assert!(
-            !oms_get.fields.contains(&"customer.phone".to_owned()),
-            "oms sees the phone masked"
-        );
+        assert!(oms_get.fields.contains(&"customer.address.city".to_owned()));
+        for masked in ["customer.name", "customer.phone", "customer.address.line1"] {
+            assert!(
+                !oms_get.fields.contains(&masked.to_owned()),
+                "oms sees {masked} masked or not at all: {:?}",
+                oms_get.fields
+            );
+        }
+        // A reveal records the field and the reason, code and words.
+        let reveal = records
+            .iter()
+            .find(|r| r.role == "oms" && r.action == REVEAL_FIELD && r.principal.ends_with("/probe"))
+            .expect("oms reveal");
+        assert_eq!(reveal.decision, "allow");
+        assert_eq!(reveal.fields, vec!["customer.phone".to_owned()]);
+        assert_eq!(reveal.purpose, "ndr-callback");
+        assert_eq!(reveal.note, "buyer missed the delivery and asked for a call back");
         // Querying is audited too.
         let again = query(
             &node,

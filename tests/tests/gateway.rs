@@ -30,7 +30,7 @@ async fn rust_client_creates_reads_updates_and_lists_orders() {
         assert_eq!(created.total_paise, 409_700);
         assert_eq!(created.items.len(), 2);
 
-        // oms reads everything but the contact, which is masked.
+        // oms reads everything with the buyer masked: contact masked, address reduced.
         let got = oms
             .get_order(GetOrderRequest {
                 order_id: created.order_id.clone(),
@@ -45,8 +45,10 @@ async fn rust_client_creates_reads_updates_and_lists_orders() {
         let c = got.customer.clone().expect("customer");
         assert_eq!(c.phone, "+91******0007");
         assert_eq!(c.email, "m***@example.in");
-        assert_eq!(c.name, "Meenakshi Sundaram7");
-        assert_eq!(c.address.expect("address").pincode, "641001");
+        assert_eq!(c.name, "M*** S***");
+        let address = c.address.expect("address");
+        assert_eq!(address.pincode, "641001");
+        assert_eq!(address.line1, "", "oms sees the address reduced to city, state and pincode");
         assert_eq!(got.customer_id, "cust-42");
         let view = got.view.expect("view");
         assert_eq!(view.role, "oms");
@@ -168,13 +170,9 @@ async fn roles_that_may_not_call_a_method_are_refused() {
             fields: Vec::new(),
         };
 
+        // Roles with no business reading orders (the full matrix is in tests/access.rs).
         for role in [
-            Role::Ims,
-            Role::Wms,
             Role::Label,
-            Role::Courier,
-            Role::Comms,
-            Role::Support,
             Role::Marketing,
             Role::Analyst,
             Role::Admin,

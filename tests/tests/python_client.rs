@@ -61,7 +61,9 @@ async fn python_grpcio_client_creates_and_reads_orders_over_mtls() {
         assert_eq!(seen["storefront_sees_phone"], "+91******2233");
         assert_eq!(seen["oms_sees_phone"], "+91******2233");
         assert_eq!(seen["oms_sees_email"], "f***@example.org");
-        assert_eq!(seen["oms_sees_name"], "Farhan Qureshi");
+        assert_eq!(seen["oms_sees_name"], "F*** Q***");
+        assert_eq!(seen["oms_reveals_name"], "Farhan Qureshi");
+        assert_eq!(seen["reveals_remaining"], 19);
         assert_eq!(seen["oms_sees_total"], 135_000);
         assert_eq!(seen["status_after_pack"], "ORDER_STATUS_PACKED");
         assert_eq!(seen["storefront_update"], "PERMISSION_DENIED");
