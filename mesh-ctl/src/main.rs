@@ -9,7 +9,9 @@
 //! | `up`   | `up`: a local mesh of real node processes             |
 //! | `status` | `status`: members, partitions, layout and health    |
 //! | `audit` | `audit query`, `audit verify`                        |
+//! | `access` | `access show`: the role table as nodes enforce it   |
 
+mod access;
 mod audit;
 mod pki;
 mod status;
@@ -62,6 +64,11 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Who may see what: the role table exactly as nodes enforce it.
+    Access {
+        #[command(subcommand)]
+        command: access::AccessCommand,
+    },
     /// Members, partition counts, layout agreement and health of a local mesh (exit 1 on a problem).
     Status(status::StatusArgs),
     /// Print shell completions.
@@ -86,6 +93,7 @@ async fn main() -> ExitCode {
         Command::Up(args) => up::run(args, cli.output).await.map(|()| true),
         Command::Status(args) => status::run(args, cli.output).await,
         Command::Audit { command } => audit::run(command, cli.output).await,
+        Command::Access { command } => access::run(command, cli.output).map(|()| true),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

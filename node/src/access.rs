@@ -48,9 +48,7 @@ fn status(order: &Order) -> OrderStatus {
 
 /// When the order closed (DELIVERED, RTO or CANCELLED), if it has.
 pub fn closed_at(order: &Order) -> Option<SystemTime> {
-    order
-        .closed_at
-        .and_then(|t| SystemTime::try_from(t).ok())
+    order.closed_at.and_then(|t| SystemTime::try_from(t).ok())
 }
 
 /// Whether `now` is before the end of the grace period after the order closed (true while open).
@@ -181,14 +179,34 @@ mod tests {
         }
         let delivered = order(OrderStatus::Delivered, Some(clock.now()));
         let cancelled = order(OrderStatus::Cancelled, Some(clock.now()));
-        assert!(!in_window(&cancelled, Window::InTransit, clock.now(), grace));
+        assert!(!in_window(
+            &cancelled,
+            Window::InTransit,
+            clock.now(),
+            grace
+        ));
         clock.advance(grace - Duration::from_millis(1));
         assert!(in_window(&delivered, Window::InTransit, clock.now(), grace));
-        assert!(in_window(&delivered, Window::UntilClosed, clock.now(), grace));
+        assert!(in_window(
+            &delivered,
+            Window::UntilClosed,
+            clock.now(),
+            grace
+        ));
         assert!(handle_resolves(&delivered, clock.now(), grace));
         clock.advance(Duration::from_millis(1));
-        assert!(!in_window(&delivered, Window::InTransit, clock.now(), grace));
-        assert!(!in_window(&delivered, Window::UntilClosed, clock.now(), grace));
+        assert!(!in_window(
+            &delivered,
+            Window::InTransit,
+            clock.now(),
+            grace
+        ));
+        assert!(!in_window(
+            &delivered,
+            Window::UntilClosed,
+            clock.now(),
+            grace
+        ));
         assert!(!handle_resolves(&delivered, clock.now(), grace));
         assert!(in_window(&delivered, Window::Always, clock.now(), grace));
     }
@@ -205,7 +223,11 @@ mod tests {
         assert_eq!(refused.retry_after, Duration::from_secs(3000));
         assert_eq!(limiter.take("b", clock.now()), Ok(2), "per principal");
         clock.advance(Duration::from_secs(3000));
-        assert_eq!(limiter.take("a", clock.now()), Ok(0), "the oldest left the window");
+        assert_eq!(
+            limiter.take("a", clock.now()),
+            Ok(0),
+            "the oldest left the window"
+        );
         assert!(limiter.take("a", clock.now()).is_err());
     }
 }

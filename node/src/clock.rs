@@ -30,7 +30,8 @@ impl Clock {
         match &self.manual {
             None => SystemTime::now(),
             Some(ms) => {
-                UNIX_EPOCH + Duration::from_millis(u64::try_from(ms.load(Ordering::SeqCst)).unwrap_or(0))
+                UNIX_EPOCH
+                    + Duration::from_millis(u64::try_from(ms.load(Ordering::SeqCst)).unwrap_or(0))
             }
         }
     }

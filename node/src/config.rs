@@ -552,7 +552,11 @@ fn access_rules(c: &mut Collect<'_>, fa: FileAccess) -> crate::access::AccessRul
     use crate::policy::Role;
     let mut rules = crate::access::AccessRules::default();
     // Grace periods are counted in hours or days, so the 1h cap of `limits.*` does not apply.
-    let span = |c: &mut Collect<'_>, key: &str, env: &str, file: Option<String>, into: &mut Duration| {
+    let span = |c: &mut Collect<'_>,
+                key: &str,
+                env: &str,
+                file: Option<String>,
+                into: &mut Duration| {
         if let Some(raw) = c.pick(env, file) {
             match humantime::parse_duration(&raw) {
                 Ok(d) if d >= Duration::from_secs(1) && d <= Duration::from_secs(366 * 86_400) => {
@@ -564,9 +568,24 @@ fn access_rules(c: &mut Collect<'_>, fa: FileAccess) -> crate::access::AccessRul
             }
         }
     };
-    span(c, "access.contact_grace", "DSM_ACCESS_CONTACT_GRACE", fa.contact_grace, &mut rules.contact_grace);
-    span(c, "access.reveal_window", "DSM_ACCESS_REVEAL_WINDOW", fa.reveal_window, &mut rules.reveal_window);
-    if let Some(raw) = c.pick("DSM_ACCESS_REVEAL_LIMIT", fa.reveal_limit.map(|n| n.to_string())) {
+    span(
+        c,
+        "access.contact_grace",
+        "DSM_ACCESS_CONTACT_GRACE",
+        fa.contact_grace,
+        &mut rules.contact_grace,
+    );
+    span(
+        c,
+        "access.reveal_window",
+        "DSM_ACCESS_REVEAL_WINDOW",
+        fa.reveal_window,
+        &mut rules.reveal_window,
+    );
+    if let Some(raw) = c.pick(
+        "DSM_ACCESS_REVEAL_LIMIT",
+        fa.reveal_limit.map(|n| n.to_string()),
+    ) {
         match raw.parse::<u32>() {
             Ok(n) if (1..=100_000).contains(&n) => rules.reveal_limit = n,
             _ => c.errors.push(format!(

@@ -269,7 +269,11 @@ impl Gateway {
     }
 
     /// The certificate identity of a request that arrived on this node's TLS listener.
-    fn tls_identity<T>(&self, req: &Request<T>, access: &mut Access) -> Result<Arc<Identity>, Error> {
+    fn tls_identity<T>(
+        &self,
+        req: &Request<T>,
+        access: &mut Access,
+    ) -> Result<Arc<Identity>, Error> {
         let info = req.extensions().get::<PeerInfo>().ok_or_else(|| {
             Error::Unauthenticated("no verified client certificate on this connection".into())
         })?;
@@ -599,10 +603,7 @@ impl Call for Create {
             view: None,
             closed_at: None,
         };
-        let stored = gw
-            .store
-            .create_order(&order, &req.idempotency_key)
-            .await?;
+        let stored = gw.store.create_order(&order, &req.idempotency_key).await?;
         if stored.order_id == order.order_id {
             gw.metrics.orders_created.inc();
         }
@@ -715,7 +716,8 @@ impl Call for Update {
                     order.payment.get_or_insert_default().status = ps as i32;
                 }
                 order.updated_at = Some(at.into());
-                if access::closes(update.status) {
+                // The first close starts the grace period; an idempotent retry must not extend it.
+                if access::closes(update.status) && order.closed_at.is_none() {
                     order.closed_at = Some(at.into());
                 }
                 Ok(())

@@ -42,7 +42,10 @@ pub fn name(name: &str) -> String {
 
 /// `Ravi Kumar` -> `Ravi`: enough to greet the buyer in a message, not to identify them.
 pub fn first_name(name: &str) -> String {
-    name.split_whitespace().next().unwrap_or_default().to_owned()
+    name.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[cfg(test)]

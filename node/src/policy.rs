@@ -441,7 +441,13 @@ const DELIVERY_FIELDS: [(Field, Visibility); 12] = concat(
 );
 
 /// Contact fields that `RevealField` can show one at a time.
-const REVEALABLE: &[Field] = &[F::Name, F::Phone, F::Email, F::AddressLine1, F::AddressLine2];
+const REVEALABLE: &[Field] = &[
+    F::Name,
+    F::Phone,
+    F::Email,
+    F::AddressLine1,
+    F::AddressLine2,
+];
 
 /// The role table (DESIGN.md section 5, plus `auditor`).
 pub static ROLE_TABLE: &[RolePolicy] = &[

@@ -100,7 +100,12 @@ fn items<'a>(src: &Order, o: &'a mut Order) -> &'a mut [LineItem] {
     &mut o.items
 }
 
-fn copy_address(src: &Source<'_>, out: &mut Order, pick: fn(&Address) -> &String, put: fn(&mut Address) -> &mut String) {
+fn copy_address(
+    src: &Source<'_>,
+    out: &mut Order,
+    pick: fn(&Address) -> &String,
+    put: fn(&mut Address) -> &mut String,
+) {
     if let Some(a) = src.address() {
         put(address(out)).clone_from(pick(a));
     }
@@ -239,14 +244,20 @@ mod tests {
         assert_eq!((a.line1.as_str(), a.city.as_str()), ("", "Bengaluru"));
         let view = p.view.expect("view");
         assert!(view.masked_fields.contains(&"customer.phone".to_owned()));
-        assert!(view.withheld_fields.contains(&"customer.address.line1".to_owned()));
+        assert!(
+            view.withheld_fields
+                .contains(&"customer.address.line1".to_owned())
+        );
     }
 
     #[test]
     fn comms_greets_by_first_name() {
         let p = project(&sample(), Role::Comms, at());
         let c = p.customer.expect("customer");
-        assert_eq!((c.name.as_str(), c.phone.as_str()), ("Ravi", "+919876543210"));
+        assert_eq!(
+            (c.name.as_str(), c.phone.as_str()),
+            ("Ravi", "+919876543210")
+        );
         assert_eq!(c.address, None);
     }
 

@@ -241,6 +241,12 @@ impl TestMesh {
 
     /// As [`TestMesh::start`], with the nodes' log filter (benchmarks use production's `info`).
     pub fn start_with_log(n: usize, log_level: &str) -> TestMesh {
+        TestMesh::start_with(n, log_level, &[])
+    }
+
+    /// As [`TestMesh::start`], with the nodes' log filter and extra environment (settings such as
+    /// `DSM_ACCESS_CONTACT_GRACE`).
+    pub fn start_with(n: usize, log_level: &str, env: &[(&str, &str)]) -> TestMesh {
         let pki = Pki::new();
         let members: Vec<mesh_node::layout::Member> = (1..=n)
             .map(|i| mesh_node::layout::Member {
@@ -265,7 +271,10 @@ impl TestMesh {
                     peer: m.peer_addr.parse().expect("addr"),
                     layout_file: Some(layout_file.clone()),
                     log_level: log_level.to_owned(),
-                    env: Vec::new(),
+                    env: env
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
                 };
                 NodeProcess::start_with(&pki, &m.node_id, &opts)
             })
@@ -712,7 +721,7 @@ pub mod probe {
     #[derive(Debug, Clone)]
     pub enum Answer {
         Orders(Vec<Order>),
-        Label(ShippingLabel),
+        Label(Box<ShippingLabel>),
         Revealed(RevealFieldResponse),
         Resolved(ResolveContactHandleResponse),
     }
@@ -806,7 +815,7 @@ pub mod probe {
                 }
                 Answer::Orders(orders)
             }
-            Method::GetShippingLabel => Answer::Label(
+            Method::GetShippingLabel => Answer::Label(Box::new(
                 client
                     .get_shipping_label(req(
                         signer,
@@ -820,7 +829,7 @@ pub mod probe {
                     .into_inner()
                     .label
                     .unwrap_or_default(),
-            ),
+            )),
             Method::RevealField => Answer::Revealed(
                 client
                     .reveal_field(req(
@@ -830,7 +839,8 @@ pub mod probe {
                             order_id: t.order_id.clone(),
                             field: t.reveal.clone(),
                             reason_code: "ndr-callback".into(),
-                            reason_text: "buyer missed the delivery and asked for a call back".into(),
+                            reason_text: "buyer missed the delivery and asked for a call back"
+                                .into(),
                         },
                     ))
                     .await?
@@ -851,4 +861,27 @@ pub mod probe {
             ),
         })
     }
+}
+
+/// Every audit record matching `q`, read through `node`'s gateway as an auditor.
+pub async fn audit_query(
+    node: &NodeProcess,
+    pki: &Pki,
+    q: mesh_proto::v1::AuditQueryRequest,
+) -> Vec<mesh_proto::v1::AuditRecord> {
+    let auditor = pki.client(Role::Auditor);
+    let signer = mesh_node::proof::Signer::from_pem_file(&auditor.key).expect("signer");
+    let mut client = mesh_proto::v1::audit_client::AuditClient::new(
+        node.channel(&auditor).await.expect("connect"),
+    );
+    let mut stream = client
+        .query(signer.signed(mesh_node::audit::service::QUERY, q))
+        .await
+        .expect("query")
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(r) = stream.message().await.expect("stream") {
+        out.push(r);
+    }
+    out
 }

@@ -4,33 +4,17 @@
 
 use mesh_node::gateway::{CREATE_ORDER, GET_ORDER, REVEAL_FIELD};
 use mesh_node::policy::{Method, Role};
-use mesh_node::proof::Signer;
 use mesh_proto::v1::audit_client::AuditClient;
 use mesh_proto::v1::{
     AuditQueryRequest, AuditRecord, GetOrderRequest, ListCustomerOrdersRequest, OrderStatus,
 };
 use mesh_tests::{
-    NodeOptions, NodeProcess, Pki, TestMesh, contains, probe, read_tree, sample_order, within,
+    NodeOptions, NodeProcess, Pki, TestMesh, audit_query as query, contains, probe, read_tree,
+    sample_order, within,
 };
 use std::path::Path;
 use std::process::Command;
 use tonic::Code;
-
-async fn query(node: &NodeProcess, pki: &Pki, q: AuditQueryRequest) -> Vec<AuditRecord> {
-    let auditor = pki.client(Role::Auditor);
-    let signer = Signer::from_pem_file(&auditor.key).expect("signer");
-    let mut client = AuditClient::new(node.channel(&auditor).await.expect("connect"));
-    let mut stream = client
-        .query(signer.signed(mesh_node::audit::service::QUERY, q))
-        .await
-        .expect("query")
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(r) = stream.message().await.expect("stream") {
-        out.push(r);
-    }
-    out
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_method_for_every_role_leaves_exactly_one_record_and_no_pii() {
@@ -137,12 +121,17 @@ async fn every_method_for_every_role_leaves_exactly_one_record_and_no_pii() {
         // A reveal records the field and the reason, code and words.
         let reveal = records
             .iter()
-            .find(|r| r.role == "oms" && r.action == REVEAL_FIELD && r.principal.ends_with("/probe"))
+            .find(|r| {
+                r.role == "oms" && r.action == REVEAL_FIELD && r.principal.ends_with("/probe")
+            })
             .expect("oms reveal");
         assert_eq!(reveal.decision, "allow");
         assert_eq!(reveal.fields, vec!["customer.phone".to_owned()]);
         assert_eq!(reveal.purpose, "ndr-callback");
-        assert_eq!(reveal.note, "buyer missed the delivery and asked for a call back");
+        assert_eq!(
+            reveal.note,
+            "buyer missed the delivery and asked for a call back"
+        );
         // Querying is audited too.
         let again = query(
             &node,

@@ -48,7 +48,10 @@ async fn rust_client_creates_reads_updates_and_lists_orders() {
         assert_eq!(c.name, "M*** S***");
         let address = c.address.expect("address");
         assert_eq!(address.pincode, "641001");
-        assert_eq!(address.line1, "", "oms sees the address reduced to city, state and pincode");
+        assert_eq!(
+            address.line1, "",
+            "oms sees the address reduced to city, state and pincode"
+        );
         assert_eq!(got.customer_id, "cust-42");
         let view = got.view.expect("view");
         assert_eq!(view.role, "oms");

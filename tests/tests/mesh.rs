@@ -5,7 +5,7 @@ use mesh_node::gateway::{CREATE_ORDER, GET_ORDER, LIST_CUSTOMER_ORDERS, UPDATE_O
 use mesh_node::identity::Identity;
 use mesh_node::layout::{ControlKey, Layout};
 use mesh_node::pki::LeafSpec;
-use mesh_node::policy::Role;
+use mesh_node::policy::{Method, Role};
 use mesh_node::proof::{Signer, parse_header};
 use mesh_node::tls::TlsMaterial;
 use mesh_node::transport::PeerTransport;
@@ -233,6 +233,86 @@ async fn peer_call(
         },
         Err(e) => Err((-2, e.to_string())),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_node_identity_cannot_upgrade_any_roles_forwarded_request() {
+    within(120, async {
+        let mesh = TestMesh::start(2);
+        let customer = mesh.customer_on(1, "upgrade");
+        let sf = mesh.pki.client(Role::Storefront);
+        let order = mesh.nodes[1]
+            .client(&sf)
+            .await
+            .create_order(sample_order(&customer, 9))
+            .await
+            .expect("create")
+            .into_inner()
+            .order
+            .expect("order");
+        let get = GetOrderRequest {
+            order_id: order.order_id.clone(),
+            purpose: "ndr-callback".into(),
+            fields: Vec::new(),
+        }
+        .encode_to_vec();
+        let reveal = mesh_proto::v1::RevealFieldRequest {
+            order_id: order.order_id.clone(),
+            field: "customer.phone".into(),
+            reason_code: "ndr-callback".into(),
+            reason_text: "buyer asked for a call back".into(),
+        }
+        .encode_to_vec();
+        let t = stolen_transport(&mesh.nodes[0].credentials);
+        let oms = mesh.pki.client(Role::Oms);
+        let oms_chain = chain_of(&oms);
+        let call = |method: Method, request: &[u8], proof: ClientProof| ForwardedCall {
+            method: method.path().into(),
+            request: request.to_vec(),
+            proof: Some(proof),
+        };
+        for role in Role::ALL {
+            let creds = mesh.pki.client_named(role, "captured");
+            let (s, chain) = (signer(&creds), chain_of(&creds));
+            // The attacker holds a genuine GetOrder proof of this role, captured at node n1.
+            let genuine = proof_for(&s, &chain, GET_ORDER, &get);
+            // Re-aimed at a stronger method, or re-labelled with an oms certificate: refused.
+            for (method, body) in [
+                (Method::RevealField, reveal.as_slice()),
+                (Method::ResolveContactHandle, get.as_slice()),
+                (Method::ListCustomerOrders, get.as_slice()),
+            ] {
+                let err = peer_call(&t, &mesh, 1, call(method, body, genuine.clone()))
+                    .await
+                    .expect_err("re-aimed");
+                assert!(err.1.contains("signature"), "{role} {method}: {err:?}");
+            }
+            let relabelled = ClientProof {
+                chain: oms_chain.clone(),
+                ..genuine.clone()
+            };
+            let err = peer_call(&t, &mesh, 1, call(Method::GetOrder, &get, relabelled))
+                .await
+                .expect_err("relabelled");
+            assert!(err.1.contains("signature"), "{role}: {err:?}");
+            // The genuine request itself is served as exactly this role, or refused as it.
+            match peer_call(&t, &mesh, 1, call(Method::GetOrder, &get, genuine)).await {
+                Ok(bytes) => {
+                    let o = mesh_proto::v1::GetOrderResponse::decode(bytes.as_slice())
+                        .expect("decode")
+                        .order
+                        .expect("order");
+                    assert_eq!(o.view.expect("view").role, role.as_str());
+                    assert!(mesh_node::policy::may_call(role, Method::GetOrder));
+                }
+                Err((code, msg)) => {
+                    assert_eq!(code, Code::PermissionDenied as i32, "{role}: {msg}");
+                    assert!(msg.contains(role.as_str()), "{role}: {msg}");
+                }
+            }
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

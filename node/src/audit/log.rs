@@ -79,7 +79,7 @@ pub struct Entry {
 }
 
 enum Cmd {
-    Append(Entry, oneshot::Sender<Result<u64, AuditError>>),
+    Append(Box<Entry>, oneshot::Sender<Result<u64, AuditError>>),
     Checkpoint(oneshot::Sender<Result<(), AuditError>>),
 }
 
@@ -439,7 +439,7 @@ impl AuditLog {
                     Err(_) => {}
                 }
                 if !appends.is_empty() {
-                    let entries: Vec<Entry> = appends.iter().map(|(e, _)| e.clone()).collect();
+                    let entries: Vec<Entry> = appends.iter().map(|(e, _)| (**e).clone()).collect();
                     match writer.append_batch(&entries) {
                         Ok(seqs) => {
                             for ((_, done), seq) in appends.into_iter().zip(seqs) {
@@ -505,7 +505,7 @@ impl AuditLog {
         }
         let (done, rx) = oneshot::channel();
         self.tx
-            .send(Cmd::Append(entry, done))
+            .send(Cmd::Append(Box::new(entry), done))
             .map_err(|_| AuditError::Stopped)?;
         rx.await.map_err(|_| AuditError::Stopped)?
     }

@@ -285,7 +285,10 @@ impl Store {
 
     /// Locates an order: its customer hash (from the index), customer key and order key.
     fn locate(&self, id: &OrderId) -> Result<Option<Located>, StorageError> {
-        self.locate_hash(id.partition(), keys::order_hash(&self.keys, &id.to_string()))
+        self.locate_hash(
+            id.partition(),
+            keys::order_hash(&self.keys, &id.to_string()),
+        )
     }
 
     fn locate_hash(&self, p: Partition, oh: Hash) -> Result<Option<Located>, StorageError> {
