@@ -126,6 +126,41 @@ fn ca_init_and_cert_issue_write_owner_only_keys_and_json() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("spiffe://brand.example/node/n7"));
 
+    // Every role of the role table can be issued, and the certificate carries exactly that role.
+    for role in Role::ALL {
+        let out = ctl(&[
+            "cert",
+            "issue",
+            "client",
+            "--role",
+            role.as_str(),
+            "--name",
+            "every-role",
+            "--ca-dir",
+            ca.to_str().expect("utf8"),
+            "--out",
+            certs.join(role.as_str()).to_str().expect("utf8"),
+            "-o",
+            "json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{role}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let issued: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let der = mesh_node::tls::load_certs(std::path::Path::new(
+            issued["cert"].as_str().expect("cert"),
+        ))
+        .expect("cert");
+        assert_eq!(
+            Identity::from_certificate(&der[0])
+                .expect("identity")
+                .role(),
+            Some(role)
+        );
+    }
+
     // Unknown roles are refused with the list of known ones.
     let out = ctl(&[
         "cert",
