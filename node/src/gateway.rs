@@ -10,7 +10,7 @@
 //! Each method is one [`Call`]: its types, its routing key, the buyer fields its request carries,
 //! and its handler on the owner. Routing, forwarding, auditing and metrics are written once.
 
-use crate::access::{self, AccessRules, RevealLimiter};
+use crate::access::{self, AccessRules, Exhausted, RevealLimiter};
 use crate::audit::log::{AuditLog, Entry};
 use crate::clock::Clock;
 use crate::error::Error;
@@ -35,8 +35,8 @@ use mesh_proto::v1::{
     GetOrderRequest, GetOrderResponse, GetShippingLabelRequest, GetShippingLabelResponse,
     ListCustomerOrdersRequest, ListCustomerOrdersResponse, Order, OrderStatus, OrderView,
     PaymentMethod, PeerRequest, PeerResponse, PeerStatus, Ping, ResolveContactHandleRequest,
-    ResolveContactHandleResponse, RevealFieldRequest, RevealFieldResponse, ShippingLabel,
-    UpdateOrderStatusRequest, UpdateOrderStatusResponse,
+    ResolveContactHandleResponse, RevealAllowance, RevealCharge, RevealFieldRequest,
+    RevealFieldResponse, ShippingLabel, UpdateOrderStatusRequest, UpdateOrderStatusResponse,
 };
 use prost::Message;
 use std::pin::Pin;
@@ -393,6 +393,52 @@ impl Gateway {
                 owner.node_id
             ))),
         }
+    }
+
+    /// Takes one reveal from `principal`'s allowance, which the owner of the principal's home
+    /// partition keeps for the whole mesh (so spreading reveals over shards does not multiply the
+    /// limit). Fails closed: if the home node cannot be asked, the reveal is refused.
+    async fn charge_reveal(&self, principal: &str) -> Result<u32, Error> {
+        let home = partition_of(principal);
+        let allowance = match self.mesh.route(home) {
+            Route::Local => self.reveals.take(principal, self.clock.now()),
+            Route::Remote(owner) => {
+                let request = PeerRequest {
+                    deadline_unix_ms: 0,
+                    body: Some(Body::Charge(RevealCharge {
+                        principal: principal.to_owned(),
+                    })),
+                };
+                let deadline = Instant::now() + self.forward_timeout;
+                match self.mesh.transport.call(&owner, request, deadline).await {
+                    Ok(PeerResponse {
+                        result: Some(PeerResult::Allowance(a)),
+                    }) if a.granted => Ok(a.remaining),
+                    Ok(PeerResponse {
+                        result: Some(PeerResult::Allowance(a)),
+                    }) => Err(Exhausted {
+                        limit: a.limit,
+                        window: Duration::from_millis(a.window_ms),
+                        retry_after: Duration::from_millis(a.retry_after_ms),
+                    }),
+                    other => {
+                        tracing::warn!(node = %owner.node_id, error = ?other.err(), "reveal ledger unreachable");
+                        return Err(Error::Unavailable(format!(
+                            "the reveal ledger for this principal (node {}) is unreachable, so the reveal was refused; retry",
+                            owner.node_id
+                        )));
+                    }
+                }
+            }
+        };
+        allowance.map_err(|e| {
+            Error::ResourceExhausted(format!(
+                "reveal limit reached: {} per {} for this principal across the mesh; the next reveal is possible in {}",
+                e.limit,
+                humantime::format_duration(e.window),
+                humantime::format_duration(Duration::from_secs(e.retry_after.as_secs().max(1)))
+            ))
+        })
     }
 
     /// Reads an order this node owns, or NOT_FOUND.
@@ -863,17 +909,7 @@ impl Call for Reveal {
                 caller.role
             )));
         }
-        let remaining = gw
-            .reveals
-            .take(&caller.identity.to_string(), at.now)
-            .map_err(|e| {
-                Error::ResourceExhausted(format!(
-                    "reveal limit reached: {} per {} for this principal; the next reveal is possible in {}",
-                    e.limit,
-                    humantime::format_duration(e.window),
-                    humantime::format_duration(Duration::from_secs(e.retry_after.as_secs().max(1)))
-                ))
-            })?;
+        let remaining = gw.charge_reveal(&caller.identity.to_string()).await?;
         let value = crate::projection::value_of(&order, field);
         access.fields = vec![field.path().to_owned()];
         Ok(RevealFieldResponse {
@@ -946,6 +982,26 @@ impl PeerHandler for Gateway {
                 Some(Body::Ping(_)) => {
                     return PeerResponse {
                         result: Some(PeerResult::Pong(Ping {})),
+                    };
+                }
+                Some(Body::Charge(charge)) => {
+                    let allowance = match self.reveals.take(&charge.principal, self.clock.now()) {
+                        Ok(remaining) => RevealAllowance {
+                            granted: true,
+                            remaining,
+                            ..RevealAllowance::default()
+                        },
+                        Err(e) => RevealAllowance {
+                            granted: false,
+                            remaining: 0,
+                            retry_after_ms: u64::try_from(e.retry_after.as_millis())
+                                .unwrap_or(u64::MAX),
+                            limit: e.limit,
+                            window_ms: u64::try_from(e.window.as_millis()).unwrap_or(u64::MAX),
+                        },
+                    };
+                    return PeerResponse {
+                        result: Some(PeerResult::Allowance(allowance)),
                     };
                 }
                 Some(Body::Call(call)) => {

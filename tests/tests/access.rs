@@ -1206,3 +1206,56 @@ async fn delivery_plus_grace_closes_courier_and_label_views_and_contact_handles(
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reveal_limit_holds_across_shards_and_gateways() {
+    within(120, async {
+        let mesh = TestMesh::start_with(
+            3,
+            &NodeOptions::default().log_level,
+            &[("DSM_ACCESS_REVEAL_LIMIT", "4")],
+        );
+        let mut orders = Vec::new();
+        for (i, node) in mesh.nodes.iter().enumerate() {
+            let customer = mesh.customer_on(i, "ledger-cust");
+            orders.push(shipped_order(node, &mesh.pki, &customer, 8000 + i as u32).await);
+        }
+        let desk = mesh.pki.client_named(Role::Oms, "ledger-desk");
+        let signer = Signer::from_pem_file(&desk.key).expect("signer");
+        let mut outcomes = Vec::new();
+        // Six reveals spread over every shard and every gateway: exactly four are granted.
+        for k in 0..6 {
+            let order = &orders[k % 3];
+            let mut client = mesh.nodes[(k + 1) % 3].client(&desk).await;
+            let result = client
+                .reveal_field(signer.signed(
+                    Method::RevealField.path(),
+                    RevealFieldRequest {
+                        order_id: order.order_id.clone(),
+                        field: "customer.phone".into(),
+                        reason_code: "ndr-callback".into(),
+                        reason_text: "buyer missed the delivery".into(),
+                    },
+                ))
+                .await;
+            outcomes.push(
+                result
+                    .map(|r| r.into_inner().remaining)
+                    .map_err(|s| s.code()),
+            );
+        }
+        assert_eq!(
+            outcomes,
+            [
+                Ok(3),
+                Ok(2),
+                Ok(1),
+                Ok(0),
+                Err(Code::ResourceExhausted),
+                Err(Code::ResourceExhausted)
+            ],
+            "the limit is per principal for the whole mesh"
+        );
+    })
+    .await;
+}
