@@ -46,9 +46,14 @@ fn status(order: &Order) -> OrderStatus {
     OrderStatus::try_from(order.status).unwrap_or(OrderStatus::Unspecified)
 }
 
-/// When the order closed (DELIVERED, RTO or CANCELLED), if it has.
+/// When the order closed (DELIVERED, RTO or CANCELLED), if it has. An order that reached a final
+/// status before `closed_at` existed counts as closed at its last update, so it does not stay
+/// visible forever.
 pub fn closed_at(order: &Order) -> Option<SystemTime> {
-    order.closed_at.and_then(|t| SystemTime::try_from(t).ok())
+    order
+        .closed_at
+        .or_else(|| closes(status(order)).then_some(order.updated_at).flatten())
+        .map(|t| SystemTime::try_from(t).unwrap_or(SystemTime::UNIX_EPOCH))
 }
 
 /// Whether `now` is before the end of the grace period after the order closed (true while open).
@@ -209,6 +214,26 @@ mod tests {
         ));
         assert!(!handle_resolves(&delivered, clock.now(), grace));
         assert!(in_window(&delivered, Window::Always, clock.now(), grace));
+    }
+
+    #[test]
+    fn an_order_closed_before_closed_at_existed_counts_as_closed_at_its_last_update() {
+        let updated = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let old = Order {
+            status: OrderStatus::Delivered as i32,
+            updated_at: Some(updated.into()),
+            ..Order::default()
+        };
+        let grace = Duration::from_secs(60);
+        assert_eq!(closed_at(&old), Some(updated));
+        assert!(!in_window(&old, Window::InTransit, updated + grace, grace));
+        assert!(!handle_resolves(&old, updated + grace, grace));
+        let open = Order {
+            status: OrderStatus::Shipped as i32,
+            updated_at: Some(updated.into()),
+            ..Order::default()
+        };
+        assert_eq!(closed_at(&open), None);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::listener::PeerInfo;
 use crate::mesh::{Mesh, Route};
 use crate::metrics::Metrics;
 use crate::policy::{self, Field, Method, Role, Visibility};
-use crate::projection::{At, project, project_fields};
+use crate::projection::{At, buyer_text, project, project_fields};
 use crate::proof::{self, PROOF_HEADER};
 use crate::storage::Store;
 use crate::transport::{PeerHandler, TransportError};
@@ -31,12 +31,13 @@ use mesh_proto::v1::order_gateway_server::OrderGateway;
 use mesh_proto::v1::peer_request::Body;
 use mesh_proto::v1::peer_response::Result as PeerResult;
 use mesh_proto::v1::{
-    ClientProof, Consent, CreateOrderRequest, CreateOrderResponse, ForwardedCall, ForwardedOrders,
-    GetOrderRequest, GetOrderResponse, GetShippingLabelRequest, GetShippingLabelResponse,
-    ListCustomerOrdersRequest, ListCustomerOrdersResponse, Order, OrderStatus, OrderView,
-    PaymentMethod, PeerRequest, PeerResponse, PeerStatus, Ping, ResolveContactHandleRequest,
-    ResolveContactHandleResponse, RevealAllowance, RevealCharge, RevealFieldRequest,
-    RevealFieldResponse, ShippingLabel, UpdateOrderStatusRequest, UpdateOrderStatusResponse,
+    ClientProof, Consent, CreateOrderRequest, CreateOrderResponse, Customer, ForwardedCall,
+    ForwardedOrders, GetOrderRequest, GetOrderResponse, GetShippingLabelRequest,
+    GetShippingLabelResponse, ListCustomerOrdersRequest, ListCustomerOrdersResponse, Order,
+    OrderStatus, OrderView, PaymentMethod, PeerRequest, PeerResponse, PeerStatus, Ping,
+    ResolveContactHandleRequest, ResolveContactHandleResponse, RevealAllowance, RevealCharge,
+    RevealFieldRequest, RevealFieldResponse, ShippingLabel, UpdateOrderStatusRequest,
+    UpdateOrderStatusResponse,
 };
 use prost::Message;
 use std::pin::Pin;
@@ -138,6 +139,11 @@ trait Call: Send + 'static {
     fn partition(req: &Self::Req) -> Option<Partition>;
     /// The buyer fields the request carries or asks for.
     fn buyer_fields(req: &Self::Req) -> Vec<Field>;
+    /// The order the request names, for its audit record (before anything else is checked).
+    fn order_id(req: &Self::Req) -> Option<&str>;
+    /// The request's purpose (its reason code, for a reveal), or `None` for a method that shows
+    /// the caller nothing it did not send (CreateOrder). Checked before the handler runs.
+    fn purpose(req: &Self::Req) -> Option<&str>;
     /// Handles the request on the owner node, filling in what it touched.
     fn handle(
         gw: &Gateway,
@@ -473,8 +479,26 @@ impl Gateway {
                 access.forwarded = matches!(answer, Ok(_) | Err(Error::Remote(..)));
                 answer
             }
-            _ => C::handle(self, &caller, req.into_inner(), access).await,
+            _ => self.owned::<C>(&caller, req.into_inner(), access).await,
         }
+    }
+
+    /// Runs method `C` on its owner: records the order named, checks the purpose, handles.
+    async fn owned<C: Call>(
+        &self,
+        caller: &Caller,
+        req: C::Req,
+        access: &mut Access,
+    ) -> Result<C::Resp, Error> {
+        if let Some(id) = C::order_id(&req)
+            && id.parse::<OrderId>().is_ok()
+        {
+            access.order = self.store.order_subject(id);
+        }
+        if let Some(purpose) = C::purpose(&req) {
+            self.purpose(caller, purpose, access)?;
+        }
+        C::handle(self, caller, req, access).await
     }
 
     /// A request forwarded by a peer. The owner keeps its one audit record, refusals included.
@@ -533,9 +557,13 @@ impl Gateway {
                         "only auditors of this mesh may read the audit trail".into(),
                     ));
                 }
-                crate::audit::service::AuditService::new(self.audit.clone(), self.mesh.clone())
-                    .forwarded(bytes)
-                    .map_err(status_error)
+                crate::audit::service::AuditService::new(
+                    self.audit.clone(),
+                    self.mesh.clone(),
+                    self.store.clone(),
+                )
+                .forwarded(bytes)
+                .map_err(status_error)
             }
             None => Err(Error::PermissionDenied(format!(
                 "method {} cannot be forwarded",
@@ -558,7 +586,7 @@ impl Gateway {
             self.ensure_local(p)?;
         }
         let resp = self
-            .observe(C::METHOD, C::handle(self, &caller, req, access))
+            .observe(C::METHOD, self.owned::<C>(&caller, req, access))
             .await
             .map_err(status_error)?;
         Ok(resp.encode_to_vec())
@@ -591,29 +619,20 @@ impl Call for Create {
     }
 
     fn buyer_fields(req: &Self::Req) -> Vec<Field> {
-        let mut carried = Vec::new();
-        if !req.customer_id.is_empty() {
-            carried.push(Field::CustomerId);
-        }
-        if let Some(c) = &req.customer {
-            let a = c.address.clone().unwrap_or_default();
-            for (field, value) in [
-                (Field::Name, &c.name),
-                (Field::Phone, &c.phone),
-                (Field::Email, &c.email),
-                (Field::ContactHandle, &c.contact_handle),
-                (Field::AddressLine1, &a.line1),
-                (Field::AddressLine2, &a.line2),
-                (Field::City, &a.city),
-                (Field::State, &a.state),
-                (Field::Pincode, &a.pincode),
-            ] {
-                if !value.is_empty() {
-                    carried.push(field);
-                }
-            }
-        }
-        carried
+        let empty = Customer::default();
+        let c = req.customer.as_ref().unwrap_or(&empty);
+        Field::ALL
+            .into_iter()
+            .filter(|f| buyer_text(&req.customer_id, c, *f).is_some_and(|v| !v.is_empty()))
+            .collect()
+    }
+
+    fn order_id(_: &Self::Req) -> Option<&str> {
+        None
+    }
+
+    fn purpose(_: &Self::Req) -> Option<&str> {
+        None
     }
 
     async fn handle(
@@ -678,6 +697,14 @@ impl Call for Get {
             .collect()
     }
 
+    fn order_id(req: &Self::Req) -> Option<&str> {
+        Some(&req.order_id)
+    }
+
+    fn purpose(req: &Self::Req) -> Option<&str> {
+        Some(&req.purpose)
+    }
+
     async fn handle(
         gw: &Gateway,
         caller: &Caller,
@@ -685,8 +712,6 @@ impl Call for Get {
         access: &mut Access,
     ) -> Result<Self::Resp, Error> {
         let id = validate::order_id(&req.order_id)?;
-        access.order = gw.store.order_subject(&req.order_id);
-        gw.purpose(caller, &req.purpose, access)?;
         let only = if req.fields.is_empty() {
             None
         } else {
@@ -724,15 +749,20 @@ impl Call for Update {
         Vec::new()
     }
 
+    fn order_id(req: &Self::Req) -> Option<&str> {
+        Some(&req.order_id)
+    }
+
+    fn purpose(req: &Self::Req) -> Option<&str> {
+        Some(&req.purpose)
+    }
+
     async fn handle(
         gw: &Gateway,
         caller: &Caller,
         req: Self::Req,
         access: &mut Access,
     ) -> Result<Self::Resp, Error> {
-        if req.order_id.parse::<OrderId>().is_ok() {
-            access.order = gw.store.order_subject(&req.order_id);
-        }
         let update = validate::update_status(&req)?;
         if !policy::may_set_status(caller.role, update.status) {
             return Err(Error::PermissionDenied(format!(
@@ -793,6 +823,14 @@ impl Call for List {
         }
     }
 
+    fn order_id(_: &Self::Req) -> Option<&str> {
+        None
+    }
+
+    fn purpose(req: &Self::Req) -> Option<&str> {
+        Some(&req.purpose)
+    }
+
     async fn handle(
         gw: &Gateway,
         caller: &Caller,
@@ -801,7 +839,6 @@ impl Call for List {
     ) -> Result<Self::Resp, Error> {
         validate::customer_id(&req.customer_id)?;
         access.customer = gw.store.customer_subject(&req.customer_id);
-        gw.purpose(caller, &req.purpose, access)?;
         let at = gw.at();
         let orders: Vec<Order> = gw
             .store
@@ -825,17 +862,22 @@ impl Call for Label {
         order_partition(&req.order_id)
     }
 
-    /// A label is the buyer's name, address and handle: asking for one asks for those.
+    /// Asking for a label asks for every buyer field the label role's row shows.
     fn buyer_fields(_: &Self::Req) -> Vec<Field> {
-        vec![
-            Field::Name,
-            Field::AddressLine1,
-            Field::AddressLine2,
-            Field::City,
-            Field::State,
-            Field::Pincode,
-            Field::ContactHandle,
-        ]
+        policy::policy_of(Role::Label)
+            .fields
+            .iter()
+            .map(|(f, _)| *f)
+            .filter(|f| f.is_buyer_field())
+            .collect()
+    }
+
+    fn order_id(req: &Self::Req) -> Option<&str> {
+        Some(&req.order_id)
+    }
+
+    fn purpose(req: &Self::Req) -> Option<&str> {
+        Some(&req.purpose)
     }
 
     async fn handle(
@@ -845,8 +887,6 @@ impl Call for Label {
         access: &mut Access,
     ) -> Result<Self::Resp, Error> {
         let id = validate::order_id(&req.order_id)?;
-        access.order = gw.store.order_subject(&req.order_id);
-        gw.purpose(caller, &req.purpose, access)?;
         let order = project(&gw.order(&id, access)?, caller.role, gw.at());
         access.disclosed(order.view.as_ref());
         let customer = order.customer.unwrap_or_default();
@@ -882,6 +922,15 @@ impl Call for Reveal {
             .collect()
     }
 
+    fn order_id(req: &Self::Req) -> Option<&str> {
+        Some(&req.order_id)
+    }
+
+    /// The reason code is the reveal's purpose (required for every role; see `reveal_reason`).
+    fn purpose(req: &Self::Req) -> Option<&str> {
+        Some(&req.reason_code)
+    }
+
     async fn handle(
         gw: &Gateway,
         caller: &Caller,
@@ -889,11 +938,8 @@ impl Call for Reveal {
         access: &mut Access,
     ) -> Result<Self::Resp, Error> {
         let id = validate::order_id(&req.order_id)?;
-        access.order = gw.store.order_subject(&req.order_id);
         let field = validate::field_path("field", &req.field)?;
         validate::reveal_reason(&req.reason_code, &req.reason_text)?;
-        access.purpose.clone_from(&req.reason_code);
-        access.note.clone_from(&req.reason_text);
         if !policy::may_reveal(caller.role, field) {
             return Err(Error::PermissionDenied(format!(
                 "role `{}` may not reveal `{}`",
@@ -902,6 +948,8 @@ impl Call for Reveal {
             )));
         }
         let order = gw.order(&id, access)?;
+        // The words go into the trail sealed under the customer's key (see `Store::seal_note`).
+        access.note = gw.store.seal_note(&order.customer_id, &req.reason_text)?;
         let at = gw.at();
         if !access::in_window(&order, policy::window(caller.role), at.now, at.grace) {
             return Err(Error::PermissionDenied(format!(
@@ -938,14 +986,21 @@ impl Call for Resolve {
         vec![Field::ContactHandle, Field::Phone]
     }
 
+    fn order_id(_: &Self::Req) -> Option<&str> {
+        None
+    }
+
+    fn purpose(req: &Self::Req) -> Option<&str> {
+        Some(&req.purpose)
+    }
+
     async fn handle(
         gw: &Gateway,
-        caller: &Caller,
+        _caller: &Caller,
         req: Self::Req,
         access: &mut Access,
     ) -> Result<Self::Resp, Error> {
         let handle = validate::contact_handle(&req.contact_handle)?;
-        gw.purpose(caller, &req.purpose, access)?;
         let order = gw
             .store
             .order_by_handle(&handle)?

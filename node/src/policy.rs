@@ -534,7 +534,9 @@ pub static ROLE_TABLE: &[RolePolicy] = &[
         ],
         reveal: &[],
         statuses: &[],
-        window: Window::Always,
+        // Messages about an order end with it: the number stops being readable when the
+        // order's handle stops resolving.
+        window: Window::UntilClosed,
     },
     RolePolicy {
         role: Role::Support,

@@ -71,10 +71,6 @@ struct Source<'a> {
 }
 
 impl Source<'_> {
-    fn address(&self) -> Option<&Address> {
-        self.customer.address.as_ref()
-    }
-
     fn payment(&self) -> Payment {
         self.order.payment.unwrap_or_default()
     }
@@ -100,32 +96,56 @@ fn items<'a>(src: &Order, o: &'a mut Order) -> &'a mut [LineItem] {
     &mut o.items
 }
 
-fn copy_address(
-    src: &Source<'_>,
-    out: &mut Order,
-    pick: fn(&Address) -> &String,
-    put: fn(&mut Address) -> &mut String,
-) {
-    if let Some(a) = src.address() {
-        put(address(out)).clone_from(pick(a));
-    }
+/// The text of a buyer field, given the order's customer id and customer; `None` for fields that
+/// are not buyer text. The one place that maps buyer fields to where they live in the proto.
+pub fn buyer_text<'a>(customer_id: &'a str, c: &'a Customer, field: Field) -> Option<&'a str> {
+    let a = c.address.as_ref();
+    let line = |pick: fn(&Address) -> &String| a.map_or("", |a| pick(a).as_str());
+    Some(match field {
+        Field::CustomerId => customer_id,
+        Field::Name => &c.name,
+        Field::Phone => &c.phone,
+        Field::Email => &c.email,
+        Field::ContactHandle => &c.contact_handle,
+        Field::AddressLine1 => line(|a| &a.line1),
+        Field::AddressLine2 => line(|a| &a.line2),
+        Field::City => line(|a| &a.city),
+        Field::State => line(|a| &a.state),
+        Field::Pincode => line(|a| &a.pincode),
+        _ => return None,
+    })
+}
+
+/// Where a buyer field goes in an order being built (creating its customer and address).
+fn buyer_text_mut(o: &mut Order, field: Field) -> Option<&mut String> {
+    Some(match field {
+        Field::CustomerId => &mut o.customer_id,
+        Field::Name => &mut customer(o).name,
+        Field::Phone => &mut customer(o).phone,
+        Field::Email => &mut customer(o).email,
+        Field::ContactHandle => &mut customer(o).contact_handle,
+        Field::AddressLine1 => &mut address(o).line1,
+        Field::AddressLine2 => &mut address(o).line2,
+        Field::City => &mut address(o).city,
+        Field::State => &mut address(o).state,
+        Field::Pincode => &mut address(o).pincode,
+        _ => return None,
+    })
 }
 
 fn copy(field: Field, src: &Source<'_>, out: &mut Order) {
-    let (o, c) = (src.order, src.customer);
+    let o = src.order;
+    if let Some(text) = buyer_text(&o.customer_id, src.customer, field) {
+        if !text.is_empty()
+            && let Some(slot) = buyer_text_mut(out, field)
+        {
+            text.clone_into(slot);
+        }
+        return;
+    }
     match field {
-        Field::CustomerId => out.customer_id.clone_from(&o.customer_id),
         Field::ExternalRef => out.external_ref.clone_from(&o.external_ref),
         Field::Channel => out.channel = o.channel,
-        Field::Name => customer(out).name.clone_from(&c.name),
-        Field::Phone => customer(out).phone.clone_from(&c.phone),
-        Field::Email => customer(out).email.clone_from(&c.email),
-        Field::ContactHandle => customer(out).contact_handle.clone_from(&c.contact_handle),
-        Field::AddressLine1 => copy_address(src, out, |a| &a.line1, |a| &mut a.line1),
-        Field::AddressLine2 => copy_address(src, out, |a| &a.line2, |a| &mut a.line2),
-        Field::City => copy_address(src, out, |a| &a.city, |a| &mut a.city),
-        Field::State => copy_address(src, out, |a| &a.state, |a| &mut a.state),
-        Field::Pincode => copy_address(src, out, |a| &a.pincode, |a| &mut a.pincode),
         Field::ItemSkus => items(o, out)
             .iter_mut()
             .zip(&o.items)
@@ -158,26 +178,27 @@ fn copy(field: Field, src: &Source<'_>, out: &mut Order) {
                 })
         }
         Field::Consent => out.consent = Some(o.consent.unwrap_or_default()),
+        // Buyer fields were copied above.
+        Field::CustomerId
+        | Field::Name
+        | Field::Phone
+        | Field::Email
+        | Field::ContactHandle
+        | Field::AddressLine1
+        | Field::AddressLine2
+        | Field::City
+        | Field::State
+        | Field::Pincode => {}
     }
 }
 
 /// The stored value of one buyer field, unmasked (for `RevealField`); empty for other fields.
 pub fn value_of(order: &Order, field: Field) -> String {
-    let c = order.customer.clone().unwrap_or_default();
-    let a = c.address.clone().unwrap_or_default();
-    match field {
-        Field::CustomerId => order.customer_id.clone(),
-        Field::Name => c.name,
-        Field::Phone => c.phone,
-        Field::Email => c.email,
-        Field::ContactHandle => c.contact_handle,
-        Field::AddressLine1 => a.line1,
-        Field::AddressLine2 => a.line2,
-        Field::City => a.city,
-        Field::State => a.state,
-        Field::Pincode => a.pincode,
-        _ => String::new(),
-    }
+    let empty = Customer::default();
+    let c = order.customer.as_ref().unwrap_or(&empty);
+    buyer_text(&order.customer_id, c, field)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// The masked or reduced form of a field. The role table only masks fields with a rule here

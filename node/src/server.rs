@@ -231,6 +231,7 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         .add_service(AuditServer::new(AuditService::new(
             audit.clone(),
             mesh.clone(),
+            store.clone(),
         )));
     let signal = shutdown.clone();
     let gateway_task = tokio::spawn(async move {

@@ -305,13 +305,13 @@ pub fn customer_id(s: &str) -> Result<(), Violations> {
 }
 
 /// A purpose is a short code (`ndr-callback`, `fulfilment`), not free text: it is recorded in the
-/// audit trail, which must never hold PII.
+/// audit trail in the clear, which must never hold PII, so it has no digits (no phone number,
+/// pincode or order number can hide in it) and no `@`.
 pub fn is_valid_purpose(s: &str) -> bool {
     s.len() <= MAX_PURPOSE_LEN
         && s.bytes().next().is_none_or(|b| b.is_ascii_lowercase())
-        && s.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
-        })
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 pub fn purpose(s: &str) -> Result<(), Violations> {
@@ -319,14 +319,14 @@ pub fn purpose(s: &str) -> Result<(), Violations> {
     v.check(
         is_valid_purpose(s),
         "purpose",
-        "must be a short code: lowercase letters, digits, `-`, `_` or `.` (at most 64)",
+        "must be a short code: lowercase letters, `-`, `_` or `.` (at most 64, no digits)",
     );
     v.into_result()
 }
 
 pub const MAX_REASON_TEXT_CHARS: usize = 200;
-/// Six digits in a row could be most of a phone number or a pincode.
-const MAX_DIGIT_RUN: usize = 5;
+/// Six digits, even spread out, could be most of a phone number or a pincode.
+const MAX_DIGITS: usize = 5;
 
 /// A field path a client names (a field mask entry, a field to reveal).
 pub fn field_path(name: &str, path: &str) -> Result<crate::policy::Field, Violations> {
@@ -347,30 +347,29 @@ pub fn contact_handle(s: &str) -> Result<crate::ids::ContactHandle, Violations> 
     })
 }
 
-/// The longest run of ASCII digits in `s`.
-fn digit_run(s: &str) -> usize {
-    s.split(|c: char| !c.is_ascii_digit())
-        .map(str::len)
-        .max()
-        .unwrap_or(0)
+/// Whether free text looks like it quotes contact details: an at sign (any width) or more than
+/// `MAX_DIGITS` digits in any script, however they are spaced.
+fn looks_like_contact(s: &str) -> bool {
+    s.contains(['@', '\u{FF20}', '\u{FE6B}'])
+        || s.chars().filter(|c| c.is_numeric()).count() > MAX_DIGITS
 }
 
 /// A reveal's reason: a code (like a purpose, but required) and words. The words go into the
-/// audit trail, so text that looks like contact details (an `@`, six or more digits in a row) is
-/// refused: a reason explains why, it never quotes the buyer.
+/// audit trail (sealed under the customer's key), and a reason explains why, it never quotes the
+/// buyer: text that looks like contact details (an `@`, more than five digits) is refused.
 pub fn reveal_reason(code: &str, text_: &str) -> Result<(), Violations> {
     let mut v = Violations::default();
     v.check(!code.is_empty(), "reason_code", "is required");
     v.check(
         is_valid_purpose(code),
         "reason_code",
-        "must be a short code: lowercase letters, digits, `-`, `_` or `.` (at most 64)",
+        "must be a short code: lowercase letters, `-`, `_` or `.` (at most 64, no digits)",
     );
     text(&mut v, "reason_text", text_, true, MAX_REASON_TEXT_CHARS);
     v.check(
-        !text_.contains('@') && digit_run(text_) <= MAX_DIGIT_RUN,
+        !looks_like_contact(text_),
         "reason_text",
-        "must not contain contact details (an `@` or six or more digits in a row)",
+        "must not contain contact details (an `@`, or more than five digits)",
     );
     v.into_result()
 }
@@ -435,6 +434,15 @@ mod reveal_tests {
             ("ndr", "", "reason_text"),
             ("ndr", "   ", "reason_text"),
             ("ndr", "call them on 9876543210", "reason_text"),
+            ("ndr", "call them on 98765 43210", "reason_text"),
+            ("ndr", "call 9-8-7-6-5-4", "reason_text"),
+            (
+                "ndr",
+                "call \u{0967}\u{0968}\u{0969}\u{096A}\u{096B}\u{096C}",
+                "reason_text",
+            ),
+            ("ndr", "mail ravi\u{FF20}example.com", "reason_text"),
+            ("ndr2", "asked by the customer", "reason_code"),
             ("ndr", "mail ravi@example.com", "reason_text"),
             ("ndr", "line\u{7}bell", "reason_text"),
         ] {

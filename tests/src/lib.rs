@@ -788,6 +788,7 @@ pub mod probe {
                         UpdateOrderStatusRequest {
                             order_id: t.order_id.clone(),
                             status: t.status as i32,
+                            purpose: t.purpose.clone(),
                             ..Default::default()
                         },
                     ))

@@ -72,21 +72,24 @@ async fn kill_9_under_load_loses_no_acknowledged_order() {
                 .expect("order");
             assert_eq!(&got.customer_id, customer);
             assert_eq!(got.external_ref, format!("SF-{n}"));
-            // oms sees the name masked; the warehouse sees it whole.
-            let name = wms
+            // oms sees the name masked and the address reduced; the warehouse sees them whole.
+            let whole = wms
                 .get_order(GetOrderRequest {
                     order_id: order_id.clone(),
                     purpose: String::new(),
-                    fields: vec!["customer.name".into()],
+                    fields: vec!["customer.name".into(), "customer.address.line1".into()],
                 })
                 .await
                 .expect("wms read")
                 .into_inner()
                 .order
                 .and_then(|o| o.customer)
-                .expect("customer")
-                .name;
-            assert_eq!(name, format!("Meenakshi Sundaram{n}"));
+                .expect("customer");
+            assert_eq!(whole.name, format!("Meenakshi Sundaram{n}"));
+            assert_eq!(
+                whole.address.expect("address").line1,
+                format!("{n} Lakshmi Nagar Main Road")
+            );
         }
         // Every stored order, acknowledged or not, is whole: all fields of the request it came from.
         let customers: BTreeSet<&String> = acked.iter().map(|(_, c, _)| c).collect();

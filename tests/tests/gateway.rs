@@ -74,6 +74,7 @@ async fn rust_client_creates_reads_updates_and_lists_orders() {
                     awb: "DL123456789IN".into(),
                 }),
                 payment_status: PaymentStatus::Pending as i32,
+                purpose: "fulfilment".into(),
             })
             .await
             .expect("ship")

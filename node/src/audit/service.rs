@@ -10,6 +10,7 @@ use crate::listener::PeerInfo;
 use crate::mesh::Mesh;
 use crate::policy::Role;
 use crate::proof::PROOF_HEADER;
+use crate::storage::{SEALED_NOTE, Store};
 use mesh_proto::v1::audit_server::Audit;
 use mesh_proto::v1::peer_request::Body;
 use mesh_proto::v1::peer_response::Result as PeerResult;
@@ -31,9 +32,20 @@ pub const MAX_RESULTS: u32 = 100_000;
 pub struct AuditService {
     log: AuditLog,
     mesh: Arc<Mesh>,
+    /// Opens notes sealed under customers' data keys for the auditor.
+    store: Arc<Store>,
 }
 
-fn to_proto(r: Record, line: String) -> AuditRecord {
+/// A record as an auditor reads it: `line` exactly as stored (for hash checks), `note` opened if
+/// it was sealed under a customer's key that still exists.
+fn to_proto(r: Record, line: String, store: &Store) -> AuditRecord {
+    let note = if r.note.starts_with(SEALED_NOTE) {
+        store
+            .open_note(&r.note, &r.customer)
+            .unwrap_or_else(|| "(sealed; the customer's data key no longer exists)".into())
+    } else {
+        r.note
+    };
     AuditRecord {
         node: r.node,
         seq: r.seq,
@@ -47,7 +59,7 @@ fn to_proto(r: Record, line: String) -> AuditRecord {
         fields: r.fields,
         decision: r.decision,
         reason: r.reason,
-        note: r.note,
+        note,
         prev: r.prev,
         line,
     }
@@ -65,8 +77,8 @@ pub fn matches(q: &AuditQueryRequest, r: &Record) -> bool {
 }
 
 impl AuditService {
-    pub fn new(log: AuditLog, mesh: Arc<Mesh>) -> AuditService {
-        AuditService { log, mesh }
+    pub fn new(log: AuditLog, mesh: Arc<Mesh>, store: Arc<Store>) -> AuditService {
+        AuditService { log, mesh, store }
     }
 
     /// This node's records matching `q`, oldest first.
@@ -82,7 +94,7 @@ impl AuditService {
         let found = tokio::task::block_in_place(|| log::scan(&dir, |r| matches(q, r)))
             .map_err(|e| Status::unavailable(e.to_string()))?;
         for (r, line) in found.into_iter().take(limit) {
-            out.push(to_proto(r, line));
+            out.push(to_proto(r, line, &self.store));
         }
         Ok(out)
     }
@@ -258,8 +270,10 @@ impl Audit for AuditService {
             ..Default::default()
         };
         let rx = self.log.subscribe();
+        let store = self.store.clone();
         let stream = futures::stream::unfold(rx, move |mut rx| {
             let q = q.clone();
+            let store = store.clone();
             async move {
                 loop {
                     match rx.recv().await {
@@ -267,7 +281,7 @@ impl Audit for AuditService {
                             if let Ok(r) = serde_json::from_str::<Record>(&line)
                                 && matches(&q, &r)
                             {
-                                return Some((Ok(to_proto(r, line.to_string())), rx));
+                                return Some((Ok(to_proto(r, line.to_string(), &store)), rx));
                             }
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {

@@ -11,6 +11,8 @@ pub mod keys;
 
 use crate::crypto::{CryptoError, DataKey, NodeKeys};
 use crate::ids::{ContactHandle, OrderId, Partition, partition_of};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use commit::{FlushObserver, GroupCommit};
 use keys::Hash;
 use mesh_proto::v1::Order;
@@ -49,6 +51,15 @@ pub enum StorageError {
     NotFound,
     #[error("{0}")]
     Rejected(String),
+}
+
+/// Prefix of an audit note sealed under a customer's data key.
+pub const SEALED_NOTE: &str = "sealed:v1:";
+
+fn note_aad(customer_key: &[u8]) -> Vec<u8> {
+    let mut aad = b"dsm-audit-note-v1".to_vec();
+    aad.extend_from_slice(customer_key);
+    aad
 }
 
 fn versioned(body: &[u8]) -> Vec<u8> {
@@ -424,6 +435,31 @@ impl Store {
             }
         }
         Ok(inv)
+    }
+
+    /// Seals a caller's justification for the audit trail under the customer's data key, so the
+    /// trail holds no readable free text and shredding the customer's key erases it too. The
+    /// result is `sealed:v1:<base64url(partition ‖ nonce ‖ ciphertext)>`.
+    pub fn seal_note(&self, customer_id: &str, text: &str) -> Result<String, StorageError> {
+        let p = partition_of(customer_id);
+        let ck = keys::customer_key(p, &keys::customer_hash(&self.keys, customer_id));
+        let dek = self.data_key(&ck)?.ok_or(StorageError::NotFound)?;
+        let mut blob = p.to_be_bytes().to_vec();
+        blob.extend(dek.seal(text.as_bytes(), &note_aad(&ck)));
+        Ok(format!("{SEALED_NOTE}{}", B64.encode(blob)))
+    }
+
+    /// Opens a note sealed by [`Store::seal_note`] for the customer whose audit subject (hex keyed
+    /// hash) is `customer_subject`. `None` if it is not a sealed note or cannot be opened here
+    /// (another node's record, or the customer's key no longer exists).
+    pub fn open_note(&self, note: &str, customer_subject: &str) -> Option<String> {
+        let blob = B64.decode(note.strip_prefix(SEALED_NOTE)?).ok()?;
+        let (p, sealed) = blob.split_at_checked(2)?;
+        let p = Partition::new(u16::from_be_bytes(p.try_into().ok()?))?;
+        let ch: Hash = hex::decode(customer_subject).ok()?.try_into().ok()?;
+        let ck = keys::customer_key(p, &ch);
+        let dek = self.data_key(&ck).ok()??;
+        String::from_utf8(dek.open(sealed, &note_aad(&ck)).ok()?).ok()
     }
 
     /// The audit subject of a customer: the keyed hash its records are stored under, in hex.
