@@ -137,6 +137,55 @@ impl NodeKeys {
     }
 }
 
+/// A customer's data key in the clear, for handing a partition to its new owner over the
+/// mutually authenticated peer transport (see `storage::handoff`). It never touches a disk:
+/// the receiver wraps it under its own KEK at once. Zeroed when dropped; Debug prints nothing.
+pub struct TransferKey([u8; 32]);
+
+impl fmt::Debug for TransferKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TransferKey(..)")
+    }
+}
+
+impl Drop for TransferKey {
+    fn drop(&mut self) {
+        // Best effort without `unsafe`: `black_box` keeps the wipe from being optimised away.
+        self.0 = [0; 32];
+        std::hint::black_box(&self.0);
+    }
+}
+
+impl TransferKey {
+    pub fn from_bytes(bytes: &[u8]) -> Option<TransferKey> {
+        Some(TransferKey(bytes.try_into().ok()?))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn data_key(&self) -> DataKey {
+        DataKey::from_raw(&self.0)
+    }
+}
+
+impl NodeKeys {
+    /// Unwraps a stored data key for transfer to a partition's new owner.
+    pub fn export_data_key(&self, wrapped: &[u8], aad: &[u8]) -> Result<TransferKey, CryptoError> {
+        let mut raw = open(&self.kek, wrapped, aad)?;
+        let key = TransferKey::from_bytes(&raw).ok_or(CryptoError::Open);
+        raw.fill(0);
+        std::hint::black_box(&raw);
+        key
+    }
+
+    /// Wraps a received data key under this node's KEK, bound to `aad` (its new storage key).
+    pub fn import_data_key(&self, key: &TransferKey, aad: &[u8]) -> Vec<u8> {
+        seal(&self.kek, &key.0, aad)
+    }
+}
+
 /// A customer's data key, unwrapped in memory only for the duration of one operation.
 pub struct DataKey(aead::LessSafeKey);
 
@@ -238,6 +287,20 @@ mod tests {
             a.keyed_hash(b"customer", b"c"),
             b.keyed_hash(b"customer", b"c")
         );
+    }
+
+    #[test]
+    fn a_transferred_data_key_opens_on_the_new_node_only_once_rewrapped() {
+        let (a, b) = (keys(), keys());
+        let (dek, wrapped) = a.new_data_key(b"ck-a");
+        let sealed = dek.seal(b"order", b"ok-a");
+        let moved = a.export_data_key(&wrapped, b"ck-a").expect("export");
+        let rewrapped = b.import_data_key(&moved, b"ck-b");
+        assert_ne!(rewrapped, wrapped);
+        let on_b = b.unwrap_data_key(&rewrapped, b"ck-b").expect("b unwraps");
+        assert_eq!(on_b.open(&sealed, b"ok-a").expect("same key"), b"order");
+        assert!(a.unwrap_data_key(&rewrapped, b"ck-b").is_err());
+        assert_eq!(format!("{moved:?}"), "TransferKey(..)");
     }
 
     #[test]

@@ -667,6 +667,7 @@ impl Call for Create {
             updated_at: Some(at),
             view: None,
             closed_at: None,
+            idempotency_key: req.idempotency_key.clone(),
         };
         let stored = gw.store.create_order(&order, &req.idempotency_key).await?;
         if stored.order_id == order.order_id {

@@ -7,6 +7,7 @@
 //! order) hold the customer's lock stripe; this process is the store's only writer.
 
 pub mod commit;
+pub mod handoff;
 pub mod keys;
 
 use crate::crypto::{CryptoError, DataKey, NodeKeys};
