@@ -106,7 +106,9 @@ impl AdminService {
 fn layout_status(e: LayoutError) -> Status {
     match e {
         LayoutError::BadSignature => Status::permission_denied(e.to_string()),
-        LayoutError::NotNewer { .. } => Status::failed_precondition(e.to_string()),
+        LayoutError::NotNewer { .. }
+        | LayoutError::Skipped { .. }
+        | LayoutError::MovesData { .. } => Status::failed_precondition(e.to_string()),
         _ => Status::invalid_argument(e.to_string()),
     }
 }
@@ -126,6 +128,17 @@ impl Admin for AdminService {
             // an older layout than the one that was acknowledged.
             let _one_at_a_time = self.applying.lock().await;
             let layout = Arc::new(self.mesh.verify_next(&signed).map_err(layout_status)?);
+            // Until partitions can be handed over online (issue 6), a layout that moves any would
+            // leave their orders on a node that no longer serves them.
+            if let Some(current) = self.mesh.layout() {
+                let moved = layout.moved_from(&current);
+                if moved > 0 {
+                    return Err(layout_status(LayoutError::MovesData {
+                        offered: layout.version,
+                        moved,
+                    }));
+                }
+            }
             self.store
                 .save_layout(&signed.encode_to_vec())
                 .await

@@ -613,6 +613,39 @@ async fn forged_and_replayed_older_layouts_are_refused() {
             .expect_err("older");
         assert_eq!(older.code(), Code::FailedPrecondition);
         assert!(older.message().contains("not newer"), "{}", older.message());
+        // A version that skips one is refused, naming the version to apply first.
+        let v4 = v2
+            .next(v2.members.clone())
+            .and_then(|v3| v3.next(v3.members.clone()))
+            .expect("v4");
+        let skipped = client
+            .apply_layout(ApplyLayoutRequest {
+                layout: Some(v4.sign(&control)),
+            })
+            .await
+            .expect_err("skips v3");
+        assert_eq!(skipped.code(), Code::FailedPrecondition);
+        assert!(
+            skipped.message().contains("apply version 3 first"),
+            "{}",
+            skipped.message()
+        );
+        // Until partitions can be handed over online, a layout that moves any is refused rather
+        // than stranding their orders.
+        let mut grown = v2.members.clone();
+        grown.push(mesh_node::layout::Member {
+            node_id: "n9".into(),
+            peer_addr: "127.0.0.1:1".into(),
+            gateway_addr: "127.0.0.1:2".into(),
+        });
+        let moving = client
+            .apply_layout(ApplyLayoutRequest {
+                layout: Some(v2.next(grown).expect("v3").sign(&control)),
+            })
+            .await
+            .expect_err("moves data");
+        assert_eq!(moving.code(), Code::FailedPrecondition);
+        assert!(moving.message().contains("strand"), "{}", moving.message());
         // Non-admins may not touch layouts.
         let mut oms = AdminClient::new(
             mesh.nodes[0]
@@ -658,6 +691,17 @@ async fn forged_and_replayed_older_layouts_are_refused() {
                     String::new()
                 ),
                 ("allow".to_owned(), String::new(), "layout v2".to_owned()),
+                // Older, skipping, and moving data without a handoff.
+                (
+                    "deny".to_owned(),
+                    "FAILED_PRECONDITION".to_owned(),
+                    String::new()
+                ),
+                (
+                    "deny".to_owned(),
+                    "FAILED_PRECONDITION".to_owned(),
+                    String::new()
+                ),
                 (
                     "deny".to_owned(),
                     "FAILED_PRECONDITION".to_owned(),

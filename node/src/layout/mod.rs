@@ -34,6 +34,15 @@ pub enum LayoutError {
     Format(u32),
     #[error("layout version {offered} is not newer than the current version {current}")]
     NotNewer { offered: u64, current: u64 },
+    #[error(
+        "layout version {offered} skips ahead of the current version {current}: apply version {} first",
+        current + 1
+    )]
+    Skipped { offered: u64, current: u64 },
+    #[error(
+        "layout version {offered} moves {moved} partitions to other nodes, and this node cannot hand partitions over online yet; applying it would strand their data"
+    )]
+    MovesData { offered: u64, moved: usize },
     #[error("invalid layout: {0}")]
     Invalid(String),
     #[error("control key file is not a mesh control key ({0})")]
@@ -288,15 +297,28 @@ impl Layout {
         Layout::from_proto(proto)
     }
 
-    /// Whether a node holding `current` may move to this layout: strictly newer.
+    /// Whether a node holding `current` may move to this layout: exactly the next version, so no
+    /// node skips a change the others went through.
     pub fn may_replace(&self, current: Option<&Layout>) -> Result<(), LayoutError> {
         match current {
             Some(c) if self.version <= c.version => Err(LayoutError::NotNewer {
                 offered: self.version,
                 current: c.version,
             }),
+            Some(c) if self.version > c.version + 1 => Err(LayoutError::Skipped {
+                offered: self.version,
+                current: c.version,
+            }),
             _ => Ok(()),
         }
+    }
+
+    /// How many partitions change owner from `current` to this layout.
+    pub fn moved_from(&self, current: &Layout) -> usize {
+        (0..PARTITIONS)
+            .filter_map(Partition::new)
+            .filter(|p| self.owner_of(*p).node_id != current.owner_of(*p).node_id)
+            .count()
     }
 }
 

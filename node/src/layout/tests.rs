@@ -81,6 +81,18 @@ fn older_or_equal_versions_are_refused() {
         })
     );
     assert!(v2.may_replace(Some(&v2)).is_err());
+    let v3 = v2.next(members(0..5)).expect("v3");
+    assert_eq!(
+        v3.may_replace(Some(&v1)),
+        Err(LayoutError::Skipped {
+            offered: 3,
+            current: 1
+        }),
+        "a node never skips a version the others went through"
+    );
+    assert!(v3.may_replace(Some(&v2)).is_ok());
+    assert!(v2.moved_from(&v1) > 0);
+    assert_eq!(v1.next(members(0..3)).expect("same").moved_from(&v1), 0);
 }
 
 #[test]
