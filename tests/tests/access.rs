@@ -400,6 +400,34 @@ fn mesh_ctl_access_show_prints_exactly_the_expected_table() {
         assert_eq!(strings(&row["statuses"]), e.statuses, "{name} statuses");
         assert_eq!(row["window"], e.window, "{name} window");
     }
+    // With a node's config, the node's own `[access]` settings are shown beside the table.
+    let pki = Pki::new();
+    let node = NodeProcess::start(&pki, "n1");
+    let mut config = std::fs::read_to_string(&node.config).expect("config");
+    config.push_str("[access]\nreveal_limit = 7\nrequire_purpose = [\"support\"]\n");
+    let custom = node.dir.join("custom.toml");
+    std::fs::write(&custom, config).expect("write");
+    let out = std::process::Command::new(mesh_ctl_bin())
+        .args(["-o", "json", "access", "show", "--config"])
+        .arg(&custom)
+        .output()
+        .expect("run mesh-ctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(shown["reveal_limit"], 7);
+    let required: Vec<&str> = shown["roles"]
+        .as_array()
+        .expect("roles")
+        .iter()
+        .filter(|r| r["purpose_required"] == true)
+        .map(|r| r["role"].as_str().expect("role"))
+        .collect();
+    assert_eq!(required, ["support"]);
+
     // The table form is for people: one line per field, one column per role.
     let out = std::process::Command::new(mesh_ctl_bin())
         .args(["access", "show"])
