@@ -161,10 +161,6 @@ impl TransferKey {
         Some(TransferKey(bytes.try_into().ok()?))
     }
 
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-
     pub fn data_key(&self) -> DataKey {
         DataKey::from_raw(&self.0)
     }

@@ -74,7 +74,7 @@ impl Mesh {
         self.layout().is_some_and(|l| l.is_member(node_id))
     }
 
-    /// Verifies `signed` against the control key and checks it is newer than the current layout.
+    /// Verifies `signed` against the control key and checks it may follow the current layout.
     pub fn verify_next(&self, signed: &SignedLayout) -> Result<Layout, LayoutError> {
         let key = self.control_key.as_ref().ok_or_else(|| {
             LayoutError::Invalid(
@@ -82,7 +82,7 @@ impl Mesh {
             )
         })?;
         let layout = Layout::verify(signed, key)?;
-        layout.may_replace(self.layout().as_deref())?;
+        layout.may_follow(self.layout().as_deref())?;
         Ok(layout)
     }
 

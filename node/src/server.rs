@@ -71,19 +71,8 @@ async fn current_layout(config: &Config, store: &Store) -> Result<Option<Layout>
                 .as_ref()
                 .is_none_or(|s| configured.version > s.version) =>
         {
-            // The same rules as `Admin/ApplyLayout`: the next version only, and (until online
-            // handoff) no partition may change owner under the data it already holds.
-            if let Some(stored) = &stored {
-                configured.may_replace(Some(stored))?;
-                let moved = configured.moved_from(stored);
-                if moved > 0 {
-                    return Err(crate::layout::LayoutError::MovesData {
-                        offered: configured.version,
-                        moved,
-                    }
-                    .into());
-                }
-            }
+            // The same rule as `Admin/ApplyLayout`.
+            configured.may_follow(stored.as_ref())?;
             store.save_layout(&signed.encode_to_vec()).await?;
             Ok(Some(configured.clone()))
         }

@@ -313,6 +313,20 @@ impl Layout {
         }
     }
 
+    /// Whether a node holding `current` may take this layout today: the next version, and (until
+    /// partitions can be handed over online) no partition changing owner under data it already
+    /// holds. The one acceptance rule for `ApplyLayout` and for a layout file at start-up.
+    pub fn may_follow(&self, current: Option<&Layout>) -> Result<(), LayoutError> {
+        self.may_replace(current)?;
+        match current.map(|c| self.moved_from(c)) {
+            Some(moved) if moved > 0 => Err(LayoutError::MovesData {
+                offered: self.version,
+                moved,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// How many partitions change owner from `current` to this layout.
     pub fn moved_from(&self, current: &Layout) -> usize {
         (0..PARTITIONS)

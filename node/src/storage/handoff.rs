@@ -42,20 +42,6 @@ impl PartitionExport {
     pub fn orders(&self) -> usize {
         self.customers.iter().map(|c| c.orders.len()).sum()
     }
-
-    /// Bytes that cross the wire for this partition (keys and sealed records).
-    pub fn bytes(&self) -> usize {
-        self.customers
-            .iter()
-            .map(|c| {
-                32 + c
-                    .orders
-                    .iter()
-                    .map(|(k, v)| k.len() + v.len())
-                    .sum::<usize>()
-            })
-            .sum()
-    }
 }
 
 /// What an import wrote.
