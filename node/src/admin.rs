@@ -6,14 +6,14 @@ use crate::layout::LayoutError;
 use crate::listener::PeerInfo;
 use crate::mesh::Mesh;
 use crate::policy::Role;
-use crate::storage::Store;
+use crate::rebalance::{ApplyError, Rebalance};
 use mesh_proto::v1::admin_server::Admin;
 use mesh_proto::v1::peer_request::Body;
 use mesh_proto::v1::{
-    ApplyLayoutRequest, ApplyLayoutResponse, GetStatusRequest, GetStatusResponse, MemberStatus,
-    PeerRequest, Ping,
+    ApplyLayoutRequest, ApplyLayoutResponse, GetLayoutRequest, GetLayoutResponse,
+    GetRebalanceRequest, GetStatusRequest, GetStatusResponse, MemberStatus, PeerRequest, Ping,
+    RebalanceStatus,
 };
-use prost::Message as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
@@ -21,22 +21,21 @@ use tonic::{Request, Response, Status};
 #[derive(Debug, Clone)]
 pub struct AdminService {
     mesh: Arc<Mesh>,
-    store: Arc<Store>,
+    rebalance: Arc<Rebalance>,
     audit: AuditLog,
-    /// Serialises layout changes.
-    applying: Arc<tokio::sync::Mutex<()>>,
 }
 
 pub const APPLY_LAYOUT: &str = "/dsm.v1.Admin/ApplyLayout";
 pub const GET_STATUS: &str = "/dsm.v1.Admin/GetStatus";
+pub const GET_LAYOUT: &str = "/dsm.v1.Admin/GetLayout";
+pub const GET_REBALANCE: &str = "/dsm.v1.Admin/GetRebalance";
 
 impl AdminService {
-    pub fn new(mesh: Arc<Mesh>, store: Arc<Store>, audit: AuditLog) -> AdminService {
+    pub fn new(mesh: Arc<Mesh>, rebalance: Arc<Rebalance>, audit: AuditLog) -> AdminService {
         AdminService {
             mesh,
-            store,
+            rebalance,
             audit,
-            applying: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -103,13 +102,17 @@ impl AdminService {
     }
 }
 
-fn layout_status(e: LayoutError) -> Status {
+fn layout_status(e: ApplyError) -> Status {
     match e {
-        LayoutError::BadSignature => Status::permission_denied(e.to_string()),
-        LayoutError::NotNewer { .. }
-        | LayoutError::Skipped { .. }
-        | LayoutError::MovesData { .. } => Status::failed_precondition(e.to_string()),
-        _ => Status::invalid_argument(e.to_string()),
+        ApplyError::Storage(_) => Status::unavailable(e.to_string()),
+        ApplyError::Layout(LayoutError::BadSignature) => Status::permission_denied(e.to_string()),
+        ApplyError::Layout(
+            LayoutError::NotNewer { .. }
+            | LayoutError::Skipped { .. }
+            | LayoutError::InTransition { .. }
+            | LayoutError::NoHistory { .. },
+        ) => Status::failed_precondition(e.to_string()),
+        ApplyError::Layout(_) => Status::invalid_argument(e.to_string()),
     }
 }
 
@@ -124,20 +127,11 @@ impl Admin for AdminService {
         let result = async {
             allowed?;
             let signed = signed.ok_or_else(|| Status::invalid_argument("layout: is required"))?;
-            // One apply at a time: verify, persist, then install, so a restart never comes back to
-            // an older layout than the one that was acknowledged.
-            let _one_at_a_time = self.applying.lock().await;
-            let layout = Arc::new(self.mesh.verify_next(&signed).map_err(layout_status)?);
-            self.store
-                .save_layout(&signed.encode_to_vec())
-                .await
-                .map_err(|_| {
-                    Status::unavailable(
-                        "the layout could not be persisted, so it was not applied; apply it again",
-                    )
-                })?;
-            self.mesh.install(layout.clone());
-            Ok(layout.version)
+            // Verified, persisted, then installed (so a restart never comes back to an older
+            // layout than the one acknowledged), then passed on to every other member.
+            let version = self.rebalance.apply(&signed).await.map_err(layout_status)?;
+            self.rebalance.announce();
+            Ok(version)
         }
         .await;
         let note = result
@@ -191,5 +185,27 @@ impl Admin for AdminService {
             layout_version: layout.version,
             members,
         }))
+    }
+
+    async fn get_layout(
+        &self,
+        req: Request<GetLayoutRequest>,
+    ) -> Result<Response<GetLayoutResponse>, Status> {
+        let (who, role, allowed) = self.authorize(&req);
+        self.record(&who, &role, GET_LAYOUT, String::new(), allowed)
+            .await?;
+        Ok(Response::new(GetLayoutResponse {
+            layout: self.mesh.layouts().map(|l| l.signed),
+        }))
+    }
+
+    async fn get_rebalance(
+        &self,
+        req: Request<GetRebalanceRequest>,
+    ) -> Result<Response<RebalanceStatus>, Status> {
+        let (who, role, allowed) = self.authorize(&req);
+        self.record(&who, &role, GET_REBALANCE, String::new(), allowed)
+            .await?;
+        Ok(Response::new(self.rebalance.status()))
     }
 }

@@ -92,6 +92,14 @@ struct FileConfig {
     audit: FileAudit,
     #[serde(default)]
     access: FileAccess,
+    #[serde(default)]
+    rebalance: FileRebalance,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRebalance {
+    rate: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +176,8 @@ pub struct Config {
     pub audit_retention: crate::audit::log::Retention,
     /// Access windows, the reveal limit and purpose requirements.
     pub access: crate::access::AccessRules,
+    /// Upper bound on the partition data this node pulls per second during a rebalance.
+    pub rebalance_rate: u64,
     pub log_level: String,
 }
 
@@ -498,6 +508,18 @@ impl Config {
         }
 
         let access = access_rules(&mut c, fc.access);
+        let rebalance_rate = match c.pick("DSM_REBALANCE_RATE", fc.rebalance.rate) {
+            None => DEFAULT_REBALANCE_RATE,
+            Some(raw) => match parse_bytes(&raw) {
+                Some(n) if n >= 1024 => n,
+                _ => {
+                    c.errors.push(format!(
+                        "rebalance.rate: `{raw}` must be bytes per second, at least 1KiB (for example `32MiB` or `500000`)"
+                    ));
+                    DEFAULT_REBALANCE_RATE
+                }
+            },
+        };
 
         if !c.errors.is_empty() {
             return Err(ConfigErrors(c.errors));
@@ -541,10 +563,30 @@ impl Config {
                 log_level,
                 audit_retention,
                 access,
+                rebalance_rate,
             }),
             _ => Err(ConfigErrors(vec!["incomplete configuration".into()])),
         }
     }
+}
+
+/// Default `rebalance.rate`: 32 MiB/s, a small share of a node's disk and network.
+pub const DEFAULT_REBALANCE_RATE: u64 = 32 << 20;
+
+/// Bytes as `123`, `64KiB`, `32MiB` or `1GiB` (binary units; `KB`/`MB`/`GB` are read the same).
+pub fn parse_bytes(raw: &str) -> Option<u64> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (n, unit) = raw.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" | "KB" | "K" => 10,
+        "MiB" | "MB" | "M" => 20,
+        "GiB" | "GB" | "G" => 30,
+        _ => return None,
+    };
+    n.checked_mul(1 << shift)
 }
 
 /// The `[access]` section: windows, the reveal limit, purpose requirements.

@@ -164,6 +164,12 @@ impl TransferKey {
     pub fn data_key(&self) -> DataKey {
         DataKey::from_raw(&self.0)
     }
+
+    /// The raw key for the handoff message. It must only travel inside the peer TLS; the caller
+    /// wipes the copy once it is encoded.
+    pub fn to_wire(&self) -> Vec<u8> {
+        self.0.to_vec()
+    }
 }
 
 impl NodeKeys {

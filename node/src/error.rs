@@ -23,6 +23,10 @@ pub enum Error {
     Unavailable(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The partition is changing owner: route again and retry (the gateway does, within the
+    /// request's deadline; a client that sees it may retry too).
+    #[error("{0}")]
+    Moved(String),
     #[error(transparent)]
     Storage(#[from] StorageError),
     /// A status returned by the owner node of a forwarded request, passed through unchanged.
@@ -41,7 +45,9 @@ impl Error {
             Error::FailedPrecondition(_) | Error::Storage(StorageError::Rejected(_)) => {
                 Code::FailedPrecondition
             }
-            Error::Unavailable(_) | Error::Storage(StorageError::Flush(_)) => Code::Unavailable,
+            Error::Unavailable(_) | Error::Moved(_) | Error::Storage(StorageError::Flush(_)) => {
+                Code::Unavailable
+            }
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Remote(code, _) => *code,
             Error::Storage(_) => Code::Internal,

@@ -24,6 +24,8 @@ use crate::metrics::Metrics;
 use crate::policy::{self, Field, Method, Role, Visibility};
 use crate::projection::{At, buyer_text, project, project_fields};
 use crate::proof::{self, PROOF_HEADER};
+use crate::layout::LayoutError;
+use crate::rebalance::{ApplyError, Rebalance};
 use crate::storage::Store;
 use crate::transport::{PeerHandler, TransportError};
 use crate::validate;
@@ -110,6 +112,7 @@ pub struct Gateway {
     rules: Arc<AccessRules>,
     reveals: Arc<RevealLimiter>,
     clock: Clock,
+    rebalance: Arc<Rebalance>,
 }
 
 /// The client's deadline from the `grpc-timeout` header, if any.
@@ -131,7 +134,7 @@ fn grpc_timeout<T>(req: &Request<T>) -> Option<Duration> {
 /// One gateway method, as the routing, forwarding and audit code sees it.
 trait Call: Send + 'static {
     const METHOD: Method;
-    type Req: Message + Default + Send + Sync + 'static;
+    type Req: Message + Default + Clone + Send + Sync + 'static;
     /// The gRPC answer (for the streaming list: all of it, streamed by the service).
     type Resp: Message + Default + Send + 'static;
     /// The partition the request touches, or `None` if its key is malformed (then it is handled,
@@ -170,6 +173,7 @@ impl Gateway {
         forward_timeout: Duration,
         rules: AccessRules,
         clock: Clock,
+        rebalance: Arc<Rebalance>,
     ) -> Gateway {
         let reveals = Arc::new(RevealLimiter::new(rules.reveal_limit, rules.reveal_window));
         Gateway {
@@ -181,6 +185,7 @@ impl Gateway {
             rules: Arc::new(rules),
             reveals,
             clock,
+            rebalance,
         }
     }
 
@@ -307,20 +312,18 @@ impl Gateway {
 
     /// Runs one request inside a span, counting and timing it. Spans carry the method and the
     /// caller's certificate identity, never request contents.
-    async fn observe<T, F>(&self, method: Method, work: F) -> Result<T, Status>
+    async fn observe<T, F>(&self, method: Method, work: F) -> Result<T, Error>
     where
         F: Future<Output = Result<T, Error>>,
     {
         let started = Instant::now();
         let span = tracing::info_span!("gateway", method = method.as_str());
-        let result = work.instrument(span.clone()).await.map_err(Status::from);
-        let code = result
-            .as_ref()
-            .map_or_else(Status::code, |_| tonic::Code::Ok);
+        let result = work.instrument(span.clone()).await;
+        let code = result.as_ref().map_or_else(Error::code, |_| tonic::Code::Ok);
         self.metrics
             .observe_request(method.as_str(), code, started.elapsed().as_secs_f64());
-        if let Err(status) = &result {
-            span.in_scope(|| tracing::debug!(code = ?status.code(), "request refused"));
+        if let Err(e) = &result {
+            span.in_scope(|| tracing::debug!(code = ?e.code(), "request refused"));
         }
         result
     }
@@ -357,10 +360,7 @@ impl Gateway {
                 signature,
             }),
         };
-        let budget = grpc_timeout(req)
-            .unwrap_or(self.forward_timeout)
-            .min(self.forward_timeout);
-        let deadline = Instant::now() + budget.saturating_sub(Duration::from_millis(20));
+        let deadline = Instant::now() + self.budget(req).saturating_sub(Duration::from_millis(20));
         let request = PeerRequest {
             deadline_unix_ms: 0,
             body: Some(Body::Call(call)),
@@ -371,6 +371,9 @@ impl Gateway {
             }) => Resp::decode(bytes.as_slice()).map_err(|_| {
                 Error::Unavailable(format!("node {} sent an unreadable answer", owner.node_id))
             }),
+            Ok(PeerResponse {
+                result: Some(PeerResult::Status(s)),
+            }) if s.moved => Err(Error::Moved(s.message)),
             Ok(PeerResponse {
                 result: Some(PeerResult::Status(s)),
             }) => Err(Error::Remote(tonic::Code::from(s.code), s.message)),
@@ -386,17 +389,6 @@ impl Gateway {
             ))),
             Err(e) => Err(Error::Unavailable(format!(
                 "the shard holding partition {p}: {e}"
-            ))),
-        }
-    }
-
-    /// A forwarded request must land on its owner; after a layout change it may not any more.
-    fn ensure_local(&self, p: Partition) -> Result<(), Error> {
-        match self.mesh.route(p) {
-            Route::Local => Ok(()),
-            Route::Remote(owner) => Err(Error::Unavailable(format!(
-                "partition {p} is served by node {} in this node's layout; retry",
-                owner.node_id
             ))),
         }
     }
@@ -473,14 +465,36 @@ impl Gateway {
     ) -> Result<C::Resp, Error> {
         let identity = self.tls_identity(&req, access)?;
         let caller = self.authorize(identity, C::METHOD, &C::buyer_fields(req.get_ref()))?;
-        match C::partition(req.get_ref()).map(|p| (p, self.mesh.route(p))) {
-            Some((p, Route::Remote(owner))) => {
-                let answer = self.forward(&req, C::METHOD.path(), &owner, p).await;
-                access.forwarded = matches!(answer, Ok(_) | Err(Error::Remote(..)));
-                answer
+        // While a partition changes owner, a request can meet a node that has just given it up:
+        // route again and retry until the request's deadline (see `rebalance`).
+        let deadline = Instant::now() + self.budget(&req);
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            access.forwarded = false;
+            let answer = match C::partition(req.get_ref()).map(|p| (p, self.mesh.route(p))) {
+                Some((p, Route::Remote(owner))) => {
+                    let answer = self.forward(&req, C::METHOD.path(), &owner, p).await;
+                    access.forwarded = matches!(answer, Ok(_) | Err(Error::Remote(..)));
+                    answer
+                }
+                _ => self.owned::<C>(&caller, req.get_ref().clone(), access).await,
+            };
+            match answer {
+                Err(Error::Moved(why)) if Instant::now() + backoff < deadline => {
+                    tracing::debug!(method = C::METHOD.as_str(), %why, "partition moving; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                }
+                answer => return answer,
             }
-            _ => self.owned::<C>(&caller, req.into_inner(), access).await,
         }
+    }
+
+    /// How long a request may take: the client's deadline, capped by the node's own timeout.
+    fn budget<T>(&self, req: &Request<T>) -> Duration {
+        grpc_timeout(req)
+            .unwrap_or(self.forward_timeout)
+            .min(self.forward_timeout)
     }
 
     /// Runs method `C` on its owner: records the order named, checks the purpose, handles.
@@ -490,6 +504,11 @@ impl Gateway {
         req: C::Req,
         access: &mut Access,
     ) -> Result<C::Resp, Error> {
+        // Held until the request is done, so the partition cannot be handed off under it.
+        let _admitted = match C::partition(&req) {
+            Some(p) => Some(self.rebalance.admit(p).await?),
+            None => None,
+        };
         if let Some(id) = C::order_id(&req)
             && id.parse::<OrderId>().is_ok()
         {
@@ -511,45 +530,33 @@ impl Gateway {
         };
         let mut access = Access::default();
         let result = self.forwarded_inner(from, call, &mut access).await;
+        // Sent back unopened because its partition is moving: nothing was touched, no caller was
+        // verified, and the gateway retries it elsewhere (its final answer is recorded there).
+        if matches!(result, Err(Error::Moved(_))) && access.principal.is_empty() {
+            return result;
+        }
         self.audited(method, access, result).await
     }
 
-    /// Verifies the client's proof, authorises that client, and handles the request.
+    /// Dispatches a forwarded request to its method.
     async fn forwarded_inner(
         &self,
         from: &str,
         call: ForwardedCall,
         access: &mut Access,
     ) -> Result<Vec<u8>, Error> {
-        let proof = call.proof.ok_or_else(|| {
-            Error::Unauthenticated("forwarded request carries no client proof".into())
-        })?;
-        let identity = Arc::new(
-            self.mesh
-                .proofs
-                .verify(&call.method, &call.request, &proof)
-                .map_err(|e| Error::Unauthenticated(format!("client proof refused: {e}")))?,
-        );
-        access.caller(&identity);
-        tracing::debug!(forwarded_by = from, principal = %identity, method = %call.method, "forwarded request");
-        let bytes = call.request.as_slice();
         match Method::from_path(&call.method) {
-            Some(Method::CreateOrder) => self.owner_call::<Create>(identity, bytes, access).await,
-            Some(Method::GetOrder) => self.owner_call::<Get>(identity, bytes, access).await,
-            Some(Method::UpdateOrderStatus) => {
-                self.owner_call::<Update>(identity, bytes, access).await
-            }
-            Some(Method::ListCustomerOrders) => {
-                self.owner_call::<List>(identity, bytes, access).await
-            }
-            Some(Method::GetShippingLabel) => {
-                self.owner_call::<Label>(identity, bytes, access).await
-            }
-            Some(Method::RevealField) => self.owner_call::<Reveal>(identity, bytes, access).await,
+            Some(Method::CreateOrder) => self.owner_call::<Create>(from, &call, access).await,
+            Some(Method::GetOrder) => self.owner_call::<Get>(from, &call, access).await,
+            Some(Method::UpdateOrderStatus) => self.owner_call::<Update>(from, &call, access).await,
+            Some(Method::ListCustomerOrders) => self.owner_call::<List>(from, &call, access).await,
+            Some(Method::GetShippingLabel) => self.owner_call::<Label>(from, &call, access).await,
+            Some(Method::RevealField) => self.owner_call::<Reveal>(from, &call, access).await,
             Some(Method::ResolveContactHandle) => {
-                self.owner_call::<Resolve>(identity, bytes, access).await
+                self.owner_call::<Resolve>(from, &call, access).await
             }
             None if call.method == crate::audit::service::QUERY => {
+                let identity = self.verify_proof(from, &call, access)?;
                 if identity.trust_domain() != self.mesh.trust_domain
                     || identity.role() != Some(Role::Auditor)
                 {
@@ -562,7 +569,7 @@ impl Gateway {
                     self.mesh.clone(),
                     self.store.clone(),
                 )
-                .forwarded(bytes)
+                .forwarded(&call.request)
                 .map_err(status_error)
             }
             None => Err(Error::PermissionDenied(format!(
@@ -572,30 +579,58 @@ impl Gateway {
         }
     }
 
-    /// Handles a forwarded call of method `C` on this (owner) node.
+    /// The client behind a forwarded request, from its end-to-end proof (which spends its nonce).
+    fn verify_proof(
+        &self,
+        from: &str,
+        call: &ForwardedCall,
+        access: &mut Access,
+    ) -> Result<Arc<Identity>, Error> {
+        let proof = call.proof.as_ref().ok_or_else(|| {
+            Error::Unauthenticated("forwarded request carries no client proof".into())
+        })?;
+        let identity = Arc::new(
+            self.mesh
+                .proofs
+                .verify(&call.method, &call.request, proof)
+                .map_err(|e| Error::Unauthenticated(format!("client proof refused: {e}")))?,
+        );
+        access.caller(&identity);
+        tracing::debug!(forwarded_by = from, principal = %identity, method = %call.method, "forwarded request");
+        Ok(identity)
+    }
+
+    /// Handles a forwarded call of method `C` on this (owner) node: checks the partition is here
+    /// before the proof is verified (so a request sent back to be routed again keeps its unspent
+    /// nonce for the next node), then verifies the proof, authorises that client, and handles it.
     async fn owner_call<C: Call>(
         &self,
-        identity: Arc<Identity>,
-        bytes: &[u8],
+        from: &str,
+        call: &ForwardedCall,
         access: &mut Access,
     ) -> Result<Vec<u8>, Error> {
-        let req = C::Req::decode(bytes)
+        let req = C::Req::decode(call.request.as_slice())
             .map_err(|_| Error::Unauthenticated("forwarded request does not decode".into()))?;
-        let caller = self.authorize(identity, C::METHOD, &C::buyer_fields(&req))?;
         if let Some(p) = C::partition(&req) {
-            self.ensure_local(p)?;
+            self.rebalance.ready(p).await?;
         }
+        let identity = self.verify_proof(from, call, access)?;
+        let caller = self.authorize(identity, C::METHOD, &C::buyer_fields(&req))?;
         let resp = self
             .observe(C::METHOD, self.owned::<C>(&caller, req, access))
-            .await
-            .map_err(status_error)?;
+            .await?;
         Ok(resp.encode_to_vec())
     }
 
     /// Serves a gateway call: detached from the client (see [`detached`]), observed, audited.
     async fn serve<C: Call>(&self, req: Request<C::Req>) -> Result<C::Resp, Status> {
         let this = self.clone();
-        detached(async move { this.observe(C::METHOD, this.entry::<C>(req)).await }).await
+        detached(async move {
+            this.observe(C::METHOD, this.entry::<C>(req))
+                .await
+                .map_err(Status::from)
+        })
+        .await
     }
 }
 
@@ -1060,6 +1095,36 @@ impl PeerHandler for Gateway {
                         result: Some(PeerResult::Allowance(allowance)),
                     };
                 }
+                Some(Body::Pull(pull)) => {
+                    // Detached: a caller giving up must not cut a layout change off half-way.
+                    let rebalance = self.rebalance.clone();
+                    match tokio::spawn(async move { rebalance.serve_pull(&from, pull).await }).await
+                    {
+                        Ok(Ok(data)) => {
+                            return PeerResponse {
+                                result: Some(PeerResult::Partition(data)),
+                            };
+                        }
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(Error::Unavailable("the handoff handler failed".into())),
+                    }
+                }
+                Some(Body::Query(query)) => {
+                    return PeerResponse {
+                        result: Some(PeerResult::Holdings(self.rebalance.holdings(&query))),
+                    };
+                }
+                Some(Body::Layout(push)) => match push.layout {
+                    None => Err(Error::FailedPrecondition("layout: is required".into())),
+                    Some(signed) => match self.rebalance.apply(&signed).await {
+                        Ok(_) | Err(ApplyError::Layout(LayoutError::NotNewer { .. })) => {
+                            return PeerResponse {
+                                result: Some(PeerResult::Pong(Ping {})),
+                            };
+                        }
+                        Err(e) => Err(Error::FailedPrecondition(e.to_string())),
+                    },
+                },
                 Some(Body::Call(call)) => {
                     // Detached like gateway requests: the caller's deadline must not cut a write
                     // off from its audit record.
@@ -1076,11 +1141,13 @@ impl PeerHandler for Gateway {
                     result: Some(PeerResult::Response(bytes)),
                 },
                 Err(e) => {
+                    let moved = matches!(e, Error::Moved(_));
                     let s = Status::from(e);
                     PeerResponse {
                         result: Some(PeerResult::Status(PeerStatus {
                             code: s.code() as i32,
                             message: s.message().to_owned(),
+                            moved,
                         })),
                     }
                 }

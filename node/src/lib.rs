@@ -20,6 +20,11 @@
 //! | `tls`         | the one place TLS configs are built (TLS 1.3, aws-lc-rs, PQ hybrid)   |
 //! | `listener`    | gateway TLS accept loop that attaches the caller's identity           |
 //! | `gateway`     | the `dsm.v1.OrderGateway` gRPC service                                |
+//! | `layout`      | signed, versioned partition tables and the assignment algorithm       |
+//! | `mesh`        | this node's layouts and the routing question: mine, or whose?         |
+//! | `rebalance`   | layout changes: partition handoff between nodes, throttled, resumable |
+//! | `transport`   | the peer protocol over mutually authenticated QUIC                    |
+//! | `fault`       | crash points for tests (compiled in only with `fault-injection`)      |
 //! | `error`       | the node error type and its single mapping to gRPC codes              |
 //! | `ops`, `metrics` | plaintext health/readiness/metrics port                            |
 //! | `config`      | file + environment configuration, validated before anything binds     |
@@ -34,6 +39,7 @@ pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod fault;
 pub mod gateway;
 pub mod identity;
 pub mod ids;
@@ -48,6 +54,7 @@ pub mod pki;
 pub mod policy;
 pub mod projection;
 pub mod proof;
+pub mod rebalance;
 pub mod server;
 pub mod storage;
 pub mod tls;

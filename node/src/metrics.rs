@@ -61,6 +61,19 @@ pub struct Metrics {
     pub flushes: Counter,
     pub flush_batch: Histogram,
     pub flush_duration: Histogram,
+    pub rebalance: RebalanceMetrics,
+}
+
+/// Partition handoff, as this node sees it.
+#[derive(Debug, Default, Clone)]
+pub struct RebalanceMetrics {
+    pub received_partitions: Counter,
+    pub received_orders: Counter,
+    pub received_bytes: Counter,
+    pub sent_bytes: Counter,
+    pub shredded_partitions: Counter,
+    pub pending_partitions: Gauge,
+    pub leftover_partitions: Gauge,
 }
 
 impl Metrics {
@@ -114,6 +127,54 @@ impl Metrics {
             Unit::Seconds,
             flush_duration.clone(),
         );
+        let rebalance = RebalanceMetrics::default();
+        for (name, help, counter, unit) in [
+            (
+                "rebalance_received_partitions",
+                "Partitions received from their previous owner",
+                &rebalance.received_partitions,
+                None,
+            ),
+            (
+                "rebalance_received_orders",
+                "Orders received with partitions",
+                &rebalance.received_orders,
+                None,
+            ),
+            (
+                "rebalance_received",
+                "Partition data received from previous owners",
+                &rebalance.received_bytes,
+                Some(Unit::Bytes),
+            ),
+            (
+                "rebalance_sent",
+                "Partition data sent to new owners",
+                &rebalance.sent_bytes,
+                Some(Unit::Bytes),
+            ),
+            (
+                "rebalance_shredded_partitions",
+                "Partitions deleted here after their new owner confirmed them",
+                &rebalance.shredded_partitions,
+                None,
+            ),
+        ] {
+            match unit {
+                Some(unit) => registry.register_with_unit(name, help, unit, counter.clone()),
+                None => registry.register(name, help, counter.clone()),
+            }
+        }
+        registry.register(
+            "rebalance_pending_partitions",
+            "Partitions this node owns but has not received yet",
+            rebalance.pending_partitions.clone(),
+        );
+        registry.register(
+            "rebalance_leftover_partitions",
+            "Partitions this node still holds but no longer owns",
+            rebalance.leftover_partitions.clone(),
+        );
         let info = Family::<InfoLabels, Gauge>::default();
         info.get_or_create(&InfoLabels {
             node_id: node_id.to_owned(),
@@ -130,6 +191,7 @@ impl Metrics {
             flushes,
             flush_batch,
             flush_duration,
+            rebalance,
         }
     }
 

@@ -10,11 +10,11 @@ use crate::audit::service::AuditService;
 use crate::config::Config;
 use crate::crypto::NodeKeys;
 use crate::gateway::Gateway;
-use crate::layout::Layout;
 use crate::mesh::Mesh;
 use crate::metrics::Metrics;
 use crate::ops::{self, OpsState};
 use crate::proof::ProofVerifier;
+use crate::rebalance::Rebalance;
 use crate::storage::{StorageError, Store};
 use crate::tls::{self, TlsError, TlsMaterial};
 use crate::transport::{PeerTransport, TransportError};
@@ -22,7 +22,6 @@ use crate::{crypto::CryptoError, listener};
 use mesh_proto::v1::admin_server::AdminServer;
 use mesh_proto::v1::audit_server::AuditServer;
 use mesh_proto::v1::order_gateway_server::OrderGatewayServer;
-use prost::Message as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -54,32 +53,6 @@ pub enum StartError {
     Audit(String),
 }
 
-/// The layout to start with: the stored one (verified again) or the configured one, whichever is
-/// newer; a configured layout newer than the stored one is persisted.
-async fn current_layout(config: &Config, store: &Store) -> Result<Option<Layout>, StartError> {
-    let stored = match (store.saved_layout()?, &config.control_public_key) {
-        (Some(bytes), Some(key)) => {
-            let signed = mesh_proto::v1::SignedLayout::decode(bytes.as_slice())
-                .map_err(|_| crate::layout::LayoutError::Decode)?;
-            Some(Layout::verify(&signed, key)?)
-        }
-        _ => None,
-    };
-    match (&config.layout, &config.layout_signed, stored) {
-        (Some(configured), Some(signed), stored)
-            if stored
-                .as_ref()
-                .is_none_or(|s| configured.version > s.version) =>
-        {
-            // The same rule as `Admin/ApplyLayout`.
-            configured.may_follow(stored.as_ref())?;
-            store.save_layout(&signed.encode_to_vec()).await?;
-            Ok(Some(configured.clone()))
-        }
-        (_, _, stored) => Ok(stored),
-    }
-}
-
 /// A started node.
 #[derive(Debug)]
 pub struct RunningNode {
@@ -95,6 +68,7 @@ pub struct RunningNode {
     store: Arc<Store>,
     audit: AuditLog,
     audit_task: JoinHandle<()>,
+    rebalance_task: JoinHandle<()>,
     drain_timeout: std::time::Duration,
 }
 
@@ -156,8 +130,15 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         .build_v1alpha()
         .map_err(|e| StartError::Reflection(e.to_string()))?;
 
-    // The mesh: the newer of the stored layout and the configured one, the peer endpoint, proofs.
-    let layout = current_layout(config, &store).await?;
+    // The mesh: the stored layouts, moved on to the configured one if newer (the same rule as
+    // `Admin/ApplyLayout`), the peer endpoint, proofs.
+    let (layouts, pending) = crate::rebalance::initial_layouts(
+        &config.node_id,
+        &store,
+        config.control_public_key.as_ref(),
+        config.layout_signed.as_ref(),
+    )
+    .await?;
     let transport = Arc::new(PeerTransport::bind(
         config.peer_listen,
         &material,
@@ -172,7 +153,7 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         config.node_id.clone(),
         config.trust_domain.clone(),
         config.control_public_key.clone(),
-        layout,
+        layouts,
         transport.clone(),
         ProofVerifier::new(tls::client_verifier(&material.roots)?),
     ));
@@ -197,6 +178,14 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         }
         audit
     };
+    let rebalance = Arc::new(Rebalance::new(
+        mesh.clone(),
+        store.clone(),
+        pending,
+        config.rebalance_rate,
+        metrics.rebalance.clone(),
+    )?);
+    let rebalance_task = tokio::spawn(rebalance.clone().run(shutdown.clone()));
     let gateway = Gateway::new(
         store.clone(),
         audit.clone(),
@@ -205,6 +194,7 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         config.request_timeout,
         config.access.clone(),
         crate::clock::Clock::system(),
+        rebalance.clone(),
     );
     let membership_view = mesh.clone();
     let peer_task = transport.serve(
@@ -212,7 +202,7 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         Arc::new(move |node: &str| membership_view.is_member(node)),
         shutdown.clone(),
     );
-    let admin = AdminService::new(mesh.clone(), store.clone(), audit.clone());
+    let admin = AdminService::new(mesh.clone(), rebalance.clone(), audit.clone());
     let incoming = listener::incoming(
         gateway_listener,
         tokio_rustls::TlsAcceptor::from(server_tls),
@@ -260,6 +250,7 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         store,
         audit,
         audit_task,
+        rebalance_task,
         drain_timeout: config.drain_timeout,
     })
 }
@@ -277,6 +268,7 @@ impl RunningNode {
         }
         let _ = self.ops_task.await;
         let _ = self.peer_task.await;
+        let _ = self.rebalance_task.await;
         self.transport.close().await;
         // A final signed checkpoint covers every record, so truncating the tail is detectable.
         if let Err(e) = self.audit.checkpoint().await {

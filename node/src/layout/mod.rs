@@ -40,9 +40,17 @@ pub enum LayoutError {
     )]
     Skipped { offered: u64, current: u64 },
     #[error(
-        "layout version {offered} moves {moved} partitions to other nodes, and this node cannot hand partitions over online yet; applying it would strand their data"
+        "layout version {offered} cannot be applied yet: this node is still receiving {pending} partitions of version {current}; wait for the rebalance to finish (`mesh-ctl rebalance status`)"
     )]
-    MovesData { offered: u64, moved: usize },
+    InTransition {
+        offered: u64,
+        current: u64,
+        pending: usize,
+    },
+    #[error(
+        "layout version {offered} gives this node partitions, but it has no record of the layout before it, so it cannot know who holds their data: start a joining node with the mesh's current layout and let `mesh-ctl layout apply` move it on"
+    )]
+    NoHistory { offered: u64 },
     #[error("invalid layout: {0}")]
     Invalid(String),
     #[error("control key file is not a mesh control key ({0})")]
@@ -313,26 +321,16 @@ impl Layout {
         }
     }
 
-    /// Whether a node holding `current` may take this layout today: the next version, and (until
-    /// partitions can be handed over online) no partition changing owner under data it already
-    /// holds. The one acceptance rule for `ApplyLayout` and for a layout file at start-up.
-    pub fn may_follow(&self, current: Option<&Layout>) -> Result<(), LayoutError> {
-        self.may_replace(current)?;
-        match current.map(|c| self.moved_from(c)) {
-            Some(moved) if moved > 0 => Err(LayoutError::MovesData {
-                offered: self.version,
-                moved,
-            }),
-            _ => Ok(()),
-        }
-    }
-
     /// How many partitions change owner from `current` to this layout.
     pub fn moved_from(&self, current: &Layout) -> usize {
+        self.moves_from(current).count()
+    }
+
+    /// The partitions that change owner from `current` to this layout.
+    pub fn moves_from<'a>(&'a self, current: &'a Layout) -> impl Iterator<Item = Partition> + 'a {
         (0..PARTITIONS)
             .filter_map(Partition::new)
             .filter(|p| self.owner_of(*p).node_id != current.owner_of(*p).node_id)
-            .count()
     }
 }
 

@@ -101,6 +101,24 @@ pub struct PartitionCount {
     pub orders: u64,
 }
 
+/// A node's persisted layout state (signed layouts as `dsm.v1.SignedLayout` bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedLayout {
+    pub current: Vec<u8>,
+    /// The layout `current` replaced, while partitions may still be moving from it.
+    pub previous: Option<Vec<u8>>,
+    /// Partitions this node owns under `current` but has not received yet.
+    pub pending: Vec<Partition>,
+}
+
+fn pending_bits(pending: &[Partition]) -> Vec<u8> {
+    let mut bits = vec![0u8; usize::from(crate::ids::PARTITIONS / 8)];
+    for p in pending {
+        bits[usize::from(p.get() / 8)] |= 1 << (p.get() % 8);
+    }
+    bits
+}
+
 /// Where an order lives: its customer hash, customer key and order key.
 type Located = (Hash, Vec<u8>, Vec<u8>);
 
@@ -473,15 +491,60 @@ impl Store {
         hex::encode(keys::order_hash(&self.keys, order_id))
     }
 
-    /// The persisted signed layout, if any (bytes of `dsm.v1.SignedLayout`).
-    pub fn saved_layout(&self) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.meta.get("layout")?.map(|v| v.to_vec()))
+    /// The persisted layout state, if any.
+    pub fn saved_layout(&self) -> Result<Option<SavedLayout>, StorageError> {
+        let Some(current) = self.meta.get("layout")? else {
+            return Ok(None);
+        };
+        let pending = match self.meta.get("pending")? {
+            None => Vec::new(),
+            Some(bits) => (0..crate::ids::PARTITIONS)
+                .filter(|p| bits.get(usize::from(p / 8)).is_some_and(|b| b & (1 << (p % 8)) != 0))
+                .filter_map(Partition::new)
+                .collect(),
+        };
+        Ok(Some(SavedLayout {
+            current: current.to_vec(),
+            previous: self.meta.get("previous_layout")?.map(|v| v.to_vec()),
+            pending,
+        }))
     }
 
-    /// Persists the signed layout durably.
-    pub async fn save_layout(&self, signed: &[u8]) -> Result<(), StorageError> {
-        self.meta.insert("layout", signed)?;
+    /// Persists a layout change durably and atomically: the new signed layout, the one it replaces,
+    /// and the partitions this node must still receive.
+    pub async fn save_layout(&self, saved: &SavedLayout) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        batch.insert("layout", saved.current.as_slice());
+        match &saved.previous {
+            Some(prev) => batch.insert("previous_layout", prev.as_slice()),
+            None => batch.remove("previous_layout"),
+        }
+        batch.insert("pending", pending_bits(&saved.pending));
+        self.meta.apply_batch(batch)?;
         self.durable().await
+    }
+
+    /// Records durably that partition `p` has been received (it is no longer pending).
+    pub async fn received(&self, p: Partition) -> Result<(), StorageError> {
+        self.meta.fetch_and_update("pending", |bits| {
+            let mut bits = bits.map(<[u8]>::to_vec)?;
+            if let Some(b) = bits.get_mut(usize::from(p.get() / 8)) {
+                *b &= !(1 << (p.get() % 8));
+            }
+            Some(bits)
+        })?;
+        self.durable().await
+    }
+
+    /// The partitions this store holds any record of (one seek per partition).
+    pub fn partitions_present(&self) -> Result<Vec<Partition>, StorageError> {
+        let mut out = Vec::new();
+        for p in (0..crate::ids::PARTITIONS).filter_map(Partition::new) {
+            if self.data.scan_prefix(p.to_be_bytes()).next().transpose()?.is_some() {
+                out.push(p);
+            }
+        }
+        Ok(out)
     }
 
     /// Flushes everything to disk.
