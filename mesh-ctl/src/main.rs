@@ -7,13 +7,21 @@
 //! |--------|-------------------------------------------------------|
 //! | `pki`  | `ca init`, `cert issue node|client|admin`, `key init` |
 //! | `up`   | `up`: a local mesh of real node processes             |
+//! | `control` | the mesh directory: CA, control key, signed layouts, admin calls |
+//! | `layout` | `layout show|stage|apply|revert`: staged, signed layout changes |
+//! | `rebalance` | `rebalance status`: progress of a layout change, and the wait |
+//! | `scale` | `scale --nodes N`: stage + apply + wait, starting/stopping local nodes |
 //! | `status` | `status`: members, partitions, layout and health    |
 //! | `audit` | `audit query`, `audit verify`                        |
 //! | `access` | `access show`: the role table as nodes enforce it   |
 
 mod access;
 mod audit;
+mod control;
+mod layout;
 mod pki;
+mod rebalance;
+mod scale;
 mod status;
 mod up;
 
@@ -69,6 +77,19 @@ enum Command {
         #[command(subcommand)]
         command: access::AccessCommand,
     },
+    /// Layouts: show the current one, stage membership changes, apply them, or discard them.
+    Layout {
+        #[command(subcommand)]
+        command: layout::LayoutCommand,
+    },
+    /// Progress of the current layout change (partitions received, copies shredded).
+    Rebalance {
+        #[command(subcommand)]
+        command: rebalance::RebalanceCommand,
+    },
+    /// Grow or shrink a local mesh to N nodes: stage, apply, wait for the rebalance, start and
+    /// stop node processes.
+    Scale(scale::ScaleArgs),
     /// Members, partition counts, layout agreement and health of a local mesh (exit 1 on a problem).
     Status(status::StatusArgs),
     /// Print shell completions.
@@ -92,6 +113,9 @@ async fn main() -> ExitCode {
         Command::Key { command } => pki::key(command, cli.output).map(|()| true),
         Command::Up(args) => up::run(args, cli.output).await.map(|()| true),
         Command::Status(args) => status::run(args, cli.output).await,
+        Command::Layout { command } => layout::run(command, cli.output).await,
+        Command::Rebalance { command } => rebalance::run(command, cli.output).await,
+        Command::Scale(args) => scale::run(args, cli.output).await,
         Command::Audit { command } => audit::run(command, cli.output).await,
         Command::Access { command } => access::run(command, cli.output).map(|()| true),
         Command::Completions { shell } => {

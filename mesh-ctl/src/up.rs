@@ -12,7 +12,6 @@ use mesh_node::identity::Identity;
 use mesh_node::layout::{Layout, Member};
 use mesh_node::pki::{CertificateAuthority, LeafSpec};
 use mesh_node::policy::Role;
-use prost::Message as _;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,9 +21,10 @@ use tokio::process::{Child, Command};
 
 #[derive(clap::Args)]
 pub struct UpArgs {
-    /// Number of nodes.
-    #[arg(long, default_value_t = 3)]
-    nodes: usize,
+    /// Number of nodes of a new mesh (default 3). An existing directory restarts the members of
+    /// its layout; change their number with `mesh-ctl scale`.
+    #[arg(long)]
+    nodes: Option<usize>,
     /// State directory (CA, certificates, node data, mesh.json).
     #[arg(long, default_value = "mesh-local")]
     dir: PathBuf,
@@ -56,6 +56,9 @@ fn free_port() -> u16 {
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub struct MeshFile {
     pub trust_domain: String,
+    /// The `--base-port` the mesh was started with (0: free ports), for nodes `scale` adds.
+    #[serde(default)]
+    pub base_port: u16,
     pub layout_version: u64,
     /// Name to verify node certificates against when dialling a gateway.
     pub server_name: String,
@@ -64,7 +67,7 @@ pub struct MeshFile {
     pub clients: BTreeMap<String, ClientEntry>,
 }
 
-#[derive(Debug, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct NodeEntry {
     pub id: String,
     pub gateway: String,
@@ -83,16 +86,16 @@ pub struct ClientEntry {
 }
 
 #[derive(Debug, serde::Deserialize)]
-struct Ready {
-    gateway: String,
-    ops: String,
-    peer: String,
-    pid: u32,
+pub struct Ready {
+    pub gateway: String,
+    pub ops: String,
+    pub peer: String,
+    pub pid: u32,
 }
 
 /// The mesh-node binary: explicit, else next to this binary. When run through `cargo run`, build it
 /// first with the same profile so the quick start never runs a stale node.
-fn node_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+pub fn node_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(p) = explicit {
         return Ok(p);
     }
@@ -121,10 +124,120 @@ fn abs(p: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(p).with_context(|| format!("resolving {}", p.display()))
 }
 
-pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
-    if args.nodes == 0 || args.nodes > 64 {
-        bail!("--nodes {}: a local mesh has 1 to 64 nodes", args.nodes);
+/// The files of one local node under `DIR/nodes/<id>`.
+pub struct NodeFiles {
+    pub config: PathBuf,
+    pub ready: PathBuf,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+/// Writes node `member`'s certificate (reissued), key file (kept) and config under
+/// `DIR/nodes/<id>`. Its layout file is `DIR/layout.bin`.
+pub fn prepare_node(
+    dir: &Path,
+    ca: &CertificateAuthority,
+    member: &Member,
+    ops_port: u16,
+) -> anyhow::Result<NodeFiles> {
+    let id = &member.node_id;
+    let td = ca.trust_domain().to_owned();
+    let node_dir = dir.join("nodes").join(id);
+    std::fs::create_dir_all(&node_dir)?;
+    let (cert, key) = ca
+        .issue(&LeafSpec::new(
+            Identity::Node {
+                trust_domain: td.clone(),
+                node_id: id.clone(),
+            },
+            Duration::from_secs(86_400),
+        ))?
+        .write(&node_dir, "node")?;
+    let key_file = node_dir.join("node.kek");
+    if !key_file.exists() {
+        mesh_node::pki::write_secret(
+            &key_file,
+            mesh_node::crypto::generate_key_file().as_bytes(),
+        )?;
     }
+    let ca_dir = dir.join("ca");
+    let data_dir = node_dir.join("data");
+    let config = format!(
+        "node_id = {id:?}\ntrust_domain = {td:?}\ndata_dir = {data:?}\nkey_file = {kek:?}\n\
+         gateway_listen = {gw:?}\nops_listen = \"127.0.0.1:{ops_port}\"\npeer_listen = {peer:?}\n\
+         control_public_key = {control:?}\nlayout_file = {layout:?}\n\
+         [tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n",
+        data = data_dir.display().to_string(),
+        kek = key_file.display().to_string(),
+        gw = member.gateway_addr,
+        peer = member.peer_addr,
+        control = ca_dir
+            .join(mesh_node::pki::CONTROL_PUB_FILE)
+            .display()
+            .to_string(),
+        layout = dir.join("layout.bin").display().to_string(),
+        ca = ca_dir
+            .join(mesh_node::pki::CA_CERT_FILE)
+            .display()
+            .to_string(),
+        cert = cert.display().to_string(),
+        key = key.display().to_string(),
+    );
+    let config_path = node_dir.join("node.toml");
+    std::fs::write(&config_path, config)?;
+    let ready = node_dir.join("ready.json");
+    let _ = std::fs::remove_file(&ready);
+    Ok(NodeFiles {
+        config: config_path,
+        ready,
+        data_dir,
+        log: node_dir.join("node.log"),
+    })
+}
+
+/// The node's `mesh-node run` command line.
+pub fn node_command(node_bin: &Path, files: &NodeFiles) -> std::process::Command {
+    let mut cmd = std::process::Command::new(node_bin);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(&files.config)
+        .arg("--ready-file")
+        .arg(&files.ready);
+    cmd
+}
+
+/// Waits for a starting node's ready file; `exited` says whether the process died meanwhile.
+pub async fn wait_ready(
+    id: &str,
+    files: &NodeFiles,
+    mut exited: impl FnMut() -> Option<String>,
+) -> anyhow::Result<Ready> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&files.ready) {
+            return serde_json::from_str(&text)
+                .with_context(|| format!("reading {}", files.ready.display()));
+        }
+        if let Some(status) = exited() {
+            bail!("node {id} exited during startup ({status}); see its log");
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("node {id} was not ready within 30s; see its log");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Port `offset` of node number `i` (0-based) for a mesh started with `base_port`.
+pub fn port(base_port: u16, i: usize, offset: u16) -> u16 {
+    if base_port == 0 {
+        free_port()
+    } else {
+        base_port + offset + i as u16
+    }
+}
+
+pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
     let node_bin = node_binary(args.node_bin)?;
     let dir = abs(&args.dir)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -161,101 +274,63 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
         );
     }
 
-    // Addresses, then the layout over them: reused while the members and addresses stay the same,
-    // the next version when only addresses changed, refused when the member set changed (moving
-    // data between nodes is `mesh-ctl scale`, not `up`).
-    let port = |i: usize, offset: u16| {
-        if args.base_port == 0 {
-            free_port()
-        } else {
-            args.base_port + offset + i as u16
+    // Members: those of the stored layout (with the same ids) or n1..nN for a new mesh. Addresses
+    // are reassigned; when only they changed, the layout moves to the next version.
+    let control_dir = crate::control::MeshDir::open(&dir)?;
+    let existing = control_dir
+        .layout()
+        .ok()
+        .map(|(l, _)| l);
+    let ids: Vec<String> = match (&existing, args.nodes) {
+        (Some(old), Some(n)) if n != old.members.len() => bail!(
+            "{} holds a {}-node mesh; change its size with `mesh-ctl scale --nodes {n} --dir {}` while it runs (or use a fresh --dir)",
+            dir.display(),
+            old.members.len(),
+            dir.display()
+        ),
+        (Some(old), _) => old.members.iter().map(|m| m.node_id.clone()).collect(),
+        (None, n) => {
+            let n = n.unwrap_or(3);
+            if n == 0 || n > 64 {
+                bail!("--nodes {n}: a local mesh has 1 to 64 nodes");
+            }
+            (1..=n).map(|i| format!("n{i}")).collect()
         }
     };
-    let members: Vec<Member> = (0..args.nodes)
-        .map(|i| Member {
-            node_id: format!("n{}", i + 1),
-            gateway_addr: format!("127.0.0.1:{}", port(i, 0)),
-            peer_addr: format!("127.0.0.1:{}", port(i, 2000)),
+    let number = |id: &str| -> usize {
+        id.trim_start_matches('n')
+            .parse::<usize>()
+            .map_or(0, |n| n.saturating_sub(1))
+    };
+    let members: Vec<Member> = ids
+        .iter()
+        .map(|id| Member {
+            node_id: id.clone(),
+            gateway_addr: format!("127.0.0.1:{}", port(args.base_port, number(id), 0)),
+            peer_addr: format!("127.0.0.1:{}", port(args.base_port, number(id), 2000)),
         })
         .collect();
-    let ops_ports: Vec<u16> = (0..args.nodes).map(|i| port(i, 1000)).collect();
-    let control = CertificateAuthority::load_control_key(&ca_dir)
-        .context("loading the control key (make a fresh --dir if this CA predates control keys)")?;
-    let layout_path = dir.join("layout.bin");
-    let layout = match std::fs::read(&layout_path).ok() {
+    let control = control_dir.control_key().context(
+        "loading the control key (make a fresh --dir if this CA predates control keys)",
+    )?;
+    let layout = match existing {
         None => Layout::initial(members.clone())?,
-        Some(bytes) => {
-            let signed = mesh_proto::v1::SignedLayout::decode(bytes.as_slice())
-                .context("reading layout.bin")?;
-            let old = Layout::verify(&signed, &control.public())?;
-            let old_ids: Vec<&str> = old.members.iter().map(|m| m.node_id.as_str()).collect();
-            let new_ids: Vec<&str> = members.iter().map(|m| m.node_id.as_str()).collect();
-            if old_ids != new_ids {
-                bail!(
-                    "{} holds a {}-node mesh; changing it to {} nodes moves data, which `up` does not do (use a fresh --dir)",
-                    dir.display(),
-                    old_ids.len(),
-                    new_ids.len()
-                );
-            }
-            if old.members == members {
-                old
-            } else {
-                old.next(members.clone())?
-            }
-        }
+        Some(old) if old.members == members => old,
+        Some(old) => old.next(members.clone())?,
     };
-    std::fs::write(&layout_path, layout.sign(&control).encode_to_vec())?;
-    let control_pub = ca_dir.join(mesh_node::pki::CONTROL_PUB_FILE);
+    if control_dir
+        .layout()
+        .ok()
+        .is_none_or(|(l, _)| l.version != layout.version)
+    {
+        control_dir.save_layout(&layout.sign(&control))?;
+    }
 
-    let mut children: Vec<(String, Child, PathBuf, PathBuf)> = Vec::new();
-    for (i, member) in layout.members.iter().enumerate() {
+    let mut children: Vec<(String, Child, NodeFiles)> = Vec::new();
+    for member in &layout.members {
         let id = member.node_id.clone();
-        let node_dir = dir.join("nodes").join(&id);
-        std::fs::create_dir_all(&node_dir)?;
-        let (cert, key) = ca
-            .issue(&LeafSpec::new(
-                Identity::Node {
-                    trust_domain: td.clone(),
-                    node_id: id.clone(),
-                },
-                day,
-            ))?
-            .write(&node_dir, "node")?;
-        let key_file = node_dir.join("node.kek");
-        if !key_file.exists() {
-            mesh_node::pki::write_secret(
-                &key_file,
-                mesh_node::crypto::generate_key_file().as_bytes(),
-            )?;
-        }
-        let data_dir = node_dir.join("data");
-        let config = format!(
-            "node_id = {id:?}\ntrust_domain = {td:?}\ndata_dir = {data:?}\nkey_file = {kek:?}\n\
-             gateway_listen = {gw:?}\nops_listen = \"127.0.0.1:{ops}\"\npeer_listen = {peer:?}\n\
-             control_public_key = {control:?}\nlayout_file = {layout:?}\n\
-             [tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n",
-            data = data_dir.display().to_string(),
-            kek = key_file.display().to_string(),
-            gw = member.gateway_addr,
-            ops = ops_ports[i],
-            peer = member.peer_addr,
-            control = control_pub.display().to_string(),
-            layout = layout_path.display().to_string(),
-            ca = ca_cert.display().to_string(),
-            cert = cert.display().to_string(),
-            key = key.display().to_string(),
-        );
-        let config_path = node_dir.join("node.toml");
-        std::fs::write(&config_path, config)?;
-        let ready = node_dir.join("ready.json");
-        let _ = std::fs::remove_file(&ready);
-        let mut child = Command::new(&node_bin)
-            .arg("run")
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--ready-file")
-            .arg(&ready)
+        let files = prepare_node(&dir, &ca, member, port(args.base_port, number(&id), 1000))?;
+        let mut child = Command::from(node_command(&node_bin, &files))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -282,26 +357,17 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
                 }
             });
         }
-        children.push((id, child, ready, data_dir));
+        children.push((id, child, files));
     }
 
     let loads = layout.loads();
     let mut nodes = Vec::new();
-    for (id, child, ready, data_dir) in &mut children {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let r: Ready = loop {
-            if let Ok(text) = std::fs::read_to_string(&*ready) {
-                break serde_json::from_str(&text)
-                    .with_context(|| format!("reading {}", ready.display()))?;
-            }
-            if let Some(status) = child.try_wait()? {
-                bail!("node {id} exited during startup ({status}); its log is above");
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("node {id} was not ready within 30s; its log is above");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+    for (id, child, files) in &mut children {
+        let r = wait_ready(id, files, || {
+            child.try_wait().ok().flatten().map(|s| s.to_string())
+        })
+        .await?;
+        let data_dir = files.data_dir.clone();
         nodes.push(NodeEntry {
             id: id.clone(),
             gateway: r.gateway,
@@ -315,6 +381,7 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
 
     let mesh = MeshFile {
         trust_domain: td,
+        base_port: args.base_port,
         layout_version: layout.version,
         server_name: "localhost".into(),
         ca_cert,
@@ -322,9 +389,7 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
         clients,
     };
     let mesh_path = dir.join("mesh.json");
-    let tmp = dir.join("mesh.json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&mesh)?)?;
-    std::fs::rename(&tmp, &mesh_path)?;
+    mesh.save(&dir)?;
     print(output, &serde_json::to_value(&mesh)?, || {
         let mut s = format!(
             "mesh up: {} node(s), trust domain {}\n",
@@ -346,11 +411,18 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
 
     // Run until interrupted, or until a node dies on its own.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // A node `mesh-ctl scale` retired is gone from mesh.json: its exit is expected.
     let died = async {
         loop {
+            let listed = MeshFile::load(&dir).ok();
             for (id, child, ..) in &mut children {
                 if let Ok(Some(status)) = child.try_wait() {
-                    return (id.clone(), status);
+                    let retired = listed
+                        .as_ref()
+                        .is_some_and(|m| !m.nodes.iter().any(|n| &n.id == id));
+                    if !retired {
+                        return (id.clone(), status);
+                    }
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -362,14 +434,20 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
         (id, status) = died => Err(anyhow::anyhow!("node {id} exited unexpectedly ({status})")),
     };
     eprintln!("stopping the mesh");
+    // Nodes `mesh-ctl scale` started are not our children: stop them by pid.
+    let ours: Vec<u32> = children.iter().filter_map(|(_, c, _)| c.id()).collect();
+    let extra: Vec<u32> = MeshFile::load(&dir)
+        .map(|m| m.nodes.iter().map(|n| n.pid).filter(|p| !ours.contains(p)).collect())
+        .unwrap_or_default();
     let _ = std::fs::remove_file(&mesh_path);
-    for (_, child, ..) in &mut children {
-        if let Some(pid) = child.id() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
+    for pid in ours.iter().chain(&extra) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    for pid in &extra {
+        wait_gone(*pid, Duration::from_secs(15)).await;
     }
     for (id, child, ..) in &mut children {
         if tokio::time::timeout(Duration::from_secs(15), child.wait())
@@ -381,4 +459,36 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
         }
     }
     outcome
+}
+
+/// Waits until process `pid` has exited (SIGKILL after `grace`).
+pub async fn wait_gone(pid: u32, grace: Duration) {
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    let deadline = tokio::time::Instant::now() + grace;
+    while nix::sys::signal::kill(pid, None).is_ok() {
+        // Reap it if it is our child (a zombie still answers signal 0).
+        let _ = nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        if tokio::time::Instant::now() > deadline {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl MeshFile {
+    pub fn load(dir: &Path) -> anyhow::Result<MeshFile> {
+        let path = dir.join("mesh.json");
+        serde_json::from_str(
+            &std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {} (is `mesh-ctl up` running?)", path.display()))?,
+        )
+        .with_context(|| format!("reading {}", path.display()))
+    }
+
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        let tmp = dir.join("mesh.json.tmp");
+        std::fs::write(&tmp, serde_json::to_string_pretty(self)?)?;
+        std::fs::rename(&tmp, dir.join("mesh.json"))?;
+        Ok(())
+    }
 }

@@ -80,6 +80,9 @@ pub fn bin_dir() -> &'static Path {
         if release {
             // Benchmarks measure with switches that shipped builds do not have (audit off).
             cmd.args(["--release", "--features", "mesh-node/bench-switches"]);
+        } else {
+            // Tests crash nodes at chosen points of a handoff (`DSM_FAULT_POINT`, see `fault`).
+            cmd.args(["--features", "mesh-node/fault-injection"]);
         }
         let status = cmd
             .status()
@@ -287,6 +290,91 @@ impl TestMesh {
         }
     }
 
+    /// The mesh directory `mesh-ctl --dir` works on: the CA (with the control key), `layout.bin`.
+    pub fn dir(&self) -> PathBuf {
+        self.pki.dir.path().to_owned()
+    }
+
+    /// The index of node `id`.
+    pub fn index(&self, id: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.id == id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// The layout mesh-ctl last signed (`layout.bin`), verified.
+    pub fn layout_now(&self) -> mesh_node::layout::Layout {
+        let control = CertificateAuthority::load_control_key(&self.pki.ca_dir()).expect("control key");
+        let bytes = std::fs::read(&self.layout_file).expect("layout.bin");
+        let signed: mesh_proto::v1::SignedLayout =
+            prost::Message::decode(bytes.as_slice()).expect("signed layout");
+        mesh_node::layout::Layout::verify(&signed, &control.public()).expect("verifies")
+    }
+
+    /// Starts node `id` on the current layout file (not yet a member: `change_members` adds it),
+    /// or restarts it if it ran before. Returns its index.
+    pub fn start_node(&mut self, id: &str, env: &[(&str, &str)]) -> usize {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        if let Some(i) = self.nodes.iter().position(|n| n.id == id) {
+            let node = &mut self.nodes[i];
+            node.env = env;
+            if !node.is_running() {
+                node.spawn().expect("node restarts");
+            }
+            return i;
+        }
+        let opts = NodeOptions {
+            gateway: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            peer: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            layout_file: Some(self.layout_file.clone()),
+            env,
+            ..NodeOptions::default()
+        };
+        self.nodes.push(NodeProcess::start_with(&self.pki, id, &opts));
+        self.nodes.len() - 1
+    }
+
+    /// Moves the mesh to exactly the members `ids` with the real control plane: starts joining
+    /// nodes, `mesh-ctl layout stage` each change, `layout apply --version V --wait`, then stops
+    /// the nodes that left (kept in `nodes`, stopped, for inspection). Returns the new layout.
+    pub async fn change_members(&mut self, ids: &[&str]) -> mesh_node::layout::Layout {
+        let current = self.layout_now();
+        let dir = self.dir();
+        let dir = dir.to_str().expect("utf-8 dir");
+        for id in ids {
+            if !current.is_member(id) {
+                let i = self.start_node(id, &[]);
+                let (gw, peer) = (self.nodes[i].gateway.to_string(), self.nodes[i].peer.to_string());
+                mesh_ctl(&["layout", "stage", "add", id, "--gateway", &gw, "--peer", &peer, "--dir", dir])
+                    .await
+                    .expect("stage add");
+            }
+        }
+        for m in &current.members {
+            if !ids.contains(&m.node_id.as_str()) {
+                mesh_ctl(&["layout", "stage", "remove", &m.node_id, "--dir", dir])
+                    .await
+                    .expect("stage remove");
+            }
+        }
+        let version = (current.version + 1).to_string();
+        mesh_ctl(&["layout", "apply", "--version", &version, "--wait", "--timeout", "120s", "--dir", dir])
+            .await
+            .expect("apply");
+        let next = self.layout_now();
+        for node in &mut self.nodes {
+            if !next.is_member(&node.id) && node.is_running() {
+                node.stop();
+            }
+        }
+        self.layout = next.clone();
+        next
+    }
+
     /// The index of the node owning `customer_id`.
     pub fn owner_of_customer(&self, customer_id: &str) -> usize {
         let owner = &self
@@ -318,7 +406,8 @@ pub struct NodeProcess {
     child: Option<Child>,
     pub gateway: SocketAddr,
     pub ops: SocketAddr,
-    env: Vec<(String, String)>,
+    pub peer: SocketAddr,
+    pub env: Vec<(String, String)>,
     // Keeps the node's directory alive as long as the process handle.
     _tmp: Option<tempfile::TempDir>,
 }
@@ -388,6 +477,7 @@ impl NodeProcess {
             child: None,
             gateway: SocketAddr::from(([127, 0, 0, 1], 0)),
             ops: SocketAddr::from(([127, 0, 0, 1], 0)),
+            peer: opts.peer,
             env: opts.env.clone(),
             _tmp: Some(tmp),
         };
@@ -685,11 +775,31 @@ pub fn read_tree(dir: &Path) -> Vec<u8> {
     out
 }
 
+/// Runs `mesh-ctl` with `args`; its stdout on success, else an error with its stderr.
+pub async fn mesh_ctl(args: &[&str]) -> anyhow::Result<String> {
+    let out = tokio::process::Command::new(mesh_ctl_bin())
+        .args(args)
+        .output()
+        .await
+        .context("running mesh-ctl")?;
+    if !out.status.success() {
+        bail!(
+            "mesh-ctl {} failed ({}):\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 /// Calls any gateway method with one set of arguments: how the role-by-method tests drive a node.
+pub mod history;
+
 pub mod probe {
     use mesh_node::policy::Method;
     use mesh_node::proof::Signer;

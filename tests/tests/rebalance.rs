@@ -1,0 +1,240 @@
+//! Scaling under load, through the real control plane (`mesh-ctl layout stage|apply`, `rebalance
+//! status`, `scale`) and real node processes: the history checker (see `mesh_tests::history`)
+//! while the mesh goes 3 -> 5 -> 2 -> 3; a `kill -9` at each stage of a handoff; offline
+//! inspection of the nodes that left; forged and skipping layouts.
+
+use mesh_node::layout::ControlKey;
+use mesh_node::pki::CertificateAuthority;
+use mesh_node::policy::Role;
+use mesh_proto::v1::ApplyLayoutRequest;
+use mesh_proto::v1::admin_client::AdminClient;
+use mesh_tests::history::{Gateways, History};
+use mesh_tests::{TestMesh, contains, mesh_ctl, read_tree, within};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tonic::Code;
+
+fn gateways_of(mesh: &TestMesh, ids: &[&str]) -> Vec<SocketAddr> {
+    ids.iter().map(|id| mesh.nodes[mesh.index(id)].gateway).collect()
+}
+
+/// Waits until the writers have had `more` further writes acknowledged.
+async fn progress(history: &History, more: u64) {
+    let target = history.counts.acked.load(Ordering::Relaxed) + more;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while history.counts.acked.load(Ordering::Relaxed) < target {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writers made no progress: {:?}",
+            history.counts
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The node holds no customer and no order, and no byte of the writers' PII, offline.
+fn assert_left_nothing(mesh: &TestMesh, id: &str) {
+    let node = &mesh.nodes[mesh.index(id)];
+    let inv = node.inspect();
+    assert_eq!(
+        (inv["customers"].as_u64(), inv["orders"].as_u64()),
+        (Some(0), Some(0)),
+        "{id} still holds data after leaving: {inv}"
+    );
+    let bytes = read_tree(&node.dir);
+    for needle in [&b"Meenakshi"[..], b"Lakshmi Nagar", b"meenakshi.", b"+9198"] {
+        assert!(
+            !contains(&bytes, needle),
+            "{id}'s directory contains {:?}",
+            String::from_utf8_lossy(needle)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scaling_3_to_5_to_2_to_3_under_load_keeps_every_acknowledged_write() {
+    within(600, async {
+        let mut mesh = TestMesh::start(3);
+        let gateways: Gateways = Arc::new(RwLock::new(gateways_of(&mesh, &["n1", "n2", "n3"])));
+        let history = History::start(&mesh.pki, gateways.clone(), 4, "scale");
+        progress(&history, 60).await;
+
+        let v2 = mesh.change_members(&["n1", "n2", "n3", "n4", "n5"]).await;
+        assert_eq!(v2.members.len(), 5);
+        *gateways.write().expect("gw") = gateways_of(&mesh, &["n1", "n2", "n3", "n4", "n5"]);
+        progress(&history, 60).await;
+
+        // Clients stop using the leaving nodes' gateways, then they leave.
+        *gateways.write().expect("gw") = gateways_of(&mesh, &["n1", "n2"]);
+        let v3 = mesh.change_members(&["n1", "n2"]).await;
+        assert_eq!(v3.partitions_of("n1").len() + v3.partitions_of("n2").len(), 4096);
+        for id in ["n3", "n4", "n5"] {
+            assert_left_nothing(&mesh, id);
+        }
+        progress(&history, 60).await;
+
+        // n3 comes back (on its old, emptied data directory).
+        mesh.change_members(&["n1", "n2", "n3"]).await;
+        *gateways.write().expect("gw") = gateways_of(&mesh, &["n1", "n2", "n3"]);
+        progress(&history, 60).await;
+
+        let all = gateways_of(&mesh, &["n1", "n2", "n3"]);
+        let counts = format!("{:?}", history.counts);
+        let (violations, checked) = history.finish(&all).await;
+        assert!(violations.is_empty(), "history violations ({counts}):\n{}", violations.join("\n"));
+        assert!(checked >= 60, "only {checked} orders checked");
+        eprintln!("history: {checked} orders checked, {counts}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_or_skipping_layouts_are_refused_by_every_node_and_by_mesh_ctl() {
+    within(120, async {
+        let mesh = TestMesh::start(2);
+        let control = CertificateAuthority::load_control_key(&mesh.pki.ca_dir()).expect("key");
+        let current = mesh.layout_now();
+        let v2 = current.next(current.members.clone()).expect("v2");
+        let v3 = v2.next(v2.members.clone()).expect("v3");
+        let (forger, _) = ControlKey::generate();
+        let admin = mesh.pki.client(Role::Admin);
+        for node in &mesh.nodes {
+            let mut client = AdminClient::new(node.channel(&admin).await.expect("connect"));
+            let skipped = client
+                .apply_layout(ApplyLayoutRequest {
+                    layout: Some(v3.sign(&control)),
+                })
+                .await
+                .expect_err("skips v2");
+            assert_eq!(skipped.code(), Code::FailedPrecondition, "{}", node.id);
+            assert!(skipped.message().contains("apply version 2 first"), "{}", skipped.message());
+            let forged = client
+                .apply_layout(ApplyLayoutRequest {
+                    layout: Some(v2.sign(&forger)),
+                })
+                .await
+                .expect_err("forged");
+            assert_eq!(forged.code(), Code::PermissionDenied, "{}", node.id);
+        }
+
+        let dir = mesh.dir();
+        let dir = dir.to_str().expect("utf-8");
+        mesh_ctl(&["layout", "stage", "remove", "n2", "--dir", dir])
+            .await
+            .expect("stage");
+        let skipping = mesh_ctl(&["layout", "apply", "--version", "3", "--dir", dir])
+            .await
+            .expect_err("skips");
+        assert!(
+            format!("{skipping:#}").contains("may not skip a version"),
+            "{skipping:#}"
+        );
+        // A layout file that does not verify against the control key is refused too.
+        let mut bytes = std::fs::read(&mesh.layout_file).expect("layout");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&mesh.layout_file, &bytes).expect("tamper");
+        let forged = mesh_ctl(&["layout", "apply", "--version", "2", "--dir", dir])
+            .await
+            .expect_err("forged");
+        assert!(format!("{forged:#}").contains("does not verify"), "{forged:#}");
+        // Nothing changed anywhere.
+        let mut client = AdminClient::new(mesh.nodes[1].channel(&admin).await.expect("connect"));
+        let status = client
+            .get_rebalance(mesh_proto::v1::GetRebalanceRequest {})
+            .await
+            .expect("status")
+            .into_inner();
+        assert_eq!((status.layout_version, status.pending_partitions), (1, 0));
+    })
+    .await;
+}
+
+/// Adds n3 to a 2-node mesh under load, with node `victim` set to abort at `point` of its first
+/// handoff; restarts it, finishes the rebalance, and checks the history.
+async fn handoff_survives_a_crash(point: &str, victim: &str) {
+    within(300, async {
+        let mut mesh = TestMesh::start(2);
+        let gateways: Gateways = Arc::new(RwLock::new(gateways_of(&mesh, &["n1", "n2"])));
+        let history = History::start(&mesh.pki, gateways.clone(), 3, "crash");
+        progress(&history, 40).await;
+
+        let fault = [("DSM_FAULT_POINT", point)];
+        if victim == "n1" {
+            // Restart the old owner with the crash point armed.
+            let i = mesh.index("n1");
+            mesh.nodes[i].stop();
+            mesh.start_node("n1", &fault);
+        }
+        let n3 = mesh.start_node("n3", if victim == "n3" { &fault[..] } else { &[] });
+        let dir = mesh.dir();
+        let dir = dir.to_str().expect("utf-8");
+        let (gw, peer) = (
+            mesh.nodes[n3].gateway.to_string(),
+            mesh.nodes[n3].peer.to_string(),
+        );
+        mesh_ctl(&["layout", "stage", "add", "n3", "--gateway", &gw, "--peer", &peer, "--dir", dir])
+            .await
+            .expect("stage");
+        // The victim may die while the layout is being pushed: apply may fail here.
+        let _ = mesh_ctl(&["layout", "apply", "--version", "2", "--dir", dir]).await;
+        let v = mesh.index(victim);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while mesh.nodes[v].is_running() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{victim} never reached {point}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            mesh.nodes[v].log_tail(20).contains(&format!("aborting at {point}")),
+            "{victim} died, but not at {point}:\n{}",
+            mesh.nodes[v].log_tail(20)
+        );
+        // Restart it disarmed; applying the same version again resumes the change.
+        mesh.start_node(victim, &[]);
+        mesh_ctl(&["layout", "apply", "--version", "2", "--wait", "--timeout", "120s", "--dir", dir])
+            .await
+            .expect("resume");
+        mesh.layout = mesh.layout_now();
+        *gateways.write().expect("gw") = gateways_of(&mesh, &["n1", "n2", "n3"]);
+        progress(&history, 40).await;
+
+        let all = gateways_of(&mesh, &["n1", "n2", "n3"]);
+        let counts = format!("{:?}", history.counts);
+        let (violations, checked) = history.finish(&all).await;
+        assert!(violations.is_empty(), "history violations after a crash at {point} ({counts}):\n{}", violations.join("\n"));
+        assert!(checked >= 40, "only {checked} orders checked");
+        // Every old copy is gone: the old owners hold exactly their own partitions.
+        let status = mesh_ctl(&["rebalance", "status", "-o", "json", "--dir", dir])
+            .await
+            .expect("status");
+        let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+        assert_eq!(status["complete"], true, "{status}");
+        assert_eq!(status["moved"], status["moving"], "{status}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn old_owner_killed_after_exporting_a_partition() {
+    handoff_survives_a_crash("handoff-exported", "n1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn new_owner_killed_after_importing_before_marking_received() {
+    handoff_survives_a_crash("handoff-imported", "n3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn new_owner_killed_after_marking_received() {
+    handoff_survives_a_crash("handoff-received", "n3").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn old_owner_killed_after_shredding_a_moved_partition() {
+    handoff_survives_a_crash("handoff-shredded", "n1").await;
+}
