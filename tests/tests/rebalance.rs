@@ -238,3 +238,195 @@ async fn new_owner_killed_after_marking_received() {
 async fn old_owner_killed_after_shredding_a_moved_partition() {
     handoff_survives_a_crash("handoff-shredded", "n1").await;
 }
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "mesh-ctl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+fn ctl(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(mesh_tests::mesh_ctl_bin())
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .expect("mesh-ctl")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_shrinks_it_leaving_nothing() {
+    use mesh_proto::v1::GetOrderRequest;
+    use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
+    use std::process::{Command, Stdio};
+    within(300, async {
+        const RATE: u64 = 8 << 10;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let node_bin = mesh_tests::mesh_node_bin();
+        let mut up = Command::new(mesh_tests::mesh_ctl_bin())
+            .args(["up", "--nodes", "3", "--base-port", "0", "--dir"])
+            .arg(d)
+            .arg("--node-bin")
+            .arg(&node_bin)
+            .env("DSM_REBALANCE_RATE", RATE.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mesh-ctl up");
+        mesh_tests::assert_eventually!(
+            Duration::from_secs(60),
+            d.join("mesh.json").exists(),
+            "mesh.json never appeared"
+        );
+        let mesh: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("mesh.json")).expect("read")).expect("json");
+        let client = |role: &str| {
+            let c = &mesh["clients"][role];
+            let key = std::path::PathBuf::from(c["key"].as_str().expect("key"));
+            let tls = mesh_node::client::client_tls(
+                mesh["ca_cert"].as_str().expect("ca").as_ref(),
+                c["cert"].as_str().expect("cert").as_ref(),
+                &key,
+            )
+            .expect("tls");
+            (tls, mesh_node::proof::Signer::from_pem_file(&key).expect("signer"))
+        };
+        let (sf_tls, sf_sign) = client("storefront");
+        let (oms_tls, oms_sign) = client("oms");
+        let n1: SocketAddr = mesh["nodes"][0]["gateway"].as_str().expect("gw").parse().expect("addr");
+        let mut sf = OrderGatewayClient::new(
+            mesh_node::client::connect(n1, "localhost", sf_tls).await.expect("connect"),
+        );
+        let mut orders = Vec::new();
+        for i in 0..300u32 {
+            let req = mesh_tests::sample_order(&format!("grow-{i}"), i);
+            let order = sf
+                .create_order(sf_sign.signed(mesh_node::gateway::CREATE_ORDER, req))
+                .await
+                .expect("create")
+                .into_inner()
+                .order
+                .expect("order");
+            orders.push(order.order_id);
+        }
+
+        // Scale to 4, and kill -9 the command while the rebalance is under way.
+        let started = std::time::Instant::now();
+        let scale = |n: &str| {
+            Command::new(mesh_tests::mesh_ctl_bin())
+                .args(["scale", "--nodes", n, "--dir"])
+                .arg(d)
+                .arg("--node-bin")
+                .arg(&node_bin)
+                .env("DSM_REBALANCE_RATE", RATE.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("mesh-ctl scale")
+        };
+        let mut first = scale("4");
+        let mut seen_in_progress = false;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !seen_in_progress {
+            assert!(std::time::Instant::now() < deadline, "the rebalance to v2 never started");
+            assert!(first.try_wait().expect("wait").is_none(), "scale finished before it could be killed");
+            let out = ctl(d, &["rebalance", "status", "-o", "json"]);
+            if out.status.success() {
+                let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+                seen_in_progress = s["version"] == 2 && s["complete"] == false && s["moved"].as_u64() > Some(0);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        first.kill().expect("kill -9");
+        let _ = first.wait();
+        let second = scale("4").wait_with_output().expect("scale again");
+        let stderr = String::from_utf8_lossy(&second.stderr);
+        assert!(second.status.success(), "resumed scale failed: {stderr}");
+        assert!(stderr.contains("partitions") && stderr.contains("MiB/s"), "no progress shown: {stderr}");
+        let elapsed = started.elapsed().as_secs_f64();
+
+        let status = json(&ctl(d, &["rebalance", "status", "-o", "json"]));
+        assert_eq!(status["complete"], true, "{status}");
+        // Complete, so the previous layout is retired: nothing is moving any more.
+        assert_eq!((status["version"].as_u64(), status["moving"].as_u64()), (Some(2), Some(0)));
+        assert_eq!(status["nodes"].as_array().expect("nodes").len(), 4, "{status}");
+        // Throttled: the new node received at most the rate, plus one second of burst, per second.
+        let bytes = status["bytes_received"].as_u64().expect("bytes");
+        assert!(bytes > 30_000, "only {bytes} bytes moved");
+        let floor = (bytes - RATE) as f64 / RATE as f64;
+        eprintln!("scale 3 -> 4: {bytes} bytes moved in {elapsed:.1}s (floor {floor:.1}s at {RATE} B/s)");
+        assert!(
+            elapsed >= floor * 0.9,
+            "{bytes} bytes moved in {elapsed:.1}s, faster than {RATE} B/s allows ({floor:.1}s)"
+        );
+        let layout = json(&ctl(d, &["layout", "show", "-o", "json"]));
+        assert_eq!(layout["version"], 2, "{layout}");
+        let loads: Vec<u64> = layout["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .map(|m| m["partitions"].as_u64().expect("p"))
+            .collect();
+        assert_eq!(loads, [1024, 1024, 1024, 1024]);
+        assert!(layout["staged"]["add"].as_array().expect("add").is_empty());
+
+        // Every order, through the new node's gateway.
+        let mesh: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("mesh.json")).expect("read")).expect("json");
+        let n4 = mesh["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .find(|n| n["id"] == "n4")
+            .expect("n4 in mesh.json")
+            .clone();
+        let mut oms = OrderGatewayClient::new(
+            mesh_node::client::connect(n4["gateway"].as_str().expect("gw").parse().expect("addr"), "localhost", oms_tls)
+                .await
+                .expect("connect"),
+        );
+        for id in &orders {
+            let req = GetOrderRequest {
+                order_id: id.clone(),
+                purpose: String::new(),
+                fields: Vec::new(),
+            };
+            oms.get_order(oms_sign.signed(mesh_node::gateway::GET_ORDER, req))
+                .await
+                .unwrap_or_else(|s| panic!("order {id} after scaling to 4: {s:?}"));
+        }
+
+        // Back to 3: n4 hands everything back, is stopped, and its directory holds nothing.
+        let shrink = scale("3").wait_with_output().expect("scale to 3");
+        assert!(shrink.status.success(), "{}", String::from_utf8_lossy(&shrink.stderr));
+        let mesh: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("mesh.json")).expect("read")).expect("json");
+        assert_eq!(mesh["nodes"].as_array().expect("nodes").len(), 3);
+        let pid = nix::unistd::Pid::from_raw(n4["pid"].as_i64().expect("pid") as i32);
+        assert!(nix::sys::signal::kill(pid, None).is_err(), "n4 still runs");
+        let n4_dir = d.join("nodes").join("n4");
+        let inspect = Command::new(&node_bin)
+            .args(["inspect", "-o", "json", "--data-dir"])
+            .arg(n4_dir.join("data"))
+            .arg("--key-file")
+            .arg(n4_dir.join("node.kek"))
+            .output()
+            .expect("inspect");
+        let inv = json(&inspect);
+        assert_eq!((inv["customers"].as_u64(), inv["orders"].as_u64()), (Some(0), Some(0)), "{inv}");
+        let bytes = read_tree(&n4_dir);
+        assert!(!contains(&bytes, b"Meenakshi") && !contains(&bytes, b"Lakshmi Nagar"));
+
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(up.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let status = up.wait().expect("up exits");
+        assert!(status.success(), "mesh-ctl up: {status}");
+    })
+    .await;
+}
