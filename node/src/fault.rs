@@ -3,8 +3,9 @@
 //! feature, which the test harness enables; shipped binaries compile every point to nothing.
 //!
 //! Points: `handoff-exported` (old owner, partition exported, not yet sent), `handoff-imported`
-//! (new owner, partition durable, not yet marked received), `handoff-received` (new owner, marked
-//! received, not yet serving), `handoff-shredded` (old owner, copy deleted, not yet forgotten).
+//! (new owner, partition and its "received" mark written, not yet flushed), `handoff-received`
+//! (new owner, durable and marked, not yet serving), `handoff-shredded` (old owner, copy deleted,
+//! not yet forgotten).
 
 #[cfg(feature = "fault-injection")]
 pub fn point(name: &str) {

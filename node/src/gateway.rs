@@ -471,11 +471,31 @@ impl Gateway {
         let mut backoff = Duration::from_millis(5);
         loop {
             access.forwarded = false;
-            let answer = match C::partition(req.get_ref()).map(|p| (p, self.mesh.route(p))) {
+            // A partition still on its way here is served by its previous owner until it hands it
+            // over (a signed request can be sent there; an unsigned one waits for the pull).
+            let route = C::partition(req.get_ref()).map(|p| {
+                let target = match self.mesh.route(p) {
+                    Route::Local if req.metadata().contains_key(PROOF_HEADER) => {
+                        self.rebalance.proxy_target(p).map_or(Route::Local, Route::Remote)
+                    }
+                    route => route,
+                };
+                (p, target)
+            });
+            let answer = match route {
                 Some((p, Route::Remote(owner))) => {
                     let answer = self.forward(&req, C::METHOD.path(), &owner, p).await;
                     access.forwarded = matches!(answer, Ok(_) | Err(Error::Remote(..)));
-                    answer
+                    match answer {
+                        // The previous owner has handed it over (or cannot be reached): the
+                        // partition is served here, once pulled.
+                        Err(Error::Moved(_) | Error::Unavailable(_))
+                            if self.mesh.route(p) == Route::Local =>
+                        {
+                            self.owned::<C>(&caller, req.get_ref().clone(), access).await
+                        }
+                        answer => answer,
+                    }
                 }
                 _ => self.owned::<C>(&caller, req.get_ref().clone(), access).await,
             };
@@ -487,6 +507,33 @@ impl Gateway {
                 }
                 answer => return answer,
             }
+        }
+    }
+
+    /// Passes a forwarded call on, unchanged (its proof is for the client's request, not for a
+    /// node), to the node that still serves partition `p`.
+    async fn relay(&self, to: &Member, call: &ForwardedCall, p: Partition) -> Result<Vec<u8>, Error> {
+        let request = PeerRequest {
+            deadline_unix_ms: 0,
+            body: Some(Body::Call(call.clone())),
+        };
+        let deadline = Instant::now() + self.forward_timeout;
+        match self.mesh.transport.call(to, request, deadline).await {
+            Ok(PeerResponse {
+                result: Some(PeerResult::Response(bytes)),
+            }) => Ok(bytes),
+            Ok(PeerResponse {
+                result: Some(PeerResult::Status(s)),
+            }) if s.moved => Err(Error::Moved(s.message)),
+            Ok(PeerResponse {
+                result: Some(PeerResult::Status(s)),
+            }) => Err(Error::Remote(tonic::Code::from(s.code), s.message)),
+            // Unreachable or unreadable: fall back to pulling the partition here.
+            other => Err(Error::Moved(format!(
+                "partition {p}: its previous owner {} did not serve it ({:?})",
+                to.node_id,
+                other.err()
+            ))),
         }
     }
 
@@ -612,6 +659,16 @@ impl Gateway {
         let req = C::Req::decode(call.request.as_slice())
             .map_err(|_| Error::Unauthenticated("forwarded request does not decode".into()))?;
         if let Some(p) = C::partition(&req) {
+            // Still on its way here: its previous owner serves it until it hands it over.
+            if let Some(previous) = self.rebalance.proxy_target(p) {
+                match self.relay(&previous, call, p).await {
+                    Err(Error::Moved(_)) => {}
+                    answer => {
+                        access.forwarded = matches!(answer, Ok(_) | Err(Error::Remote(..)));
+                        return answer;
+                    }
+                }
+            }
             self.rebalance.ready(p).await?;
         }
         let identity = self.verify_proof(from, call, access)?;

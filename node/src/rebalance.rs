@@ -72,6 +72,10 @@ struct Moving {
     pending: BTreeSet<Partition>,
     /// Held here, owned elsewhere: shredded once the owner confirms.
     leftover: BTreeSet<Partition>,
+    /// Given away by the latest change but not exported yet: this node still serves them (the new
+    /// owner sends their requests here until it has pulled them). Empty after a restart, so a
+    /// restarted old owner never serves a partition it may already have handed over.
+    holding: BTreeSet<Partition>,
 }
 
 /// What a node does with a new layout: the partitions it gains (pending until received).
@@ -258,6 +262,7 @@ impl Rebalance {
         let moving = Moving {
             pending: pending.into_iter().collect(),
             leftover,
+            holding: BTreeSet::new(),
         };
         metrics.pending_partitions.set(moving.pending.len() as i64);
         metrics.leftover_partitions.set(moving.leftover.len() as i64);
@@ -335,7 +340,8 @@ impl Rebalance {
         {
             let mut m = self.moving();
             m.pending = gained.into_iter().collect();
-            m.leftover.extend(lost);
+            m.leftover.extend(lost.iter().copied());
+            m.holding = lost.into_iter().collect();
         }
         self.publish();
         let version = next.version;
@@ -379,15 +385,33 @@ impl Rebalance {
         });
     }
 
+    /// Where a request for partition `p` that routes to this node should be served: here, or (while
+    /// `p` is on its way here) still on its previous owner, which serves it until it exports it.
+    pub fn proxy_target(&self, p: Partition) -> Option<Member> {
+        if !self.is_pending(p) {
+            return None;
+        }
+        self.mesh
+            .layouts()?
+            .previous
+            .map(|prev| prev.owner_of(p).clone())
+    }
+
+    /// Whether this node serves `p`: it owns it and has it, or gave it away but still holds it.
+    fn serves(&self, p: Partition) -> Result<(), Error> {
+        match self.mesh.route(p) {
+            Route::Local => Ok(()),
+            Route::Remote(_) if self.moving().holding.contains(&p) => Ok(()),
+            Route::Remote(owner) => Err(moved(p, &owner)),
+        }
+    }
+
     /// Whether this node may serve partition `p` now, pulling it first if it is still on its way.
     pub async fn ready(&self, p: Partition) -> Result<(), Error> {
         if self.is_pending(p) {
             self.pull(p, false).await?;
         }
-        match self.mesh.route(p) {
-            Route::Local => Ok(()),
-            Route::Remote(owner) => Err(moved(p, &owner)),
-        }
+        self.serves(p)
     }
 
     /// Admits one request for partition `p`: the returned guard keeps the partition from being
@@ -399,22 +423,20 @@ impl Rebalance {
             if self.is_pending(p) {
                 continue;
             }
-            return match self.mesh.route(p) {
-                Route::Local => Ok(guard),
-                Route::Remote(owner) => Err(moved(p, &owner)),
-            };
+            self.serves(p)?;
+            return Ok(guard);
         }
     }
 
     /// Receives pending partition `p` from its previous owner. `background` pulls respect the
     /// rate limit; a pull a request is waiting for only counts against it.
     pub async fn pull(&self, p: Partition, background: bool) -> Result<(), Error> {
+        if background {
+            self.throttle.ready().await;
+        }
         let _one = self.pulls[usize::from(p.get())].lock().await;
         if !self.is_pending(p) {
             return Ok(());
-        }
-        if background {
-            self.throttle.ready().await;
         }
         let Some(layouts) = self.mesh.layouts() else {
             return Ok(());
@@ -450,10 +472,8 @@ impl Rebalance {
         };
         let bytes = data.encoded_len();
         let export = from_wire(p, data)?;
-        let stats = self.store.import_partition(&export).await?;
+        let stats = self.store.import_partition(&export, true).await?;
         drop(export);
-        crate::fault::point("handoff-imported");
-        self.store.received(p).await?;
         crate::fault::point("handoff-received");
         self.moving().pending.remove(&p);
         self.publish();
@@ -518,8 +538,10 @@ impl Rebalance {
                 "partition {p} belongs to this node in its layout"
             )));
         }
-        // Wait for requests admitted before the layout changed; none can be admitted after.
+        // Wait for the requests this node admitted, then admit none: from here on the new owner
+        // serves the partition (once it has imported this export).
         let _frozen = self.gate(p).write_owned().await;
+        self.moving().holding.remove(&p);
         let export = self.store.export_partition(p)?;
         crate::fault::point("handoff-exported");
         let data = to_wire(&export);

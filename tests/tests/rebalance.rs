@@ -225,7 +225,7 @@ async fn old_owner_killed_after_exporting_a_partition() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn new_owner_killed_after_importing_before_marking_received() {
+async fn new_owner_killed_before_a_received_partition_is_durable() {
     handoff_survives_a_crash("handoff-imported", "n3").await;
 }
 

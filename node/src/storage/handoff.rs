@@ -103,9 +103,12 @@ impl Store {
     /// Replaces partition `export.partition` on this node with the export, atomically and
     /// durably. Refuses (changing nothing) an export whose records do not open with their keys or
     /// belong to another partition or customer.
+    /// With `received`, also clears the partition from the node's pending set (`SavedLayout`) in
+    /// the same atomic step, so "received" is never durable without the data.
     pub async fn import_partition(
         &self,
         export: &PartitionExport,
+        received: bool,
     ) -> Result<ImportStats, StorageError> {
         let p = export.partition;
         let mut batch = sled::Batch::default();
@@ -168,7 +171,26 @@ impl Store {
                 stats.orders += 1;
             }
         }
-        self.data.apply_batch(batch)?;
+        if received {
+            // One atomic step across the data and meta trees, one flush.
+            use sled::Transactional as _;
+            let bits = self.pending_without(p)?;
+            (&self.data, &self.meta)
+                .transaction(|(data, meta)| {
+                    data.apply_batch(&batch)?;
+                    meta.insert("pending", bits.as_slice())?;
+                    Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| match e {
+                    sled::transaction::TransactionError::Storage(e) => StorageError::Sled(e),
+                    sled::transaction::TransactionError::Abort(()) => {
+                        StorageError::Rejected("import aborted".into())
+                    }
+                })?;
+        } else {
+            self.data.apply_batch(batch)?;
+        }
+        crate::fault::point("handoff-imported");
         self.durable().await?;
         Ok(stats)
     }
@@ -262,7 +284,7 @@ mod tests {
         }
         // Twice: an import is a replace, so a retried handoff cannot duplicate anything.
         for _ in 0..2 {
-            let stats = b.import_partition(&export).await.expect("import");
+            let stats = b.import_partition(&export, false).await.expect("import");
             assert_eq!(
                 stats,
                 ImportStats {
@@ -331,13 +353,13 @@ mod tests {
         let mut export = a.export_partition(p).expect("export");
         let last = export.customers[0].orders[0].1.len() - 1;
         export.customers[0].orders[0].1[last] ^= 1;
-        assert!(b.import_partition(&export).await.is_err());
+        assert!(b.import_partition(&export, false).await.is_err());
         assert_eq!(b.inventory().expect("inv").orders, 0);
 
         let mut export = a.export_partition(p).expect("export");
         export.partition = Partition::new((p.get() + 1) % crate::ids::PARTITIONS).expect("p");
         assert!(matches!(
-            b.import_partition(&export).await,
+            b.import_partition(&export, false).await,
             Err(StorageError::Rejected(_))
         ));
         assert_eq!(b.inventory().expect("inv").orders, 0);

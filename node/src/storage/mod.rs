@@ -524,16 +524,16 @@ impl Store {
         self.durable().await
     }
 
-    /// Records durably that partition `p` has been received (it is no longer pending).
-    pub async fn received(&self, p: Partition) -> Result<(), StorageError> {
-        self.meta.fetch_and_update("pending", |bits| {
-            let mut bits = bits.map(<[u8]>::to_vec)?;
-            if let Some(b) = bits.get_mut(usize::from(p.get() / 8)) {
-                *b &= !(1 << (p.get() % 8));
-            }
-            Some(bits)
-        })?;
-        self.durable().await
+    /// The pending set without partition `p` (as stored).
+    fn pending_without(&self, p: Partition) -> Result<Vec<u8>, StorageError> {
+        let mut bits = self
+            .meta
+            .get("pending")?
+            .map_or_else(|| pending_bits(&[]), |b| b.to_vec());
+        if let Some(b) = bits.get_mut(usize::from(p.get() / 8)) {
+            *b &= !(1 << (p.get() % 8));
+        }
+        Ok(bits)
     }
 
     /// The partitions this store holds any record of (one seek per partition).

@@ -181,7 +181,7 @@ async fn main() -> anyhow::Result<()> {
         if s["complete"] == true {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let took = change.elapsed().as_secs_f64();
     let during = std::mem::replace(&mut *phase.lock().expect("phase"), Arc::new(Phase::default()));
