@@ -214,7 +214,8 @@ pub async fn wait(dir: &MeshDir, timeout: Duration) -> anyhow::Result<Progress> 
                 stuck.join(", ")
             );
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Once a second: each poll is an audited admin call on every node.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         p = progress(dir).await?;
     }
 }

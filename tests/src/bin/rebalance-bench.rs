@@ -34,6 +34,9 @@ struct Args {
     /// Seconds of the before-window.
     #[arg(long, default_value_t = 10)]
     before_seconds: u64,
+    /// The joining node's `[rebalance] rate` (default: the node default, 32MiB).
+    #[arg(long)]
+    rate: Option<String>,
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -164,7 +167,12 @@ async fn main() -> anyhow::Result<()> {
     let before = std::mem::replace(&mut *phase.lock().expect("phase"), Arc::new(Phase::default()));
 
     // The change: n4 joins through mesh-ctl.
-    let i = mesh.start_node("n4", &[]);
+    let env: Vec<(&str, &str)> = args
+        .rate
+        .as_deref()
+        .map(|r| vec![("DSM_REBALANCE_RATE", r)])
+        .unwrap_or_default();
+    let i = mesh.start_node("n4", &env);
     let dir = mesh.dir();
     let dir = dir.to_str().expect("utf-8");
     let (gw, peer) = (
@@ -181,7 +189,8 @@ async fn main() -> anyhow::Result<()> {
         if s["complete"] == true {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // As often as `rebalance status --wait` polls.
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let took = change.elapsed().as_secs_f64();
     let during = std::mem::replace(&mut *phase.lock().expect("phase"), Arc::new(Phase::default()));
