@@ -112,8 +112,7 @@ pub async fn apply(dir: &MeshDir, version: u64) -> anyhow::Result<Layout> {
     Ok(layout)
 }
 
-/// Sends `signed` to every member of it and of the layout before it. Every member of the new
-/// layout must accept it; a leaving member that cannot be reached gets it from the first pull.
+/// Sends `signed` to every member of it and of the layout before it; every one must accept it.
 pub async fn push(dir: &MeshDir, layout: &Layout, signed: &SignedLayout) -> anyhow::Result<()> {
     let tls = dir.admin_tls()?;
     let previous = dir.previous_layout()?;
@@ -131,12 +130,13 @@ pub async fn push(dir: &MeshDir, layout: &Layout, signed: &SignedLayout) -> anyh
         }
     });
     let results = futures::future::join_all(sends).await;
+    // Every node must take it, leaving ones too: a leaving node still on the older layout would
+    // refuse the connections of nodes that join, so they could never pull from it.
     let mut refused = Vec::new();
     for (m, r) in members.iter().zip(results) {
         match r {
             Ok(_) => tracing::info!(node = %m.node_id, version = layout.version, "layout applied"),
-            Err(e) if layout.is_member(&m.node_id) => refused.push(format!("{}: {e:#}", m.node_id)),
-            Err(e) => tracing::warn!(node = %m.node_id, error = %format!("{e:#}"), "leaving node did not take the layout"),
+            Err(e) => refused.push(format!("{}: {e:#}", m.node_id)),
         }
     }
     if !refused.is_empty() {

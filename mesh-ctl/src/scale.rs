@@ -111,19 +111,24 @@ pub async fn run(args: ScaleArgs, output: Output) -> anyhow::Result<bool> {
                 .with_context(|| format!("starting {}", node_bin.display()))?;
             let pid = child.id();
             eprintln!("started {} (pid {pid}, log {})", add.node_id, files.log.display());
+            // Recorded at once, so a rerun after a kill -9 knows this process.
+            mesh.nodes.push(NodeEntry {
+                id: add.node_id.clone(),
+                gateway: add.gateway_addr.clone(),
+                ops: String::new(),
+                peer: add.peer_addr.clone(),
+                partitions: 0,
+                pid,
+                data_dir: files.data_dir.clone(),
+            });
+            mesh.save(&dir.dir)?;
             let ready = wait_ready(&add.node_id, &files, || {
                 (!alive(pid)).then(|| format!("see {}", files.log.display()))
             })
             .await?;
-            mesh.nodes.push(NodeEntry {
-                id: add.node_id.clone(),
-                gateway: ready.gateway,
-                ops: ready.ops,
-                peer: ready.peer,
-                partitions: 0,
-                pid: ready.pid,
-                data_dir: files.data_dir,
-            });
+            if let Some(n) = mesh.nodes.iter_mut().find(|n| n.id == add.node_id) {
+                (n.gateway, n.ops, n.peer) = (ready.gateway, ready.ops, ready.peer);
+            }
             mesh.save(&dir.dir)?;
         }
         current = crate::layout::apply(&dir, current.version + 1).await?;
@@ -143,13 +148,7 @@ pub async fn run(args: ScaleArgs, output: Output) -> anyhow::Result<bool> {
         .filter(|n| !current.is_member(&n.id))
         .cloned()
         .collect();
-    mesh.nodes.retain(|n| current.is_member(&n.id));
-    let loads = current.loads();
-    for n in &mut mesh.nodes {
-        n.partitions = loads.get(&n.id).copied().unwrap_or(0);
-    }
-    mesh.layout_version = current.version;
-    mesh.save(&dir.dir)?;
+    // Stopped first, then forgotten: a rerun after a kill -9 still finds them in mesh.json.
     for n in &leaving {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(n.pid as i32),
@@ -158,6 +157,13 @@ pub async fn run(args: ScaleArgs, output: Output) -> anyhow::Result<bool> {
         wait_gone(n.pid, Duration::from_secs(15)).await;
         eprintln!("stopped {} (its data directory holds no customer data)", n.id);
     }
+    mesh.nodes.retain(|n| current.is_member(&n.id));
+    let loads = current.loads();
+    for n in &mut mesh.nodes {
+        n.partitions = loads.get(&n.id).copied().unwrap_or(0);
+    }
+    mesh.layout_version = current.version;
+    mesh.save(&dir.dir)?;
     let summary = serde_json::json!({
         "layout_version": current.version,
         "nodes": mesh.nodes.iter().map(|n| &n.id).collect::<Vec<_>>(),

@@ -129,7 +129,12 @@ impl Admin for AdminService {
             let signed = signed.ok_or_else(|| Status::invalid_argument("layout: is required"))?;
             // Verified, persisted, then installed (so a restart never comes back to an older
             // layout than the one acknowledged), then passed on to every other member.
-            let version = self.rebalance.apply(&signed).await.map_err(layout_status)?;
+            // Detached: a caller that gives up must not cut the change off between disk and memory.
+            let rebalance = self.rebalance.clone();
+            let version = tokio::spawn(async move { rebalance.apply(&signed).await })
+                .await
+                .map_err(|_| Status::internal("applying the layout failed; see the node's log"))?
+                .map_err(layout_status)?;
             self.rebalance.announce();
             Ok(version)
         }

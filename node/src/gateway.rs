@@ -487,11 +487,10 @@ impl Gateway {
                     let answer = self.forward(&req, C::METHOD.path(), &owner, p).await;
                     access.forwarded = matches!(answer, Ok(_) | Err(Error::Remote(..)));
                     match answer {
-                        // The previous owner has handed it over (or cannot be reached): the
-                        // partition is served here, once pulled.
-                        Err(Error::Moved(_) | Error::Unavailable(_))
-                            if self.mesh.route(p) == Route::Local =>
-                        {
+                        // The previous owner refused it unopened because it has handed the
+                        // partition over: it is served here, once pulled. (Any other failure may
+                        // have been applied there, so it is not run again here.)
+                        Err(Error::Moved(_)) if self.mesh.route(p) == Route::Local => {
                             self.owned::<C>(&caller, req.get_ref().clone(), access).await
                         }
                         answer => answer,
@@ -528,11 +527,11 @@ impl Gateway {
             Ok(PeerResponse {
                 result: Some(PeerResult::Status(s)),
             }) => Err(Error::Remote(tonic::Code::from(s.code), s.message)),
-            // Unreachable or unreadable: fall back to pulling the partition here.
-            other => Err(Error::Moved(format!(
-                "partition {p}: its previous owner {} did not serve it ({:?})",
+            // Not a definite refusal: the call may have run there, so it must not run here too.
+            other => Err(Error::Unavailable(format!(
+                "partition {p} is moving; its previous owner {} did not answer ({:?}); retry",
                 to.node_id,
-                other.err()
+                other.err().map(|e| e.to_string())
             ))),
         }
     }

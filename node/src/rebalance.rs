@@ -79,7 +79,7 @@ struct Moving {
 }
 
 /// What a node does with a new layout: the partitions it gains (pending until received).
-/// `pending_now` is how many partitions of the current change it has yet to receive.
+/// `pending_now` is how many partitions of the current change it has yet to receive or shred.
 pub fn plan(
     node_id: &str,
     current: Option<&Layout>,
@@ -211,7 +211,22 @@ pub async fn initial_layouts(
             LayoutError::Invalid("layout_file needs control_public_key to verify it".into())
         })?;
         let next = Layout::verify(signed, key)?;
-        let current = layouts.as_ref().map(|l| l.current.clone());
+        let mut current = layouts.as_ref().map(|l| l.current.clone());
+        // A node that left the mesh (it owns nothing in its stored layout, holds no data and
+        // expects none) may come back on a layout any number of versions later: it has nothing to
+        // reconcile, so it starts as a node without history.
+        let gone = current.as_ref().is_some_and(|c| {
+            next.version > c.version + 1 && c.partitions_of(node_id).is_empty() && pending.is_empty()
+        });
+        if gone
+            && store
+                .partitions_present()
+                .map_err(|e| LayoutError::Invalid(format!("reading the store: {e}")))?
+                .is_empty()
+        {
+            current = None;
+            layouts = None;
+        }
         if current.as_ref().is_none_or(|c| next.version > c.version) {
             let gained = plan(node_id, current.as_deref(), &next, pending.len())?;
             let saved = SavedLayout {
@@ -314,8 +329,12 @@ impl Rebalance {
             return Ok(next.version);
         }
         let current = layouts.as_ref().map(|l| l.current.clone());
-        let pending_now = self.moving().pending.len();
-        let gained = plan(&self.mesh.node_id, current.as_deref(), &next, pending_now)?;
+        // Still moving here: partitions to receive, and copies to hand over or shred.
+        let unfinished = {
+            let m = self.moving();
+            m.pending.len() + m.leftover.len()
+        };
+        let gained = plan(&self.mesh.node_id, current.as_deref(), &next, unfinished)?;
         let lost: Vec<Partition> = current
             .as_ref()
             .map(|c| {
@@ -620,12 +639,7 @@ impl Rebalance {
                 continue;
             };
             for h in answer.holdings {
-                let confirmed = match Holding::try_from(h.holding) {
-                    Ok(Holding::Held) => true,
-                    // Another node has the data the owner is waiting for: this copy is older.
-                    Ok(Holding::Pending) => h.pending_from != self.mesh.node_id,
-                    _ => false,
-                };
+                let confirmed = matches!(Holding::try_from(h.holding), Ok(Holding::Held));
                 let Some(p) = u16::try_from(h.partition).ok().and_then(Partition::new) else {
                     continue;
                 };

@@ -590,9 +590,22 @@ async fn forged_and_replayed_older_layouts_are_refused() {
             .await
             .expect_err("forged");
         assert_eq!(forged.code(), Code::PermissionDenied, "{forged:?}");
-        let replay = client
+        // Re-applying the layout a node runs is a no-op (an interrupted apply can be re-run); a
+        // different layout with the same version is refused.
+        let again = client
             .apply_layout(ApplyLayoutRequest {
                 layout: Some(mesh.layout.sign(&control)),
+            })
+            .await
+            .expect("the same layout again")
+            .into_inner();
+        assert_eq!(again.version, 1);
+        let mut moved = mesh.layout.members.clone();
+        moved[0].gateway_addr = "127.0.0.1:1".into();
+        let other_v1 = Layout::initial(moved).expect("another v1");
+        let replay = client
+            .apply_layout(ApplyLayoutRequest {
+                layout: Some(other_v1.sign(&control)),
             })
             .await
             .expect_err("same version");
@@ -669,6 +682,7 @@ async fn forged_and_replayed_older_layouts_are_refused() {
                     "PERMISSION_DENIED".to_owned(),
                     String::new()
                 ),
+                ("allow".to_owned(), String::new(), "layout v1".to_owned()),
                 (
                     "deny".to_owned(),
                     "FAILED_PRECONDITION".to_owned(),

@@ -40,7 +40,7 @@ pub enum LayoutError {
     )]
     Skipped { offered: u64, current: u64 },
     #[error(
-        "layout version {offered} cannot be applied yet: this node is still receiving {pending} partitions of version {current}; wait for the rebalance to finish (`mesh-ctl rebalance status`)"
+        "layout version {offered} cannot be applied yet: {pending} partitions of version {current} are still moving to or from this node; wait for the rebalance to finish (`mesh-ctl rebalance status`)"
     )]
     InTransition {
         offered: u64,

@@ -174,10 +174,11 @@ impl Store {
         if received {
             // One atomic step across the data and meta trees, one flush.
             use sled::Transactional as _;
-            let bits = self.pending_without(p)?;
             (&self.data, &self.meta)
                 .transaction(|(data, meta)| {
                     data.apply_batch(&batch)?;
+                    // Read inside the transaction, so concurrent imports cannot undo each other.
+                    let bits = super::pending_without(meta.get("pending")?.as_deref(), p);
                     meta.insert("pending", bits.as_slice())?;
                     Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
                 })
@@ -338,6 +339,44 @@ mod tests {
         assert_eq!(inv.orders, 1);
         let id: OrderId = created[0].order_id.parse().expect("id");
         assert_eq!(a.get_order(&id).expect("read"), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_imports_each_keep_their_received_mark() {
+        let (da, db) = (
+            tempfile::tempdir().expect("a"),
+            tempfile::tempdir().expect("b"),
+        );
+        let (a, b) = (store(da.path()), store(db.path()));
+        let mut exports = Vec::new();
+        for i in 0..8 {
+            let customer = format!("mark-{i}");
+            let o = order(&customer, i);
+            a.create_order(&o, "").await.expect("create");
+            exports.push(a.export_partition(partition_of(&customer)).expect("export"));
+        }
+        let pending: Vec<Partition> = exports.iter().map(|e| e.partition).collect();
+        b.save_layout(&crate::storage::SavedLayout {
+            current: b"layout".to_vec(),
+            previous: None,
+            pending,
+        })
+        .await
+        .expect("save");
+        // On several threads at once, as request-driven and background pulls run.
+        let b = Arc::new(b);
+        let tasks: Vec<_> = exports
+            .into_iter()
+            .map(|e| {
+                let b = b.clone();
+                tokio::spawn(async move { b.import_partition(&e, true).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task").expect("import");
+        }
+        let saved = b.saved_layout().expect("read").expect("saved");
+        assert!(saved.pending.is_empty(), "marks lost: {:?}", saved.pending);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

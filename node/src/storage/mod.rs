@@ -111,6 +111,15 @@ pub struct SavedLayout {
     pub pending: Vec<Partition>,
 }
 
+/// A stored pending set (`None`: empty) without partition `p`.
+fn pending_without(stored: Option<&[u8]>, p: Partition) -> Vec<u8> {
+    let mut bits = stored.map_or_else(|| pending_bits(&[]), <[u8]>::to_vec);
+    if let Some(b) = bits.get_mut(usize::from(p.get() / 8)) {
+        *b &= !(1 << (p.get() % 8));
+    }
+    bits
+}
+
 fn pending_bits(pending: &[Partition]) -> Vec<u8> {
     let mut bits = vec![0u8; usize::from(crate::ids::PARTITIONS / 8)];
     for p in pending {
@@ -522,18 +531,6 @@ impl Store {
         batch.insert("pending", pending_bits(&saved.pending));
         self.meta.apply_batch(batch)?;
         self.durable().await
-    }
-
-    /// The pending set without partition `p` (as stored).
-    fn pending_without(&self, p: Partition) -> Result<Vec<u8>, StorageError> {
-        let mut bits = self
-            .meta
-            .get("pending")?
-            .map_or_else(|| pending_bits(&[]), |b| b.to_vec());
-        if let Some(b) = bits.get_mut(usize::from(p.get() / 8)) {
-            *b &= !(1 << (p.get() % 8));
-        }
-        Ok(bits)
     }
 
     /// The partitions this store holds any record of (one seek per partition).
