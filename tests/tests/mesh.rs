@@ -285,7 +285,11 @@ async fn a_stolen_node_identity_cannot_upgrade_any_roles_forwarded_request() {
                 let err = peer_call(&t, &mesh, 1, call(method, body, genuine.clone()))
                     .await
                     .expect_err("re-aimed");
-                assert!(err.1.contains("signature"), "{role} {method}: {err:?}");
+                // Refused by the proof check, or (when the re-read body names a partition this
+                // node does not serve) sent back unopened before it.
+                let sent_back =
+                    err.0 == Code::Unavailable as i32 && err.1.contains("is served by node");
+                assert!(err.1.contains("signature") || sent_back, "{role} {method}: {err:?}");
             }
             let relabelled = ClientProof {
                 chain: oms_chain.clone(),
