@@ -65,7 +65,8 @@ pub struct MeshDir {
 
 impl MeshDir {
     pub fn open(dir: &Path) -> anyhow::Result<MeshDir> {
-        let dir = std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))?;
+        let dir =
+            std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))?;
         let ca_dir = dir.join("ca");
         if !ca_dir.join(mesh_node::pki::CA_CERT_FILE).exists() {
             bail!(

@@ -184,16 +184,24 @@ pub async fn run(command: LayoutCommand, output: Output) -> anyhow::Result<bool>
             match change {
                 Ok((node_id, gateway_addr, peer_addr)) => {
                     if !mesh_node::identity::is_valid_name(&node_id) {
-                        bail!("node id `{node_id}`: 1-63 lowercase letters, digits, `-`, `_` or `.`");
+                        bail!(
+                            "node id `{node_id}`: 1-63 lowercase letters, digits, `-`, `_` or `.`"
+                        );
                     }
                     if current.is_member(&node_id) && !staged.remove.contains(&node_id) {
-                        bail!("{node_id} is already a member of layout v{}", current.version);
+                        bail!(
+                            "{node_id} is already a member of layout v{}",
+                            current.version
+                        );
                     }
                     if staged.add.iter().any(|a| a.node_id == node_id) {
                         bail!("{node_id} is already staged to join");
                     }
                     for (what, addr) in [("--gateway", &gateway_addr), ("--peer", &peer_addr)] {
-                        if addr.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+                        if addr
+                            .rsplit_once(':')
+                            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+                        {
                             bail!("{what} `{addr}` is not host:port");
                         }
                     }
@@ -278,9 +286,12 @@ async fn show(dir: &MeshDir, output: Output) -> anyhow::Result<bool> {
     for m in all_members(&current, previous.as_ref()) {
         let version = async {
             let mut c = admin(&m, tls.clone()).await?;
-            let s = tokio::time::timeout(Duration::from_secs(5), c.get_rebalance(GetRebalanceRequest {}))
-                .await??
-                .into_inner();
+            let s = tokio::time::timeout(
+                Duration::from_secs(5),
+                c.get_rebalance(GetRebalanceRequest {}),
+            )
+            .await??
+            .into_inner();
             anyhow::Ok(s.layout_version)
         }
         .await;
@@ -304,16 +315,21 @@ async fn show(dir: &MeshDir, output: Output) -> anyhow::Result<bool> {
         })),
     });
     print(output, &json, || {
-        let mut s = format!("layout v{} ({} members)\n", current.version, current.members.len());
+        let mut s = format!(
+            "layout v{} ({} members)\n",
+            current.version,
+            current.members.len()
+        );
         let loads = current.loads();
         for m in &current.members {
-            let runs = running
-                .iter()
-                .find(|(id, _)| *id == m.node_id)
-                .map_or("-".to_owned(), |(_, v)| match v {
-                    Ok(v) => format!("runs v{v}"),
-                    Err(e) => format!("unreachable: {e}"),
-                });
+            let runs =
+                running
+                    .iter()
+                    .find(|(id, _)| *id == m.node_id)
+                    .map_or("-".to_owned(), |(_, v)| match v {
+                        Ok(v) => format!("runs v{v}"),
+                        Err(e) => format!("unreachable: {e}"),
+                    });
             s += &format!(
                 "  {:<6} {:>5} partitions  gateway {:<21} {}\n",
                 m.node_id,

@@ -58,7 +58,10 @@ pub struct Progress {
     pub nodes: Vec<NodeProgress>,
 }
 
-async fn ask(m: &mesh_node::layout::Member, tls: std::sync::Arc<rustls::ClientConfig>) -> anyhow::Result<RebalanceStatus> {
+async fn ask(
+    m: &mesh_node::layout::Member,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+) -> anyhow::Result<RebalanceStatus> {
     let mut client = admin(m, tls).await?;
     let answer = tokio::time::timeout(
         Duration::from_secs(5),
@@ -164,7 +167,11 @@ pub async fn wait(dir: &MeshDir, timeout: Duration) -> anyhow::Result<Progress> 
             "ETA -".into()
         };
         let width = 30;
-        let filled = if p.moving == 0 { width } else { p.moved * width / p.moving };
+        let filled = if p.moving == 0 {
+            width
+        } else {
+            p.moved * width / p.moving
+        };
         let line = format!(
             "layout v{} [{}{}] {}/{} partitions  {} moved  {}/s  {}",
             p.version,
@@ -179,7 +186,8 @@ pub async fn wait(dir: &MeshDir, timeout: Duration) -> anyhow::Result<Progress> 
         if tty {
             eprint!("\r{line:<100}");
             let _ = std::io::stderr().flush();
-        } else if line != last_line && last_print.elapsed() >= Duration::from_secs(1) || p.complete {
+        } else if line != last_line && last_print.elapsed() >= Duration::from_secs(1) || p.complete
+        {
             eprintln!("{line}");
             last_print = Instant::now();
         }
@@ -198,7 +206,9 @@ pub async fn wait(dir: &MeshDir, timeout: Duration) -> anyhow::Result<Progress> 
             let stuck: Vec<String> = p
                 .nodes
                 .iter()
-                .filter(|n| n.error.is_some() || n.pending_partitions > 0 || n.leftover_partitions > 0)
+                .filter(|n| {
+                    n.error.is_some() || n.pending_partitions > 0 || n.leftover_partitions > 0
+                })
                 .map(|n| match &n.error {
                     Some(e) => format!("{} ({e})", n.node_id),
                     None => format!(

@@ -87,7 +87,11 @@ pub async fn run(args: ScaleArgs, output: Output) -> anyhow::Result<bool> {
         let node_bin = crate::up::node_binary(args.node_bin.clone())?;
         let ca = CertificateAuthority::load(&dir.ca_dir)?;
         for add in &staged.add {
-            if mesh.nodes.iter().any(|n| n.id == add.node_id && alive(n.pid)) {
+            if mesh
+                .nodes
+                .iter()
+                .any(|n| n.id == add.node_id && alive(n.pid))
+            {
                 continue;
             }
             mesh.nodes.retain(|n| n.id != add.node_id);
@@ -110,7 +114,11 @@ pub async fn run(args: ScaleArgs, output: Output) -> anyhow::Result<bool> {
                 .spawn()
                 .with_context(|| format!("starting {}", node_bin.display()))?;
             let pid = child.id();
-            eprintln!("started {} (pid {pid}, log {})", add.node_id, files.log.display());
+            eprintln!(
+                "started {} (pid {pid}, log {})",
+                add.node_id,
+                files.log.display()
+            );
             // Recorded at once, so a rerun after a kill -9 knows this process.
             mesh.nodes.push(NodeEntry {
                 id: add.node_id.clone(),
@@ -155,7 +163,10 @@ pub async fn run(args: ScaleArgs, output: Output) -> anyhow::Result<bool> {
             nix::sys::signal::Signal::SIGTERM,
         );
         wait_gone(n.pid, Duration::from_secs(15)).await;
-        eprintln!("stopped {} (its data directory holds no customer data)", n.id);
+        eprintln!(
+            "stopped {} (its data directory holds no customer data)",
+            n.id
+        );
     }
     mesh.nodes.retain(|n| current.is_member(&n.id));
     let loads = current.loads();

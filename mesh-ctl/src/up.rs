@@ -155,10 +155,7 @@ pub fn prepare_node(
         .write(&node_dir, "node")?;
     let key_file = node_dir.join("node.kek");
     if !key_file.exists() {
-        mesh_node::pki::write_secret(
-            &key_file,
-            mesh_node::crypto::generate_key_file().as_bytes(),
-        )?;
+        mesh_node::pki::write_secret(&key_file, mesh_node::crypto::generate_key_file().as_bytes())?;
     }
     let ca_dir = dir.join("ca");
     let data_dir = node_dir.join("data");
@@ -277,10 +274,7 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
     // Members: those of the stored layout (with the same ids) or n1..nN for a new mesh. Addresses
     // are reassigned; when only they changed, the layout moves to the next version.
     let control_dir = crate::control::MeshDir::open(&dir)?;
-    let existing = control_dir
-        .layout()
-        .ok()
-        .map(|(l, _)| l);
+    let existing = control_dir.layout().ok().map(|(l, _)| l);
     let ids: Vec<String> = match (&existing, args.nodes) {
         (Some(old), Some(n)) if n != old.members.len() => bail!(
             "{} holds a {}-node mesh; change its size with `mesh-ctl scale --nodes {n} --dir {}` while it runs (or use a fresh --dir)",
@@ -310,9 +304,9 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
             peer_addr: format!("127.0.0.1:{}", port(args.base_port, number(id), 2000)),
         })
         .collect();
-    let control = control_dir.control_key().context(
-        "loading the control key (make a fresh --dir if this CA predates control keys)",
-    )?;
+    let control = control_dir
+        .control_key()
+        .context("loading the control key (make a fresh --dir if this CA predates control keys)")?;
     let layout = match existing {
         None => Layout::initial(members.clone())?,
         Some(old) if old.members == members => old,
@@ -437,7 +431,13 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
     // Nodes `mesh-ctl scale` started are not our children: stop them by pid.
     let ours: Vec<u32> = children.iter().filter_map(|(_, c, _)| c.id()).collect();
     let extra: Vec<u32> = MeshFile::load(&dir)
-        .map(|m| m.nodes.iter().map(|n| n.pid).filter(|p| !ours.contains(p)).collect())
+        .map(|m| {
+            m.nodes
+                .iter()
+                .map(|n| n.pid)
+                .filter(|p| !ours.contains(p))
+                .collect()
+        })
         .unwrap_or_default();
     let _ = std::fs::remove_file(&mesh_path);
     for pid in ours.iter().chain(&extra) {
@@ -479,8 +479,9 @@ impl MeshFile {
     pub fn load(dir: &Path) -> anyhow::Result<MeshFile> {
         let path = dir.join("mesh.json");
         serde_json::from_str(
-            &std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {} (is `mesh-ctl up` running?)", path.display()))?,
+            &std::fs::read_to_string(&path).with_context(|| {
+                format!("reading {} (is `mesh-ctl up` running?)", path.display())
+            })?,
         )
         .with_context(|| format!("reading {}", path.display()))
     }

@@ -16,6 +16,7 @@ use crate::clock::Clock;
 use crate::error::Error;
 use crate::identity::Identity;
 use crate::ids::{ContactHandle, OrderId, Partition, partition_of};
+use crate::layout::LayoutError;
 use crate::layout::Member;
 use crate::lifecycle::can_transition;
 use crate::listener::PeerInfo;
@@ -24,7 +25,6 @@ use crate::metrics::Metrics;
 use crate::policy::{self, Field, Method, Role, Visibility};
 use crate::projection::{At, buyer_text, project, project_fields};
 use crate::proof::{self, PROOF_HEADER};
-use crate::layout::LayoutError;
 use crate::rebalance::{ApplyError, Rebalance};
 use crate::storage::Store;
 use crate::transport::{PeerHandler, TransportError};
@@ -319,7 +319,9 @@ impl Gateway {
         let started = Instant::now();
         let span = tracing::info_span!("gateway", method = method.as_str());
         let result = work.instrument(span.clone()).await;
-        let code = result.as_ref().map_or_else(Error::code, |_| tonic::Code::Ok);
+        let code = result
+            .as_ref()
+            .map_or_else(Error::code, |_| tonic::Code::Ok);
         self.metrics
             .observe_request(method.as_str(), code, started.elapsed().as_secs_f64());
         if let Err(e) = &result {
@@ -475,9 +477,10 @@ impl Gateway {
             // over (a signed request can be sent there; an unsigned one waits for the pull).
             let route = C::partition(req.get_ref()).map(|p| {
                 let target = match self.mesh.route(p) {
-                    Route::Local if req.metadata().contains_key(PROOF_HEADER) => {
-                        self.rebalance.proxy_target(p).map_or(Route::Local, Route::Remote)
-                    }
+                    Route::Local if req.metadata().contains_key(PROOF_HEADER) => self
+                        .rebalance
+                        .proxy_target(p)
+                        .map_or(Route::Local, Route::Remote),
                     route => route,
                 };
                 (p, target)
@@ -491,12 +494,16 @@ impl Gateway {
                         // partition over: it is served here, once pulled. (Any other failure may
                         // have been applied there, so it is not run again here.)
                         Err(Error::Moved(_)) if self.mesh.route(p) == Route::Local => {
-                            self.owned::<C>(&caller, req.get_ref().clone(), access).await
+                            self.owned::<C>(&caller, req.get_ref().clone(), access)
+                                .await
                         }
                         answer => answer,
                     }
                 }
-                _ => self.owned::<C>(&caller, req.get_ref().clone(), access).await,
+                _ => {
+                    self.owned::<C>(&caller, req.get_ref().clone(), access)
+                        .await
+                }
             };
             match answer {
                 Err(Error::Moved(why)) if Instant::now() + backoff < deadline => {
@@ -511,7 +518,12 @@ impl Gateway {
 
     /// Passes a forwarded call on, unchanged (its proof is for the client's request, not for a
     /// node), to the node that still serves partition `p`.
-    async fn relay(&self, to: &Member, call: &ForwardedCall, p: Partition) -> Result<Vec<u8>, Error> {
+    async fn relay(
+        &self,
+        to: &Member,
+        call: &ForwardedCall,
+        p: Partition,
+    ) -> Result<Vec<u8>, Error> {
         let request = PeerRequest {
             deadline_unix_ms: 0,
             body: Some(Body::Call(call.clone())),

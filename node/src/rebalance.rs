@@ -41,9 +41,8 @@ use crate::storage::{SavedLayout, StorageError, Store};
 use mesh_proto::v1::peer_request::Body;
 use mesh_proto::v1::peer_response::Result as PeerResult;
 use mesh_proto::v1::{
-    HandoffAnswer, HandoffPull, HandoffQuery, Holding, LayoutPush, PartitionData,
-    PartitionHolding, PeerRequest, RebalanceStatus, SealedOrder, SignedLayout,
-    TransferredCustomer,
+    HandoffAnswer, HandoffPull, HandoffQuery, Holding, LayoutPush, PartitionData, PartitionHolding,
+    PeerRequest, RebalanceStatus, SealedOrder, SignedLayout, TransferredCustomer,
 };
 use prost::Message as _;
 use std::collections::{BTreeMap, BTreeSet};
@@ -181,7 +180,9 @@ pub async fn initial_layouts(
     let decode = |bytes: &[u8]| -> Result<(Layout, SignedLayout), LayoutError> {
         let signed = SignedLayout::decode(bytes).map_err(|_| LayoutError::Decode)?;
         let key = key.ok_or_else(|| {
-            LayoutError::Invalid("a layout is stored but no control_public_key is configured".into())
+            LayoutError::Invalid(
+                "a layout is stored but no control_public_key is configured".into(),
+            )
         })?;
         Ok((Layout::verify(&signed, key)?, signed))
     };
@@ -216,7 +217,9 @@ pub async fn initial_layouts(
         // expects none) may come back on a layout any number of versions later: it has nothing to
         // reconcile, so it starts as a node without history.
         let gone = current.as_ref().is_some_and(|c| {
-            next.version > c.version + 1 && c.partitions_of(node_id).is_empty() && pending.is_empty()
+            next.version > c.version + 1
+                && c.partitions_of(node_id).is_empty()
+                && pending.is_empty()
         });
         if gone
             && store
@@ -280,7 +283,9 @@ impl Rebalance {
             holding: BTreeSet::new(),
         };
         metrics.pending_partitions.set(moving.pending.len() as i64);
-        metrics.leftover_partitions.set(moving.leftover.len() as i64);
+        metrics
+            .leftover_partitions
+            .set(moving.leftover.len() as i64);
         Ok(Rebalance {
             mesh,
             store,
@@ -314,7 +319,9 @@ impl Rebalance {
     fn publish(&self) {
         let m = self.moving();
         self.metrics.pending_partitions.set(m.pending.len() as i64);
-        self.metrics.leftover_partitions.set(m.leftover.len() as i64);
+        self.metrics
+            .leftover_partitions
+            .set(m.leftover.len() as i64);
     }
 
     /// Applies a signed layout (see the module docs). Re-applying the current layout is a no-op,
@@ -516,15 +523,14 @@ impl Rebalance {
         let p = u16::try_from(pull.partition)
             .ok()
             .and_then(Partition::new)
-            .ok_or_else(|| {
-                Error::FailedPrecondition(format!("no partition {}", pull.partition))
-            })?;
+            .ok_or_else(|| Error::FailedPrecondition(format!("no partition {}", pull.partition)))?;
         let signed = pull.layout.ok_or_else(|| {
             Error::FailedPrecondition("a pull must carry the puller's layout".into())
         })?;
-        let theirs = self.mesh.verify(&signed).map_err(|e| {
-            Error::PermissionDenied(format!("the pull's layout is not valid: {e}"))
-        })?;
+        let theirs = self
+            .mesh
+            .verify(&signed)
+            .map_err(|e| Error::PermissionDenied(format!("the pull's layout is not valid: {e}")))?;
         if self
             .mesh
             .layout()
@@ -565,7 +571,12 @@ impl Rebalance {
         crate::fault::point("handoff-exported");
         let data = to_wire(&export);
         self.metrics.sent_bytes.inc_by(data.encoded_len() as u64);
-        tracing::info!(partition = p.get(), to = from, orders = export.orders(), "partition sent");
+        tracing::info!(
+            partition = p.get(),
+            to = from,
+            orders = export.orders(),
+            "partition sent"
+        );
         Ok(data)
     }
 
@@ -660,7 +671,11 @@ impl Rebalance {
         crate::fault::point("handoff-shredded");
         self.moving().leftover.remove(&p);
         self.metrics.shredded_partitions.inc();
-        tracing::info!(partition = p.get(), records, "moved partition shredded here");
+        tracing::info!(
+            partition = p.get(),
+            records,
+            "moved partition shredded here"
+        );
         Ok(())
     }
 

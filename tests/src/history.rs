@@ -89,8 +89,14 @@ impl Clients {
             return Some(p.clone());
         }
         let connect = |c: &Credentials| mesh_node::client::connect(addr, "localhost", c.tls());
-        let sf = tokio::time::timeout(Duration::from_secs(3), connect(&self.sf)).await.ok()?.ok()?;
-        let oms = tokio::time::timeout(Duration::from_secs(3), connect(&self.oms)).await.ok()?.ok()?;
+        let sf = tokio::time::timeout(Duration::from_secs(3), connect(&self.sf))
+            .await
+            .ok()?
+            .ok()?;
+        let oms = tokio::time::timeout(Duration::from_secs(3), connect(&self.oms))
+            .await
+            .ok()?
+            .ok()?;
         let pair = (OrderGatewayClient::new(sf), OrderGatewayClient::new(oms));
         self.cache.insert(addr, pair.clone());
         Some(pair)
@@ -128,12 +134,7 @@ pub struct History {
 
 impl History {
     /// Starts `writers` writers, each with its own customers (prefixed `prefix`).
-    pub fn start(
-        pki: &crate::Pki,
-        gateways: Gateways,
-        writers: usize,
-        prefix: &str,
-    ) -> History {
+    pub fn start(pki: &crate::Pki, gateways: Gateways, writers: usize, prefix: &str) -> History {
         let stop = Arc::new(AtomicBool::new(false));
         let counts = Arc::new(Counts::default());
         let (sf, oms) = (pki.client(Role::Storefront), pki.client(Role::Oms));
@@ -196,7 +197,9 @@ impl History {
                     fields: Vec::new(),
                 };
                 match oms
-                    .get_order(with_deadline(clients.oms_sign.signed(Method::GetOrder.path(), req)))
+                    .get_order(with_deadline(
+                        clients.oms_sign.signed(Method::GetOrder.path(), req),
+                    ))
                     .await
                 {
                     Ok(r) => {
@@ -208,7 +211,8 @@ impl History {
                             ));
                         }
                     }
-                    Err(s) => violations.push(format!("order {} unreadable at the end: {s:?}", o.order_id)),
+                    Err(s) => violations
+                        .push(format!("order {} unreadable at the end: {s:?}", o.order_id)),
                 }
             }
             for (customer, (acked, unknown)) in &log.creates {
@@ -222,7 +226,9 @@ impl History {
                 };
                 let listed = match oms
                     .list_customer_orders(with_deadline(
-                        clients.oms_sign.signed(Method::ListCustomerOrders.path(), req),
+                        clients
+                            .oms_sign
+                            .signed(Method::ListCustomerOrders.path(), req),
                     ))
                     .await
                 {
@@ -255,7 +261,10 @@ impl History {
                 }
                 for o in log.orders.iter().filter(|o| &o.customer_id == customer) {
                     if !listed.iter().any(|l| l.order_id == o.order_id) {
-                        violations.push(format!("acknowledged order {} is missing from its customer's list", o.order_id));
+                        violations.push(format!(
+                            "acknowledged order {} is missing from its customer's list",
+                            o.order_id
+                        ));
                     }
                 }
             }
@@ -290,7 +299,11 @@ async fn writer(
         let open: Vec<usize> = (0..log.orders.len())
             .filter(|&k| log.orders[k].acked + 1 < PATH.len())
             .collect();
-        let op = if log.orders.is_empty() { 0 } else { rng.below(3) };
+        let op = if log.orders.is_empty() {
+            0
+        } else {
+            rng.below(3)
+        };
         match op {
             // Create, retried with the same idempotency key until acknowledged.
             0 => {
@@ -306,7 +319,9 @@ async fn writer(
                         g[rng.below(g.len())]
                     };
                     if let Some((mut sf, _)) = clients.pair(gateway).await {
-                        let signed = clients.sf_sign.signed(Method::CreateOrder.path(), req.clone());
+                        let signed = clients
+                            .sf_sign
+                            .signed(Method::CreateOrder.path(), req.clone());
                         match sf.create_order(with_deadline(signed)).await {
                             Ok(r) => {
                                 let order = r.into_inner().order.expect("order");

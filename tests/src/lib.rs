@@ -305,7 +305,8 @@ impl TestMesh {
 
     /// The layout mesh-ctl last signed (`layout.bin`), verified.
     pub fn layout_now(&self) -> mesh_node::layout::Layout {
-        let control = CertificateAuthority::load_control_key(&self.pki.ca_dir()).expect("control key");
+        let control =
+            CertificateAuthority::load_control_key(&self.pki.ca_dir()).expect("control key");
         let bytes = std::fs::read(&self.layout_file).expect("layout.bin");
         let signed: mesh_proto::v1::SignedLayout =
             prost::Message::decode(bytes.as_slice()).expect("signed layout");
@@ -334,7 +335,8 @@ impl TestMesh {
             env,
             ..NodeOptions::default()
         };
-        self.nodes.push(NodeProcess::start_with(&self.pki, id, &opts));
+        self.nodes
+            .push(NodeProcess::start_with(&self.pki, id, &opts));
         self.nodes.len() - 1
     }
 
@@ -348,10 +350,24 @@ impl TestMesh {
         for id in ids {
             if !current.is_member(id) {
                 let i = self.start_node(id, &[]);
-                let (gw, peer) = (self.nodes[i].gateway.to_string(), self.nodes[i].peer.to_string());
-                mesh_ctl(&["layout", "stage", "add", id, "--gateway", &gw, "--peer", &peer, "--dir", dir])
-                    .await
-                    .expect("stage add");
+                let (gw, peer) = (
+                    self.nodes[i].gateway.to_string(),
+                    self.nodes[i].peer.to_string(),
+                );
+                mesh_ctl(&[
+                    "layout",
+                    "stage",
+                    "add",
+                    id,
+                    "--gateway",
+                    &gw,
+                    "--peer",
+                    &peer,
+                    "--dir",
+                    dir,
+                ])
+                .await
+                .expect("stage add");
             }
         }
         for m in &current.members {
@@ -362,9 +378,19 @@ impl TestMesh {
             }
         }
         let version = (current.version + 1).to_string();
-        mesh_ctl(&["layout", "apply", "--version", &version, "--wait", "--timeout", "120s", "--dir", dir])
-            .await
-            .expect("apply");
+        mesh_ctl(&[
+            "layout",
+            "apply",
+            "--version",
+            &version,
+            "--wait",
+            "--timeout",
+            "120s",
+            "--dir",
+            dir,
+        ])
+        .await
+        .expect("apply");
         let next = self.layout_now();
         for node in &mut self.nodes {
             if !next.is_member(&node.id) && node.is_running() {

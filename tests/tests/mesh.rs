@@ -289,7 +289,10 @@ async fn a_stolen_node_identity_cannot_upgrade_any_roles_forwarded_request() {
                 // node does not serve) sent back unopened before it.
                 let sent_back =
                     err.0 == Code::Unavailable as i32 && err.1.contains("is served by node");
-                assert!(err.1.contains("signature") || sent_back, "{role} {method}: {err:?}");
+                assert!(
+                    err.1.contains("signature") || sent_back,
+                    "{role} {method}: {err:?}"
+                );
             }
             let relabelled = ClientProof {
                 chain: oms_chain.clone(),

@@ -17,7 +17,9 @@ use std::time::Duration;
 use tonic::Code;
 
 fn gateways_of(mesh: &TestMesh, ids: &[&str]) -> Vec<SocketAddr> {
-    ids.iter().map(|id| mesh.nodes[mesh.index(id)].gateway).collect()
+    ids.iter()
+        .map(|id| mesh.nodes[mesh.index(id)].gateway)
+        .collect()
 }
 
 /// Waits until the writers have had `more` further writes acknowledged.
@@ -69,7 +71,10 @@ async fn scaling_3_to_5_to_2_to_3_under_load_keeps_every_acknowledged_write() {
         // Clients stop using the leaving nodes' gateways, then they leave.
         *gateways.write().expect("gw") = gateways_of(&mesh, &["n1", "n2"]);
         let v3 = mesh.change_members(&["n1", "n2"]).await;
-        assert_eq!(v3.partitions_of("n1").len() + v3.partitions_of("n2").len(), 4096);
+        assert_eq!(
+            v3.partitions_of("n1").len() + v3.partitions_of("n2").len(),
+            4096
+        );
         for id in ["n3", "n4", "n5"] {
             assert_left_nothing(&mesh, id);
         }
@@ -83,7 +88,11 @@ async fn scaling_3_to_5_to_2_to_3_under_load_keeps_every_acknowledged_write() {
         let all = gateways_of(&mesh, &["n1", "n2", "n3"]);
         let counts = format!("{:?}", history.counts);
         let (violations, checked) = history.finish(&all).await;
-        assert!(violations.is_empty(), "history violations ({counts}):\n{}", violations.join("\n"));
+        assert!(
+            violations.is_empty(),
+            "history violations ({counts}):\n{}",
+            violations.join("\n")
+        );
         assert!(checked >= 60, "only {checked} orders checked");
         eprintln!("history: {checked} orders checked, {counts}");
     })
@@ -109,7 +118,11 @@ async fn forged_or_skipping_layouts_are_refused_by_every_node_and_by_mesh_ctl() 
                 .await
                 .expect_err("skips v2");
             assert_eq!(skipped.code(), Code::FailedPrecondition, "{}", node.id);
-            assert!(skipped.message().contains("apply version 2 first"), "{}", skipped.message());
+            assert!(
+                skipped.message().contains("apply version 2 first"),
+                "{}",
+                skipped.message()
+            );
             let forged = client
                 .apply_layout(ApplyLayoutRequest {
                     layout: Some(v2.sign(&forger)),
@@ -139,7 +152,10 @@ async fn forged_or_skipping_layouts_are_refused_by_every_node_and_by_mesh_ctl() 
         let forged = mesh_ctl(&["layout", "apply", "--version", "2", "--dir", dir])
             .await
             .expect_err("forged");
-        assert!(format!("{forged:#}").contains("does not verify"), "{forged:#}");
+        assert!(
+            format!("{forged:#}").contains("does not verify"),
+            "{forged:#}"
+        );
         // Nothing changed anywhere.
         let mut client = AdminClient::new(mesh.nodes[1].channel(&admin).await.expect("connect"));
         let status = client
@@ -175,9 +191,20 @@ async fn handoff_survives_a_crash(point: &str, victim: &str) {
             mesh.nodes[n3].gateway.to_string(),
             mesh.nodes[n3].peer.to_string(),
         );
-        mesh_ctl(&["layout", "stage", "add", "n3", "--gateway", &gw, "--peer", &peer, "--dir", dir])
-            .await
-            .expect("stage");
+        mesh_ctl(&[
+            "layout",
+            "stage",
+            "add",
+            "n3",
+            "--gateway",
+            &gw,
+            "--peer",
+            &peer,
+            "--dir",
+            dir,
+        ])
+        .await
+        .expect("stage");
         // The victim may die while the layout is being pushed: apply may fail here.
         let _ = mesh_ctl(&["layout", "apply", "--version", "2", "--dir", dir]).await;
         let v = mesh.index(victim);
@@ -190,15 +217,27 @@ async fn handoff_survives_a_crash(point: &str, victim: &str) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(
-            mesh.nodes[v].log_tail(20).contains(&format!("aborting at {point}")),
+            mesh.nodes[v]
+                .log_tail(20)
+                .contains(&format!("aborting at {point}")),
             "{victim} died, but not at {point}:\n{}",
             mesh.nodes[v].log_tail(20)
         );
         // Restart it disarmed; applying the same version again resumes the change.
         mesh.start_node(victim, &[]);
-        mesh_ctl(&["layout", "apply", "--version", "2", "--wait", "--timeout", "120s", "--dir", dir])
-            .await
-            .expect("resume");
+        mesh_ctl(&[
+            "layout",
+            "apply",
+            "--version",
+            "2",
+            "--wait",
+            "--timeout",
+            "120s",
+            "--dir",
+            dir,
+        ])
+        .await
+        .expect("resume");
         mesh.layout = mesh.layout_now();
         *gateways.write().expect("gw") = gateways_of(&mesh, &["n1", "n2", "n3"]);
         progress(&history, 40).await;
@@ -206,7 +245,11 @@ async fn handoff_survives_a_crash(point: &str, victim: &str) {
         let all = gateways_of(&mesh, &["n1", "n2", "n3"]);
         let counts = format!("{:?}", history.counts);
         let (violations, checked) = history.finish(&all).await;
-        assert!(violations.is_empty(), "history violations after a crash at {point} ({counts}):\n{}", violations.join("\n"));
+        assert!(
+            violations.is_empty(),
+            "history violations after a crash at {point} ({counts}):\n{}",
+            violations.join("\n")
+        );
         assert!(checked >= 40, "only {checked} orders checked");
         // Every old copy is gone: the old owners hold exactly their own partitions.
         let status = mesh_ctl(&["rebalance", "status", "-o", "json", "--dir", dir])
@@ -258,7 +301,8 @@ fn ctl(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_shrinks_it_leaving_nothing() {
+async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_shrinks_it_leaving_nothing()
+ {
     use mesh_proto::v1::GetOrderRequest;
     use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
     use std::process::{Command, Stdio};
@@ -283,7 +327,8 @@ async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_sh
             "mesh.json never appeared"
         );
         let mesh: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(d.join("mesh.json")).expect("read")).expect("json");
+            serde_json::from_str(&std::fs::read_to_string(d.join("mesh.json")).expect("read"))
+                .expect("json");
         let client = |role: &str| {
             let c = &mesh["clients"][role];
             let key = std::path::PathBuf::from(c["key"].as_str().expect("key"));
@@ -293,13 +338,22 @@ async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_sh
                 &key,
             )
             .expect("tls");
-            (tls, mesh_node::proof::Signer::from_pem_file(&key).expect("signer"))
+            (
+                tls,
+                mesh_node::proof::Signer::from_pem_file(&key).expect("signer"),
+            )
         };
         let (sf_tls, sf_sign) = client("storefront");
         let (oms_tls, oms_sign) = client("oms");
-        let n1: SocketAddr = mesh["nodes"][0]["gateway"].as_str().expect("gw").parse().expect("addr");
+        let n1: SocketAddr = mesh["nodes"][0]["gateway"]
+            .as_str()
+            .expect("gw")
+            .parse()
+            .expect("addr");
         let mut sf = OrderGatewayClient::new(
-            mesh_node::client::connect(n1, "localhost", sf_tls).await.expect("connect"),
+            mesh_node::client::connect(n1, "localhost", sf_tls)
+                .await
+                .expect("connect"),
         );
         let mut orders = Vec::new();
         for i in 0..300u32 {
@@ -332,12 +386,19 @@ async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_sh
         let mut seen_in_progress = false;
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while !seen_in_progress {
-            assert!(std::time::Instant::now() < deadline, "the rebalance to v2 never started");
-            assert!(first.try_wait().expect("wait").is_none(), "scale finished before it could be killed");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the rebalance to v2 never started"
+            );
+            assert!(
+                first.try_wait().expect("wait").is_none(),
+                "scale finished before it could be killed"
+            );
             let out = ctl(d, &["rebalance", "status", "-o", "json"]);
             if out.status.success() {
                 let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-                seen_in_progress = s["version"] == 2 && s["complete"] == false && s["moved"].as_u64() > Some(0);
+                seen_in_progress =
+                    s["version"] == 2 && s["complete"] == false && s["moved"].as_u64() > Some(0);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -346,19 +407,31 @@ async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_sh
         let second = scale("4").wait_with_output().expect("scale again");
         let stderr = String::from_utf8_lossy(&second.stderr);
         assert!(second.status.success(), "resumed scale failed: {stderr}");
-        assert!(stderr.contains("partitions") && stderr.contains("MiB/s"), "no progress shown: {stderr}");
+        assert!(
+            stderr.contains("partitions") && stderr.contains("MiB/s"),
+            "no progress shown: {stderr}"
+        );
         let elapsed = started.elapsed().as_secs_f64();
 
         let status = json(&ctl(d, &["rebalance", "status", "-o", "json"]));
         assert_eq!(status["complete"], true, "{status}");
         // Complete, so the previous layout is retired: nothing is moving any more.
-        assert_eq!((status["version"].as_u64(), status["moving"].as_u64()), (Some(2), Some(0)));
-        assert_eq!(status["nodes"].as_array().expect("nodes").len(), 4, "{status}");
+        assert_eq!(
+            (status["version"].as_u64(), status["moving"].as_u64()),
+            (Some(2), Some(0))
+        );
+        assert_eq!(
+            status["nodes"].as_array().expect("nodes").len(),
+            4,
+            "{status}"
+        );
         // Throttled: the new node received at most the rate, plus one second of burst, per second.
         let bytes = status["bytes_received"].as_u64().expect("bytes");
         assert!(bytes > 30_000, "only {bytes} bytes moved");
         let floor = (bytes - RATE) as f64 / RATE as f64;
-        eprintln!("scale 3 -> 4: {bytes} bytes moved in {elapsed:.1}s (floor {floor:.1}s at {RATE} B/s)");
+        eprintln!(
+            "scale 3 -> 4: {bytes} bytes moved in {elapsed:.1}s (floor {floor:.1}s at {RATE} B/s)"
+        );
         assert!(
             elapsed >= floor * 0.9,
             "{bytes} bytes moved in {elapsed:.1}s, faster than {RATE} B/s allows ({floor:.1}s)"
@@ -376,7 +449,8 @@ async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_sh
 
         // Every order, through the new node's gateway.
         let mesh: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(d.join("mesh.json")).expect("read")).expect("json");
+            serde_json::from_str(&std::fs::read_to_string(d.join("mesh.json")).expect("read"))
+                .expect("json");
         let n4 = mesh["nodes"]
             .as_array()
             .expect("nodes")
@@ -385,9 +459,13 @@ async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_sh
             .expect("n4 in mesh.json")
             .clone();
         let mut oms = OrderGatewayClient::new(
-            mesh_node::client::connect(n4["gateway"].as_str().expect("gw").parse().expect("addr"), "localhost", oms_tls)
-                .await
-                .expect("connect"),
+            mesh_node::client::connect(
+                n4["gateway"].as_str().expect("gw").parse().expect("addr"),
+                "localhost",
+                oms_tls,
+            )
+            .await
+            .expect("connect"),
         );
         for id in &orders {
             let req = GetOrderRequest {
@@ -402,9 +480,14 @@ async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_sh
 
         // Back to 3: n4 hands everything back, is stopped, and its directory holds nothing.
         let shrink = scale("3").wait_with_output().expect("scale to 3");
-        assert!(shrink.status.success(), "{}", String::from_utf8_lossy(&shrink.stderr));
+        assert!(
+            shrink.status.success(),
+            "{}",
+            String::from_utf8_lossy(&shrink.stderr)
+        );
         let mesh: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(d.join("mesh.json")).expect("read")).expect("json");
+            serde_json::from_str(&std::fs::read_to_string(d.join("mesh.json")).expect("read"))
+                .expect("json");
         assert_eq!(mesh["nodes"].as_array().expect("nodes").len(), 3);
         let pid = nix::unistd::Pid::from_raw(n4["pid"].as_i64().expect("pid") as i32);
         assert!(nix::sys::signal::kill(pid, None).is_err(), "n4 still runs");
@@ -417,7 +500,11 @@ async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_sh
             .output()
             .expect("inspect");
         let inv = json(&inspect);
-        assert_eq!((inv["customers"].as_u64(), inv["orders"].as_u64()), (Some(0), Some(0)), "{inv}");
+        assert_eq!(
+            (inv["customers"].as_u64(), inv["orders"].as_u64()),
+            (Some(0), Some(0)),
+            "{inv}"
+        );
         let bytes = read_tree(&n4_dir);
         assert!(!contains(&bytes, b"Meenakshi") && !contains(&bytes, b"Lakshmi Nagar"));
 

@@ -508,7 +508,10 @@ impl Store {
         let pending = match self.meta.get("pending")? {
             None => Vec::new(),
             Some(bits) => (0..crate::ids::PARTITIONS)
-                .filter(|p| bits.get(usize::from(p / 8)).is_some_and(|b| b & (1 << (p % 8)) != 0))
+                .filter(|p| {
+                    bits.get(usize::from(p / 8))
+                        .is_some_and(|b| b & (1 << (p % 8)) != 0)
+                })
                 .filter_map(Partition::new)
                 .collect(),
         };
@@ -537,7 +540,13 @@ impl Store {
     pub fn partitions_present(&self) -> Result<Vec<Partition>, StorageError> {
         let mut out = Vec::new();
         for p in (0..crate::ids::PARTITIONS).filter_map(Partition::new) {
-            if self.data.scan_prefix(p.to_be_bytes()).next().transpose()?.is_some() {
+            if self
+                .data
+                .scan_prefix(p.to_be_bytes())
+                .next()
+                .transpose()?
+                .is_some()
+            {
                 out.push(p);
             }
         }

@@ -164,7 +164,10 @@ async fn main() -> anyhow::Result<()> {
         }));
     }
     tokio::time::sleep(Duration::from_secs(args.before_seconds)).await;
-    let before = std::mem::replace(&mut *phase.lock().expect("phase"), Arc::new(Phase::default()));
+    let before = std::mem::replace(
+        &mut *phase.lock().expect("phase"),
+        Arc::new(Phase::default()),
+    );
 
     // The change: n4 joins through mesh-ctl.
     let env: Vec<(&str, &str)> = args
@@ -179,8 +182,19 @@ async fn main() -> anyhow::Result<()> {
         mesh.nodes[i].gateway.to_string(),
         mesh.nodes[i].peer.to_string(),
     );
-    mesh_ctl(&["layout", "stage", "add", "n4", "--gateway", &gw, "--peer", &peer, "--dir", dir])
-        .await?;
+    mesh_ctl(&[
+        "layout",
+        "stage",
+        "add",
+        "n4",
+        "--gateway",
+        &gw,
+        "--peer",
+        &peer,
+        "--dir",
+        dir,
+    ])
+    .await?;
     let change = Instant::now();
     mesh_ctl(&["layout", "apply", "--version", "2", "--dir", dir]).await?;
     loop {
@@ -193,14 +207,18 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let took = change.elapsed().as_secs_f64();
-    let during = std::mem::replace(&mut *phase.lock().expect("phase"), Arc::new(Phase::default()));
+    let during = std::mem::replace(
+        &mut *phase.lock().expect("phase"),
+        Arc::new(Phase::default()),
+    );
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await?;
     }
 
     let admin = mesh.pki.client(Role::Admin);
-    let mut a = mesh_proto::v1::admin_client::AdminClient::new(mesh.nodes[i].channel(&admin).await?);
+    let mut a =
+        mesh_proto::v1::admin_client::AdminClient::new(mesh.nodes[i].channel(&admin).await?);
     let s = a.get_rebalance(GetRebalanceRequest {}).await?.into_inner();
     let ideal_orders = ids.len() as f64 / 4.0;
     let bytes_per_order = s.received_bytes as f64 / s.received_orders.max(1) as f64;
@@ -217,7 +235,11 @@ async fn main() -> anyhow::Result<()> {
         );
         p99
     };
-    println!("scale 3 -> 4 with {} orders (rate limit {} B/s)", ids.len(), s.rate_limit_bytes_per_second);
+    println!(
+        "scale 3 -> 4 with {} orders (rate limit {} B/s)",
+        ids.len(),
+        s.rate_limit_bytes_per_second
+    );
     println!(
         "moved    {} partitions, {} orders, {} bytes ({:.3} x the ideal quarter: {:.0} orders, {:.0} bytes)",
         s.received_partitions,
