@@ -7,7 +7,7 @@ use crate::control::{MeshDir, Staged, StagedMember, admin, all_members};
 use crate::pki::print;
 use anyhow::{Context as _, bail};
 use mesh_node::layout::Layout;
-use mesh_proto::v1::{ApplyLayoutRequest, GetRebalanceRequest, SignedLayout};
+use mesh_proto::v1::{ApplyLayoutRequest, GetLayoutRequest, SignedLayout};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -273,7 +273,7 @@ pub async fn run(command: LayoutCommand, output: Output) -> anyhow::Result<bool>
 }
 
 async fn show(dir: &MeshDir, output: Output) -> anyhow::Result<bool> {
-    let (current, _) = dir.layout()?;
+    let (current, current_signed) = dir.layout()?;
     let staged = dir.staged()?;
     let next = if staged.is_empty() {
         None
@@ -284,15 +284,22 @@ async fn show(dir: &MeshDir, output: Output) -> anyhow::Result<bool> {
     let previous = dir.previous_layout()?;
     let mut running = Vec::new();
     for m in all_members(&current, previous.as_ref()) {
+        // The exact signed layout each node runs: the same version signed differently (or not
+        // by this directory's control key) is a disagreement too.
         let version = async {
             let mut c = admin(&m, tls.clone()).await?;
-            let s = tokio::time::timeout(
-                Duration::from_secs(5),
-                c.get_rebalance(GetRebalanceRequest {}),
-            )
-            .await??
-            .into_inner();
-            anyhow::Ok(s.layout_version)
+            let runs =
+                tokio::time::timeout(Duration::from_secs(5), c.get_layout(GetLayoutRequest {}))
+                    .await??
+                    .into_inner()
+                    .layout
+                    .context("runs no layout")?;
+            let layout = Layout::verify(&runs, &dir.control_key()?.public())
+                .context("runs a layout this control key did not sign")?;
+            if layout.version == current.version && runs != current_signed {
+                anyhow::bail!("runs a different layout v{}", layout.version);
+            }
+            anyhow::Ok(layout.version)
         }
         .await;
         running.push((m.node_id.clone(), version.map_err(|e| format!("{e:#}"))));

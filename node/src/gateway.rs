@@ -363,16 +363,29 @@ impl Gateway {
             }),
         };
         let deadline = Instant::now() + self.budget(req).saturating_sub(Duration::from_millis(20));
+        let bytes = self.send_call(owner, call, deadline, p).await?;
+        Resp::decode(bytes.as_slice()).map_err(|_| {
+            Error::Unavailable(format!("node {} sent an unreadable answer", owner.node_id))
+        })
+    }
+
+    /// Sends a forwarded call to `to` and returns its encoded answer, or its status (`Moved` when
+    /// it refused the call unopened because partition `p` is moving).
+    async fn send_call(
+        &self,
+        to: &Member,
+        call: ForwardedCall,
+        deadline: Instant,
+        p: Partition,
+    ) -> Result<Vec<u8>, Error> {
         let request = PeerRequest {
             deadline_unix_ms: 0,
             body: Some(Body::Call(call)),
         };
-        match self.mesh.transport.call(owner, request, deadline).await {
+        match self.mesh.transport.call(to, request, deadline).await {
             Ok(PeerResponse {
                 result: Some(PeerResult::Response(bytes)),
-            }) => Resp::decode(bytes.as_slice()).map_err(|_| {
-                Error::Unavailable(format!("node {} sent an unreadable answer", owner.node_id))
-            }),
+            }) => Ok(bytes),
             Ok(PeerResponse {
                 result: Some(PeerResult::Status(s)),
             }) if s.moved => Err(Error::Moved(s.message)),
@@ -381,7 +394,7 @@ impl Gateway {
             }) => Err(Error::Remote(tonic::Code::from(s.code), s.message)),
             Ok(_) => Err(Error::Unavailable(format!(
                 "node {} sent an empty answer",
-                owner.node_id
+                to.node_id
             ))),
             Err(TransportError::Unavailable { node, reason }) => Err(Error::Unavailable(format!(
                 "the shard holding partition {p} (node {node}) is unreachable: {reason}"
@@ -524,28 +537,9 @@ impl Gateway {
         call: &ForwardedCall,
         p: Partition,
     ) -> Result<Vec<u8>, Error> {
-        let request = PeerRequest {
-            deadline_unix_ms: 0,
-            body: Some(Body::Call(call.clone())),
-        };
-        let deadline = Instant::now() + self.forward_timeout;
-        match self.mesh.transport.call(to, request, deadline).await {
-            Ok(PeerResponse {
-                result: Some(PeerResult::Response(bytes)),
-            }) => Ok(bytes),
-            Ok(PeerResponse {
-                result: Some(PeerResult::Status(s)),
-            }) if s.moved => Err(Error::Moved(s.message)),
-            Ok(PeerResponse {
-                result: Some(PeerResult::Status(s)),
-            }) => Err(Error::Remote(tonic::Code::from(s.code), s.message)),
-            // Not a definite refusal: the call may have run there, so it must not run here too.
-            other => Err(Error::Unavailable(format!(
-                "partition {p} is moving; its previous owner {} did not answer ({:?}); retry",
-                to.node_id,
-                other.err().map(|e| e.to_string())
-            ))),
-        }
+        // Anything but a definite refusal may have run there, so it must not run here too.
+        self.send_call(to, call.clone(), Instant::now() + self.forward_timeout, p)
+            .await
     }
 
     /// How long a request may take: the client's deadline, capped by the node's own timeout.

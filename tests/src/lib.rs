@@ -251,37 +251,48 @@ impl TestMesh {
     /// `DSM_ACCESS_CONTACT_GRACE`).
     pub fn start_with(n: usize, log_level: &str, env: &[(&str, &str)]) -> TestMesh {
         let pki = Pki::new();
-        let members: Vec<mesh_node::layout::Member> = (1..=n)
-            .map(|i| mesh_node::layout::Member {
-                node_id: format!("n{i}"),
-                peer_addr: format!("127.0.0.1:{}", free_port()),
-                gateway_addr: format!("127.0.0.1:{}", free_port()),
-            })
-            .collect();
-        let layout = mesh_node::layout::Layout::initial(members.clone()).expect("layout");
         let control = CertificateAuthority::load_control_key(&pki.ca_dir()).expect("control key");
         let layout_file = pki.dir.path().join("layout.bin");
-        std::fs::write(
-            &layout_file,
-            prost::Message::encode_to_vec(&layout.sign(&control)),
-        )
-        .expect("write layout");
-        let nodes = members
-            .iter()
-            .map(|m| {
-                let opts = NodeOptions {
-                    gateway: m.gateway_addr.parse().expect("addr"),
-                    peer: m.peer_addr.parse().expect("addr"),
-                    layout_file: Some(layout_file.clone()),
-                    log_level: log_level.to_owned(),
-                    env: env
-                        .iter()
-                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                        .collect(),
-                };
-                NodeProcess::start_with(&pki, &m.node_id, &opts)
-            })
-            .collect();
+        // A probed free port can be taken by a concurrent test before the node binds it: then
+        // the whole mesh starts again on fresh ports (and a fresh first layout).
+        let mut attempt = 0;
+        let (layout, nodes) = loop {
+            attempt += 1;
+            let members: Vec<mesh_node::layout::Member> = (1..=n)
+                .map(|i| mesh_node::layout::Member {
+                    node_id: format!("n{i}"),
+                    peer_addr: format!("127.0.0.1:{}", free_port()),
+                    gateway_addr: format!("127.0.0.1:{}", free_port()),
+                })
+                .collect();
+            let layout = mesh_node::layout::Layout::initial(members.clone()).expect("layout");
+            std::fs::write(
+                &layout_file,
+                prost::Message::encode_to_vec(&layout.sign(&control)),
+            )
+            .expect("write layout");
+            let started: anyhow::Result<Vec<NodeProcess>> = members
+                .iter()
+                .map(|m| {
+                    let opts = NodeOptions {
+                        gateway: m.gateway_addr.parse().expect("addr"),
+                        peer: m.peer_addr.parse().expect("addr"),
+                        layout_file: Some(layout_file.clone()),
+                        log_level: log_level.to_owned(),
+                        env: env
+                            .iter()
+                            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                            .collect(),
+                    };
+                    NodeProcess::try_start_with(&pki, &m.node_id, &opts)
+                })
+                .collect();
+            match started {
+                Ok(nodes) => break (layout, nodes),
+                Err(e) if attempt < 4 && format!("{e:#}").contains("Address already in use") => {}
+                Err(e) => panic!("the mesh does not start: {e:#}"),
+            }
+        };
         TestMesh {
             pki,
             nodes,
@@ -328,16 +339,53 @@ impl TestMesh {
             }
             return i;
         }
-        let opts = NodeOptions {
-            gateway: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            peer: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            layout_file: Some(self.layout_file.clone()),
-            env,
-            ..NodeOptions::default()
-        };
-        self.nodes
-            .push(NodeProcess::start_with(&self.pki, id, &opts));
+        // A free port can be taken by a concurrent test between probing and binding: try again
+        // with fresh ones.
+        for attempt in 0.. {
+            let opts = NodeOptions {
+                gateway: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                peer: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                layout_file: Some(self.layout_file.clone()),
+                env: env.clone(),
+                ..NodeOptions::default()
+            };
+            match NodeProcess::try_start_with(&self.pki, id, &opts) {
+                Ok(node) => {
+                    self.nodes.push(node);
+                    break;
+                }
+                Err(e) if attempt < 3 && format!("{e:#}").contains("Address already in use") => {}
+                Err(e) => panic!("node {id} does not start: {e:#}"),
+            }
+        }
         self.nodes.len() - 1
+    }
+
+    /// Starts node `id` (see [`TestMesh::start_node`]) and stages its joining with
+    /// `mesh-ctl layout stage add`. Returns its index.
+    pub async fn stage_join(&mut self, id: &str, env: &[(&str, &str)]) -> usize {
+        let i = self.start_node(id, env);
+        let (gw, peer) = (
+            self.nodes[i].gateway.to_string(),
+            self.nodes[i].peer.to_string(),
+        );
+        let dir = self.dir();
+        let dir = dir.to_str().expect("utf-8 dir");
+        mesh_ctl(&[
+            "layout",
+            "stage",
+            "add",
+            id,
+            "--gateway",
+            &gw,
+            "--peer",
+            &peer,
+            "--dir",
+            dir,
+        ])
+        .await
+        .expect("stage add");
+        i
     }
 
     /// Moves the mesh to exactly the members `ids` with the real control plane: starts joining
@@ -349,25 +397,7 @@ impl TestMesh {
         let dir = dir.to_str().expect("utf-8 dir");
         for id in ids {
             if !current.is_member(id) {
-                let i = self.start_node(id, &[]);
-                let (gw, peer) = (
-                    self.nodes[i].gateway.to_string(),
-                    self.nodes[i].peer.to_string(),
-                );
-                mesh_ctl(&[
-                    "layout",
-                    "stage",
-                    "add",
-                    id,
-                    "--gateway",
-                    &gw,
-                    "--peer",
-                    &peer,
-                    "--dir",
-                    dir,
-                ])
-                .await
-                .expect("stage add");
+                self.stage_join(id, &[]).await;
             }
         }
         for m in &current.members {
@@ -459,6 +489,11 @@ impl NodeProcess {
 
     /// Starts node `id` with explicit addresses and (for a mesh) a layout.
     pub fn start_with(pki: &Pki, id: &str, opts: &NodeOptions) -> NodeProcess {
+        NodeProcess::try_start_with(pki, id, opts).expect("node starts")
+    }
+
+    /// As [`NodeProcess::start_with`], returning why the node did not start.
+    pub fn try_start_with(pki: &Pki, id: &str, opts: &NodeOptions) -> anyhow::Result<NodeProcess> {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_owned();
         let credentials = pki.node(id);
@@ -507,8 +542,8 @@ impl NodeProcess {
             env: opts.env.clone(),
             _tmp: Some(tmp),
         };
-        node.spawn().expect("node starts");
-        node
+        node.spawn()?;
+        Ok(node)
     }
 
     pub fn data_dir(&self) -> PathBuf {

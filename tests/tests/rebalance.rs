@@ -184,27 +184,10 @@ async fn handoff_survives_a_crash(point: &str, victim: &str) {
             mesh.nodes[i].stop();
             mesh.start_node("n1", &fault);
         }
-        let n3 = mesh.start_node("n3", if victim == "n3" { &fault[..] } else { &[] });
+        mesh.stage_join("n3", if victim == "n3" { &fault[..] } else { &[] })
+            .await;
         let dir = mesh.dir();
         let dir = dir.to_str().expect("utf-8");
-        let (gw, peer) = (
-            mesh.nodes[n3].gateway.to_string(),
-            mesh.nodes[n3].peer.to_string(),
-        );
-        mesh_ctl(&[
-            "layout",
-            "stage",
-            "add",
-            "n3",
-            "--gateway",
-            &gw,
-            "--peer",
-            &peer,
-            "--dir",
-            dir,
-        ])
-        .await
-        .expect("stage");
         // The victim may die while the layout is being pushed: apply may fail here.
         let _ = mesh_ctl(&["layout", "apply", "--version", "2", "--dir", dir]).await;
         let v = mesh.index(victim);
@@ -438,6 +421,10 @@ async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_sh
         );
         let layout = json(&ctl(d, &["layout", "show", "-o", "json"]));
         assert_eq!(layout["version"], 2, "{layout}");
+        // Every node runs exactly the signed v2 (asked with Admin/GetLayout).
+        let nodes = layout["nodes"].as_array().expect("nodes");
+        assert_eq!(nodes.len(), 4, "{layout}");
+        assert!(nodes.iter().all(|n| n["layout_version"] == 2), "{layout}");
         let loads: Vec<u64> = layout["members"]
             .as_array()
             .expect("members")

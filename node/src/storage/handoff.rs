@@ -155,15 +155,7 @@ impl Store {
                 let ok = keys::order_key(p, &customer_hash, &oh);
                 batch.insert(ok.as_slice(), versioned(&dek.seal(&plain, &ok)));
                 batch.insert(keys::index_key(p, &oh), &customer_hash[..]);
-                if let Some(handle) = order
-                    .customer
-                    .as_ref()
-                    .map(|c| c.contact_handle.as_str())
-                    .filter(|h| !h.is_empty())
-                {
-                    let hh = keys::handle_hash(&self.keys, handle);
-                    batch.insert(keys::handle_key(p, &hh), &oh[..]);
-                }
+                self.index_handle(&mut batch, p, &order, &oh);
                 if !order.idempotency_key.is_empty() {
                     let ih = keys::idempotency_hash(&self.keys, &order.idempotency_key);
                     batch.insert(keys::idempotency_key(p, &customer_hash, &ih), &oh[..]);

@@ -286,15 +286,7 @@ impl Store {
                     };
                     batch.insert(ok.as_slice(), versioned(&dek.seal(&plain, &ok)));
                     batch.insert(keys::index_key(p, &oh), &ch[..]);
-                    if let Some(handle) = order
-                        .customer
-                        .as_ref()
-                        .map(|c| c.contact_handle.as_str())
-                        .filter(|h| !h.is_empty())
-                    {
-                        let hh = keys::handle_hash(&self.keys, handle);
-                        batch.insert(keys::handle_key(p, &hh), &oh[..]);
-                    }
+                    self.index_handle(&mut batch, p, order, &oh);
                     if let Some(idem) = &idem {
                         batch.insert(idem.as_slice(), &oh[..]);
                     }
@@ -319,6 +311,19 @@ impl Store {
                     .ok_or(StorageError::Corrupt("customer key"))?;
                 Self::open_order(&dek, &ok, &rec)
             }
+        }
+    }
+
+    /// Adds the contact-handle index entry of `order` (stored under order hash `oh`), if it has one.
+    fn index_handle(&self, batch: &mut sled::Batch, p: Partition, order: &Order, oh: &Hash) {
+        if let Some(handle) = order
+            .customer
+            .as_ref()
+            .map(|c| c.contact_handle.as_str())
+            .filter(|h| !h.is_empty())
+        {
+            let hh = keys::handle_hash(&self.keys, handle);
+            batch.insert(keys::handle_key(p, &hh), &oh[..]);
         }
     }
 

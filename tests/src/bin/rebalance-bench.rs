@@ -175,26 +175,9 @@ async fn main() -> anyhow::Result<()> {
         .as_deref()
         .map(|r| vec![("DSM_REBALANCE_RATE", r)])
         .unwrap_or_default();
-    let i = mesh.start_node("n4", &env);
+    let i = mesh.stage_join("n4", &env).await;
     let dir = mesh.dir();
     let dir = dir.to_str().expect("utf-8");
-    let (gw, peer) = (
-        mesh.nodes[i].gateway.to_string(),
-        mesh.nodes[i].peer.to_string(),
-    );
-    mesh_ctl(&[
-        "layout",
-        "stage",
-        "add",
-        "n4",
-        "--gateway",
-        &gw,
-        "--peer",
-        &peer,
-        "--dir",
-        dir,
-    ])
-    .await?;
     let change = Instant::now();
     mesh_ctl(&["layout", "apply", "--version", "2", "--dir", dir]).await?;
     loop {
