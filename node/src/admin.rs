@@ -7,12 +7,13 @@ use crate::listener::PeerInfo;
 use crate::mesh::Mesh;
 use crate::policy::Role;
 use crate::rebalance::{ApplyError, Rebalance};
+use crate::trust::Trust;
 use mesh_proto::v1::admin_server::Admin;
 use mesh_proto::v1::peer_request::Body;
 use mesh_proto::v1::{
     ApplyLayoutRequest, ApplyLayoutResponse, GetLayoutRequest, GetLayoutResponse,
     GetRebalanceRequest, GetStatusRequest, GetStatusResponse, MemberStatus, PeerRequest, Ping,
-    RebalanceStatus,
+    RebalanceStatus, ReloadTlsRequest, TlsStatus,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,19 +24,41 @@ pub struct AdminService {
     mesh: Arc<Mesh>,
     rebalance: Arc<Rebalance>,
     audit: AuditLog,
+    trust: Arc<Trust>,
 }
 
 pub const APPLY_LAYOUT: &str = "/dsm.v1.Admin/ApplyLayout";
 pub const GET_STATUS: &str = "/dsm.v1.Admin/GetStatus";
 pub const GET_LAYOUT: &str = "/dsm.v1.Admin/GetLayout";
 pub const GET_REBALANCE: &str = "/dsm.v1.Admin/GetRebalance";
+pub const RELOAD_TLS: &str = "/dsm.v1.Admin/ReloadTls";
 
 impl AdminService {
-    pub fn new(mesh: Arc<Mesh>, rebalance: Arc<Rebalance>, audit: AuditLog) -> AdminService {
+    pub fn new(
+        mesh: Arc<Mesh>,
+        rebalance: Arc<Rebalance>,
+        audit: AuditLog,
+        trust: Arc<Trust>,
+    ) -> AdminService {
         AdminService {
             mesh,
             rebalance,
             audit,
+            trust,
+        }
+    }
+
+    fn tls_status(&self, changed: bool) -> TlsStatus {
+        let s = self.trust.current().status.clone();
+        TlsStatus {
+            generation: s.generation,
+            cert_serial: s.cert_serial,
+            cert_not_after_unix: s.cert_not_after,
+            ca_not_after_unix: s.ca_not_after,
+            trusted_cas: s.trusted_cas as u32,
+            revoked: s.revoked as u32,
+            changed,
+            last_error: self.trust.last_error(),
         }
     }
 
@@ -158,6 +181,7 @@ impl Admin for AdminService {
                 node_id: self.mesh.node_id.clone(),
                 layout_version: 0,
                 members: Vec::new(),
+                tls: Some(self.tls_status(false)),
             }));
         };
         let loads = layout.loads();
@@ -189,6 +213,7 @@ impl Admin for AdminService {
             node_id: self.mesh.node_id.clone(),
             layout_version: layout.version,
             members,
+            tls: Some(self.tls_status(false)),
         }))
     }
 
@@ -212,5 +237,34 @@ impl Admin for AdminService {
         self.record(&who, &role, GET_REBALANCE, String::new(), allowed)
             .await?;
         Ok(Response::new(self.rebalance.status()))
+    }
+
+    async fn reload_tls(
+        &self,
+        req: Request<ReloadTlsRequest>,
+    ) -> Result<Response<TlsStatus>, Status> {
+        let (who, role, allowed) = self.authorize(&req);
+        let crl_pem = req.into_inner().crl_pem;
+        let result = async {
+            allowed?;
+            let trust = self.trust.clone();
+            tokio::task::spawn_blocking(move || {
+                if crl_pem.is_empty() {
+                    trust.reload()
+                } else {
+                    trust.install_crls(crl_pem.as_bytes())
+                }
+            })
+            .await
+            .map_err(|_| Status::internal("reloading failed; see the node's log"))?
+            .map_err(|e| Status::failed_precondition(e.to_string()))
+        }
+        .await;
+        let note = match &result {
+            Ok(_) => format!("tls generation {}", self.trust.current().status.generation),
+            Err(_) => String::new(),
+        };
+        let changed = self.record(&who, &role, RELOAD_TLS, note, result).await?;
+        Ok(Response::new(self.tls_status(changed)))
     }
 }

@@ -15,6 +15,8 @@
 //! ca = "/etc/dsm/ca.pem"               # trust bundle
 //! cert = "/etc/dsm/node.pem"
 //! key = "/etc/dsm/node.key"
+//! crl = "/etc/dsm/crl.pem"             # optional revocation lists (`mesh-ctl cert revoke`)
+//! reload_interval = "2s"               # how often the four TLS files are re-read
 //! [limits]
 //! max_concurrent_requests = 512
 //! request_timeout = "10s"
@@ -36,7 +38,7 @@
 //! Each key has an environment override: `DSM_NODE_ID`, `DSM_TRUST_DOMAIN`, `DSM_DATA_DIR`,
 //! `DSM_KEY_FILE`, `DSM_GATEWAY_LISTEN`, `DSM_OPS_LISTEN`, `DSM_PEER_LISTEN`, `DSM_CONTROL_PUBLIC_KEY`,
 //! `DSM_LAYOUT_FILE`, `DSM_TLS_CA`, `DSM_TLS_CERT`,
-//! `DSM_TLS_KEY`, `DSM_MAX_CONCURRENT_REQUESTS`, `DSM_REQUEST_TIMEOUT`, `DSM_HANDSHAKE_TIMEOUT`,
+//! `DSM_TLS_KEY`, `DSM_TLS_CRL`, `DSM_TLS_RELOAD_INTERVAL`, `DSM_MAX_CONCURRENT_REQUESTS`, `DSM_REQUEST_TIMEOUT`, `DSM_HANDSHAKE_TIMEOUT`,
 //! `DSM_DRAIN_TIMEOUT`, `DSM_LOG_FORMAT`, `DSM_LOG_LEVEL`, `DSM_AUDIT_RETENTION`,
 //! `DSM_AUDIT_SEGMENT_BYTES`, `DSM_ACCESS_CONTACT_GRACE`, `DSM_ACCESS_REVEAL_LIMIT`,
 //! `DSM_ACCESS_REVEAL_WINDOW`, `DSM_ACCESS_REQUIRE_PURPOSE` (comma-separated roles; empty for none).
@@ -124,6 +126,8 @@ struct FileTls {
     ca: Option<PathBuf>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
+    crl: Option<PathBuf>,
+    reload_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -167,6 +171,10 @@ pub struct Config {
     pub tls_ca: PathBuf,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
+    /// Operator-distributed CRLs; may be absent until the first revocation.
+    pub tls_crl: Option<PathBuf>,
+    /// How often the TLS files are re-read (rotation and revocation without a restart).
+    pub tls_reload_interval: Duration,
     pub max_concurrent_requests: usize,
     pub request_timeout: Duration,
     pub handshake_timeout: Duration,
@@ -441,6 +449,14 @@ impl Config {
             }
         }
 
+        let tls_crl = path_of(&c, "DSM_TLS_CRL", fc.tls.crl);
+        let tls_reload_interval = c.duration(
+            "tls.reload_interval",
+            "DSM_TLS_RELOAD_INTERVAL",
+            fc.tls.reload_interval,
+            Duration::from_secs(2),
+        );
+
         let max_concurrent_requests = match c.pick(
             "DSM_MAX_CONCURRENT_REQUESTS",
             fc.limits.max_concurrent_requests.map(|n| n.to_string()),
@@ -555,6 +571,8 @@ impl Config {
                 tls_ca,
                 tls_cert,
                 tls_key,
+                tls_crl,
+                tls_reload_interval,
                 max_concurrent_requests,
                 request_timeout,
                 handshake_timeout,

@@ -18,6 +18,7 @@
 //! | `storage`     | sled store: sealed records, key layout, group commit                  |
 //! | `pki`         | mesh CA and leaf certificate issuance (shared with `mesh-ctl`)        |
 //! | `tls`         | the one place TLS configs are built (TLS 1.3, aws-lc-rs, PQ hybrid)   |
+//! | `trust`       | live certificates, trust bundle and CRLs: reloaded, re-checked per request |
 //! | `listener`    | gateway TLS accept loop that attaches the caller's identity           |
 //! | `gateway`     | the `dsm.v1.OrderGateway` gRPC service                                |
 //! | `layout`      | signed, versioned partition tables and the assignment algorithm       |
@@ -59,4 +60,5 @@ pub mod server;
 pub mod storage;
 pub mod tls;
 pub mod transport;
+pub mod trust;
 pub mod validate;

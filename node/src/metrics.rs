@@ -62,6 +62,37 @@ pub struct Metrics {
     pub flush_batch: Histogram,
     pub flush_duration: Histogram,
     pub rebalance: RebalanceMetrics,
+    pub tls: TlsMetrics,
+}
+
+/// The node's TLS credentials (`trust`): expiry for alerting, reloads, revocations in force.
+#[derive(Debug, Default, Clone)]
+pub struct TlsMetrics {
+    pub cert_expiry: Gauge,
+    pub ca_expiry: Gauge,
+    pub trusted_cas: Gauge,
+    pub revoked: Gauge,
+    pub reloads: Family<ReloadLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub result: &'static str,
+}
+
+impl TlsMetrics {
+    /// Records the credentials in force after a load or reload attempt.
+    pub fn observe(&self, status: &crate::trust::TrustStatus, ok: bool) {
+        self.cert_expiry.set(status.cert_not_after);
+        self.ca_expiry.set(status.ca_not_after);
+        self.trusted_cas.set(status.trusted_cas as i64);
+        self.revoked.set(status.revoked as i64);
+        self.reloads
+            .get_or_create(&ReloadLabels {
+                result: if ok { "ok" } else { "error" },
+            })
+            .inc();
+    }
 }
 
 /// Partition handoff, as this node sees it.
@@ -175,6 +206,34 @@ impl Metrics {
             "Partitions this node still holds but no longer owns",
             rebalance.leftover_partitions.clone(),
         );
+        let tls = TlsMetrics::default();
+        registry.register_with_unit(
+            "tls_certificate_expiry_timestamp",
+            "When this node's certificate expires (Unix time); alert well before it",
+            Unit::Seconds,
+            tls.cert_expiry.clone(),
+        );
+        registry.register_with_unit(
+            "tls_ca_expiry_timestamp",
+            "When the first of the trusted CAs expires (Unix time)",
+            Unit::Seconds,
+            tls.ca_expiry.clone(),
+        );
+        registry.register(
+            "tls_trusted_cas",
+            "CAs in the trust bundle (2 during a CA rotation)",
+            tls.trusted_cas.clone(),
+        );
+        registry.register(
+            "tls_revoked_certificates",
+            "Certificates revoked by the CRLs in force",
+            tls.revoked.clone(),
+        );
+        registry.register(
+            "tls_credential_reloads",
+            "Loads and reloads of the TLS credentials, by result",
+            tls.reloads.clone(),
+        );
         let info = Family::<InfoLabels, Gauge>::default();
         info.get_or_create(&InfoLabels {
             node_id: node_id.to_owned(),
@@ -192,6 +251,7 @@ impl Metrics {
             flush_batch,
             flush_duration,
             rebalance,
+            tls,
         }
     }
 

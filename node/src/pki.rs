@@ -30,6 +30,8 @@ pub enum PkiError {
     },
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),
+    #[error("`{0}` is not a certificate serial number (hex)")]
+    Serial(String),
     #[error(
         "{0} already exists; refusing to overwrite a CA (remove it first if you really mean to)"
     )]
@@ -159,9 +161,13 @@ impl CertificateAuthority {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
+        // A unique name per CA: during a CA rotation two CAs are trusted at once, and chains and
+        // revocation lists are matched to their CA by name.
+        let mut tag = [0u8; 4];
+        aws_lc_rs::rand::fill(&mut tag).expect("system CSPRNG is available");
         dn.push(
             DnType::CommonName,
-            format!("Dark Store Mesh CA ({trust_domain})"),
+            format!("Dark Store Mesh CA ({trust_domain}) {}", hex::encode(tag)),
         );
         dn.push(DnType::OrganizationName, "Dark Store Mesh");
         params.distinguished_name = dn;
@@ -201,21 +207,73 @@ impl CertificateAuthority {
         })
     }
 
-    /// Writes `ca.pem` and `ca.key` (0600) into `dir`, refusing to overwrite an existing CA.
+    /// Writes `ca.pem` and `ca.key` (0600) and a new control key into `dir`, refusing to overwrite
+    /// an existing CA.
     pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
+        self.save_cert_and_key(dir)?;
+        let (control, control_text) = crate::layout::ControlKey::generate();
+        write_secret(&dir.join(CONTROL_KEY_FILE), control_text.as_bytes())?;
+        write_public(
+            &dir.join(CONTROL_PUB_FILE),
+            control.public().to_text().as_bytes(),
+        )
+    }
+
+    /// Writes only `ca.pem` and `ca.key` (0600), refusing to overwrite: a CA rotation keeps the
+    /// control key.
+    pub fn save_cert_and_key(&self, dir: &Path) -> Result<(), PkiError> {
         std::fs::create_dir_all(dir).map_err(io_err(dir))?;
         let cert_path = dir.join(CA_CERT_FILE);
         if cert_path.exists() {
             return Err(PkiError::Exists(cert_path));
         }
         write_secret(&dir.join(CA_KEY_FILE), self.key.serialize_pem().as_bytes())?;
-        let (control, control_text) = crate::layout::ControlKey::generate();
-        write_secret(&dir.join(CONTROL_KEY_FILE), control_text.as_bytes())?;
-        write_public(
-            &dir.join(CONTROL_PUB_FILE),
-            control.public().to_text().as_bytes(),
-        )?;
         write_public(&cert_path, self.cert_pem.as_bytes())
+    }
+
+    /// This CA certificate's serial number, lower-case hex.
+    pub fn serial(&self) -> String {
+        use rustls_pki_types::{CertificateDer, pem::PemObject as _};
+        use x509_parser::prelude::*;
+        CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+            .ok()
+            .and_then(|der| {
+                X509Certificate::from_der(&der)
+                    .ok()
+                    .map(|(_, c)| hex::encode(c.raw_serial()))
+            })
+            .unwrap_or_default()
+    }
+
+    /// A certificate revocation list signed by this CA: number `number` (increase it with every
+    /// list), revoking `revoked` (hex serial numbers with the time each was revoked). Good for a
+    /// year; nodes do not enforce its next-update time, a newer list simply replaces it.
+    pub fn crl_pem(
+        &self,
+        number: u64,
+        revoked: &[(String, OffsetDateTime)],
+    ) -> Result<String, PkiError> {
+        let now = OffsetDateTime::now_utc();
+        let mut revoked_certs = Vec::new();
+        for (serial, at) in revoked {
+            let bytes = hex::decode(serial).map_err(|_| PkiError::Serial(serial.clone()))?;
+            revoked_certs.push(rcgen::RevokedCertParams {
+                serial_number: SerialNumber::from_slice(&bytes),
+                revocation_time: *at,
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            });
+        }
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - Duration::minutes(5),
+            next_update: now + Duration::days(365),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)?;
+        Ok(params.signed_by(&issuer)?.pem()?)
     }
 
     /// The control key saved beside this CA in `dir`.

@@ -86,13 +86,19 @@ impl std::fmt::Debug for Signer {
 impl Signer {
     /// Loads a PKCS#8 PEM ECDSA P-256 key, as written by `mesh-ctl cert issue`.
     pub fn from_pem_file(path: &Path) -> Result<Signer, String> {
-        let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_file(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Signer::from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The same from PEM bytes.
+    pub fn from_pem(pem: &[u8]) -> Result<Signer, String> {
+        let der =
+            rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(pem).map_err(|e| e.to_string())?;
         let key = signature::EcdsaKeyPair::from_pkcs8(
             &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
             der.secret_pkcs8_der(),
         )
-        .map_err(|_| format!("{}: not an ECDSA P-256 key", path.display()))?;
+        .map_err(|_| "not an ECDSA P-256 key".to_owned())?;
         Ok(Signer { key })
     }
 

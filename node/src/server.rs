@@ -16,8 +16,9 @@ use crate::ops::{self, OpsState};
 use crate::proof::ProofVerifier;
 use crate::rebalance::Rebalance;
 use crate::storage::{StorageError, Store};
-use crate::tls::{self, TlsError, TlsMaterial};
+use crate::tls::{self, TlsError};
 use crate::transport::{PeerTransport, TransportError};
+use crate::trust::{Trust, TrustError, TrustFiles};
 use crate::{crypto::CryptoError, listener};
 use mesh_proto::v1::admin_server::AdminServer;
 use mesh_proto::v1::audit_server::AuditServer;
@@ -37,6 +38,8 @@ pub enum StartError {
     Store(#[from] StorageError),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error("TLS credentials: {0}")]
+    Trust(#[from] TrustError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -69,6 +72,7 @@ pub struct RunningNode {
     audit: AuditLog,
     audit_task: JoinHandle<()>,
     rebalance_task: JoinHandle<()>,
+    trust_task: JoinHandle<()>,
     drain_timeout: std::time::Duration,
 }
 
@@ -84,8 +88,22 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
     let metrics = Arc::new(Metrics::new(&config.node_id));
     std::fs::create_dir_all(&config.data_dir).map_err(|e| StorageError::Sled(e.into()))?;
     let store = Arc::new(Store::open(&config.data_dir, keys, Some(metrics.clone()))?);
-    let material = TlsMaterial::load(&config.tls_ca, &config.tls_cert, &config.tls_key)?;
-    let server_tls = tls::server_config(&material, &[b"h2"])?;
+    // Live credentials: every TLS endpoint below follows their reloads (rotation, revocation).
+    let trust = Trust::load(
+        TrustFiles {
+            ca: config.tls_ca.clone(),
+            cert: config.tls_cert.clone(),
+            key: config.tls_key.clone(),
+            crl: config.tls_crl.clone(),
+            pushed_crl: config.data_dir.join("tls").join("crl.pem"),
+        },
+        crate::identity::Identity::Node {
+            trust_domain: config.trust_domain.clone(),
+            node_id: config.node_id.clone(),
+        },
+        Some(metrics.tls.clone()),
+    )?;
+    let server_tls = tls::live_server_config(&trust, &[b"h2"])?;
 
     let ops_listener = bind("ops", config.ops_listen).await?;
     let gateway_listener = bind("gateway", config.gateway_listen).await?;
@@ -141,7 +159,7 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
     .await?;
     let transport = Arc::new(PeerTransport::bind(
         config.peer_listen,
-        &material,
+        &trust,
         &config.trust_domain,
     )?);
     let peer_addr = transport.local_addr().map_err(|source| StartError::Bind {
@@ -155,14 +173,10 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         config.control_public_key.clone(),
         layouts,
         transport.clone(),
-        ProofVerifier::new(tls::client_verifier(&material.roots)?),
+        ProofVerifier::new(trust.clone()),
     ));
     // The audit trail, in the data directory, checkpoints signed with this node's key.
-    let signer = crate::proof::Signer::from_pem_file(&config.tls_key).map_err(StartError::Audit)?;
-    let checkpoint_signer = CheckpointSigner {
-        signer,
-        cert_der: material.chain[0].to_vec(),
-    };
+    let checkpoint_signer = CheckpointSigner::live(trust.clone()).map_err(StartError::Audit)?;
     let (audit, audit_task) = AuditLog::open(
         &config.data_dir.join("audit"),
         &config.node_id,
@@ -202,7 +216,32 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         Arc::new(move |node: &str| membership_view.is_member(node)),
         shutdown.clone(),
     );
-    let admin = AdminService::new(mesh.clone(), rebalance.clone(), audit.clone());
+    let admin = AdminService::new(
+        mesh.clone(),
+        rebalance.clone(),
+        audit.clone(),
+        trust.clone(),
+    );
+    let trust_task = tokio::spawn(
+        trust
+            .clone()
+            .watch(config.tls_reload_interval, shutdown.clone()),
+    );
+    // Every request on an open connection re-checks the client's certificate against the current
+    // trust: a revoked certificate is refused on its next call, not at its next reconnect.
+    let gate = trust.clone();
+    let certificate_gate = tonic::service::InterceptorLayer::new(
+        move |req: tonic::Request<()>| -> Result<tonic::Request<()>, tonic::Status> {
+            if let Some(info) = req.extensions().get::<listener::PeerInfo>()
+                && let Err(reason) = gate.admits(&info.chain)
+            {
+                return Err(tonic::Status::unauthenticated(format!(
+                    "the client certificate is no longer accepted: {reason}"
+                )));
+            }
+            Ok(req)
+        },
+    );
     let incoming = listener::incoming(
         gateway_listener,
         tokio_rustls::TlsAcceptor::from(server_tls),
@@ -215,6 +254,7 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             config.max_concurrent_requests,
         ))
+        .layer(certificate_gate)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -251,6 +291,7 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         audit,
         audit_task,
         rebalance_task,
+        trust_task,
         drain_timeout: config.drain_timeout,
     })
 }
@@ -269,6 +310,7 @@ impl RunningNode {
         let _ = self.ops_task.await;
         let _ = self.peer_task.await;
         let _ = self.rebalance_task.await;
+        let _ = self.trust_task.await;
         self.transport.close().await;
         // A final signed checkpoint covers every record, so truncating the tail is detectable.
         if let Err(e) = self.audit.checkpoint().await {

@@ -122,6 +122,34 @@ pub fn server_config(m: &TlsMaterial, alpn: &[&[u8]]) -> Result<Arc<ServerConfig
     Ok(Arc::new(cfg))
 }
 
+/// Server side backed by the node's live credentials: the certificate presented and the client
+/// chains accepted follow every reload of `trust`, without rebuilding this config.
+pub fn live_server_config(
+    trust: &Arc<crate::trust::Trust>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(trust.clone())
+        .with_cert_resolver(trust.clone());
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(cfg))
+}
+
+/// Client side backed by the node's live credentials (the peer transport dialling other nodes).
+pub fn live_client_config(
+    trust: &Arc<crate::trust::Trust>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut cfg = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(trust.clone())
+        .with_client_cert_resolver(trust.clone());
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(cfg))
+}
+
 /// Client side: TLS 1.3 only, the server verified against the mesh CA, our certificate presented.
 pub fn client_config(m: &TlsMaterial, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, TlsError> {
     let mut cfg = ClientConfig::builder_with_provider(provider())

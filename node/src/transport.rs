@@ -8,12 +8,16 @@
 //!   stream's end. The absolute deadline travels in the request.
 //! - Bounded in-flight requests per peer (a semaphore; waiting for a permit is the backpressure) and
 //!   at most 256 concurrent streams per connection on the serving side.
+//! - Certificates come from the node's live [`Trust`]: a rotated certificate or trust bundle is used
+//!   from the next handshake on, and every request on an open connection re-checks the peer's
+//!   certificate (revoked, expired, CA removed: the connection is closed).
 //! - A peer that fails is retried with exponential backoff (100 ms doubling to 5 s); until then
 //!   requests for it fail fast with `Unavailable` instead of hanging to their deadline.
 
 use crate::identity::Identity;
 use crate::layout::Member;
-use crate::tls::{self, TlsError, TlsMaterial};
+use crate::tls::{self, TlsError};
+use crate::trust::Trust;
 use mesh_proto::v1::{PeerRequest, PeerResponse};
 use prost::Message as _;
 use std::collections::HashMap;
@@ -66,6 +70,10 @@ pub type Membership = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 struct PeerState {
     connection: Option<quinn::Connection>,
+    /// The credentials generation the connection was dialled with: after a rotation new requests
+    /// go over a fresh connection (presenting the new certificate) while the old one finishes
+    /// its in-flight requests and closes when the last of them drops it.
+    generation: u64,
     failures: u32,
     retry_at: Option<Instant>,
     in_flight: Arc<Semaphore>,
@@ -75,6 +83,8 @@ struct PeerState {
 pub struct PeerTransport {
     endpoint: quinn::Endpoint,
     trust_domain: String,
+    /// Re-checks open connections; `None` only for test endpoints with fixed TLS configs.
+    trust: Option<Arc<Trust>>,
     peers: Mutex<HashMap<String, PeerState>>,
 }
 
@@ -97,28 +107,51 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
+/// The certificate chain a QUIC connection's peer presented.
+fn peer_chain(
+    conn: &quinn::Connection,
+) -> Option<Box<Vec<rustls_pki_types::CertificateDer<'static>>>> {
+    conn.peer_identity()?
+        .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+        .ok()
+}
+
 /// The node identity a QUIC connection's peer proved.
 pub fn peer_node(conn: &quinn::Connection) -> Option<Identity> {
-    let chain = conn
-        .peer_identity()?
-        .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
-        .ok()?;
-    Identity::from_certificate(chain.first()?).ok()
+    Identity::from_certificate(peer_chain(conn)?.first()?).ok()
 }
 
 impl PeerTransport {
-    /// Binds the endpoint on `addr` with this node's certificate.
+    /// Binds the endpoint on `addr` with this node's live credentials.
     pub fn bind(
         addr: SocketAddr,
-        material: &TlsMaterial,
+        trust: &Arc<Trust>,
         trust_domain: &str,
     ) -> Result<PeerTransport, TransportError> {
-        PeerTransport::bind_with(
+        let mut transport = PeerTransport::bind_with(
             addr,
-            tls::server_config(material, &[ALPN])?,
-            tls::client_config(material, &[ALPN])?,
+            tls::live_server_config(trust, &[ALPN])?,
+            tls::live_client_config(trust, &[ALPN])?,
             trust_domain,
-        )
+        )?;
+        transport.trust = Some(trust.clone());
+        Ok(transport)
+    }
+
+    /// The generation of this node's credentials (0 for fixed test configs).
+    fn generation(&self) -> u64 {
+        self.trust
+            .as_ref()
+            .map_or(0, |t| t.current().status.generation)
+    }
+
+    /// Whether the peer of `conn` still holds an acceptable certificate (see [`Trust::admits`]).
+    fn still_trusted(&self, conn: &quinn::Connection) -> Result<(), String> {
+        let Some(trust) = &self.trust else {
+            return Ok(());
+        };
+        let chain = peer_chain(conn).ok_or_else(|| "no peer certificate".to_owned())?;
+        trust.admits(&chain)
     }
 
     /// Binds with explicit TLS configs (tests use this to present bad certificates on purpose).
@@ -143,6 +176,7 @@ impl PeerTransport {
         Ok(PeerTransport {
             endpoint,
             trust_domain: trust_domain.to_owned(),
+            trust: None,
             peers: Mutex::new(HashMap::new()),
         })
     }
@@ -196,11 +230,17 @@ impl PeerTransport {
                 .entry(peer.node_id.clone())
                 .or_insert_with(|| PeerState {
                     connection: None,
+                    generation: 0,
                     failures: 0,
                     retry_at: None,
                     in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_PEER)),
                 });
-            if let Some(c) = s.connection.as_ref().filter(|c| c.close_reason().is_none()) {
+            let generation = self.generation();
+            if let Some(c) = s
+                .connection
+                .as_ref()
+                .filter(|c| c.close_reason().is_none() && s.generation == generation)
+            {
                 return Ok(c.clone());
             }
             if let Some(at) = s.retry_at.filter(|at| *at > Instant::now()) {
@@ -210,6 +250,7 @@ impl PeerTransport {
                 )));
             }
         }
+        let dialled_with = self.generation();
         let addr = tokio::net::lookup_host(&peer.peer_addr)
             .await
             .ok()
@@ -242,6 +283,7 @@ impl PeerTransport {
         let mut peers = self.state();
         if let Some(s) = peers.get_mut(&peer.node_id) {
             s.connection = Some(conn.clone());
+            s.generation = dialled_with;
             s.failures = 0;
             s.retry_at = None;
         }
@@ -258,6 +300,16 @@ impl PeerTransport {
         let remaining = deadline.saturating_duration_since(Instant::now());
         req.deadline_unix_ms = crate::proof::now_ms() + remaining.as_millis() as i64;
         let conn = self.connection(peer, deadline).await?;
+        if let Err(reason) = self.still_trusted(&conn) {
+            conn.close(
+                quinn::VarInt::from_u32(REFUSED),
+                b"certificate no longer trusted",
+            );
+            return Err(self.fail(
+                &peer.node_id,
+                format!("its certificate is no longer trusted: {reason}"),
+            ));
+        }
         let permits = self.state().get(&peer.node_id).map(|s| s.in_flight.clone());
         let exchange = async {
             let _permit = match permits {
@@ -345,6 +397,16 @@ impl PeerTransport {
                             conn.close(
                                 quinn::VarInt::from_u32(REFUSED),
                                 b"not a member of the current layout",
+                            );
+                            break;
+                        }
+                        // So is the certificate: revocation or a CA leaving the bundle takes
+                        // effect on the next request, not at the next reconnect.
+                        if let Err(reason) = this.still_trusted(&conn) {
+                            tracing::warn!(peer = %from, %reason, "closing a peer whose certificate is no longer trusted");
+                            conn.close(
+                                quinn::VarInt::from_u32(REFUSED),
+                                b"certificate no longer trusted",
                             );
                             break;
                         }

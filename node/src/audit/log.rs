@@ -97,6 +97,40 @@ pub struct AuditLog {
 pub struct CheckpointSigner {
     pub signer: Signer,
     pub cert_der: Vec<u8>,
+    /// When set, the signer follows the node's live credentials: after a certificate rotation the
+    /// next checkpoint is signed with the new key and carries the new certificate.
+    pub live: Option<(std::sync::Arc<crate::trust::Trust>, u64)>,
+}
+
+impl CheckpointSigner {
+    /// A signer that follows `trust` from its current generation on.
+    pub fn live(trust: std::sync::Arc<crate::trust::Trust>) -> Result<CheckpointSigner, String> {
+        let g = trust.current();
+        Ok(CheckpointSigner {
+            signer: Signer::from_pem(g.key_pem())?,
+            cert_der: g.chain()[0].to_vec(),
+            live: Some((trust.clone(), g.status.generation)),
+        })
+    }
+
+    /// Picks up a rotated key and certificate, if any.
+    fn refresh(&mut self) {
+        let Some((trust, seen)) = &mut self.live else {
+            return;
+        };
+        let g = trust.current();
+        if g.status.generation == *seen {
+            return;
+        }
+        match Signer::from_pem(g.key_pem()) {
+            Ok(signer) => {
+                self.signer = signer;
+                self.cert_der = g.chain()[0].to_vec();
+                *seen = g.status.generation;
+            }
+            Err(e) => tracing::error!(error = %e, "audit checkpoints keep the previous key"),
+        }
+    }
 }
 
 impl std::fmt::Debug for CheckpointSigner {
@@ -362,6 +396,7 @@ impl Writer {
         if self.seq == self.checkpointed_seq {
             return Ok(());
         }
+        self.signer.refresh();
         let ts = now_ms();
         let sig = self.signer.signer.sign(&chain::checkpoint_payload(
             &self.node, self.seq, &self.head, ts,

@@ -26,6 +26,7 @@ fn node_signer(dir: &Path) -> (CheckpointSigner, Vec<u8>) {
         CheckpointSigner {
             signer: Signer::from_pem_file(&key).unwrap(),
             cert_der: der.clone(),
+            live: None,
         },
         der,
     )
