@@ -193,7 +193,9 @@ pub async fn run(cmd: AuditCommand, output: Output) -> anyhow::Result<bool> {
                             (
                                 n.id.clone(),
                                 n.data_dir.join("audit"),
-                                mesh.ca_cert.clone(),
+                                // Every CA the mesh has had: checkpoints signed before a CA
+                                // rotation carry certificates from the old one.
+                                crate::rotation::history_path(&dir.join("ca")),
                                 Some(n.id.clone()),
                             )
                         })

@@ -167,18 +167,25 @@ impl MeshDir {
                 role: Role::Admin,
                 name: "mesh-ctl".into(),
             };
-            ca.issue(&LeafSpec::new(identity, Duration::from_secs(86_400)))?
-                .write(&clients, "admin")?;
+            let issued = crate::rotation::issue(
+                &self.ca_dir,
+                &ca,
+                &LeafSpec::new(identity, Duration::from_secs(86_400)),
+            )?;
+            crate::rotation::write_issued(&issued, &clients, "admin")?;
         }
-        Ok(mesh_node::client::client_tls(
-            &self.ca_dir.join(mesh_node::pki::CA_CERT_FILE),
-            &cert,
-            &key,
-        )?)
+        // The trust bundle (both CAs during a CA rotation), or the CA of an older directory.
+        let roots = crate::rotation::trust_path(&self.ca_dir);
+        let roots = if roots.exists() {
+            roots
+        } else {
+            self.ca_dir.join(mesh_node::pki::CA_CERT_FILE)
+        };
+        Ok(mesh_node::client::client_tls(&roots, &cert, &key)?)
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;

@@ -6,21 +6,25 @@
 //! | module | commands                                              |
 //! |--------|-------------------------------------------------------|
 //! | `pki`  | `ca init`, `cert issue node|client|admin`, `key init` |
+//! | `rotation` | `cert rotate`, `cert revoke`, `ca rotate [--finish]`: trust bundle, CRLs, pushes |
 //! | `up`   | `up`: a local mesh of real node processes             |
 //! | `control` | the mesh directory: CA, control key, signed layouts, admin calls |
 //! | `layout` | `layout show|stage|apply|revert`: staged, signed layout changes |
 //! | `rebalance` | `rebalance status`: progress of a layout change, and the wait |
 //! | `scale` | `scale --nodes N`: stage + apply + wait, starting/stopping local nodes |
 //! | `status` | `status`: members, partitions, layout and health    |
+//! | `check` | `check`: certificates, reachability, layout agreement, audit chains |
 //! | `audit` | `audit query`, `audit verify`                        |
 //! | `access` | `access show`: the role table as nodes enforce it   |
 
 mod access;
 mod audit;
+mod check;
 mod control;
 mod layout;
 mod pki;
 mod rebalance;
+mod rotation;
 mod scale;
 mod status;
 mod up;
@@ -92,6 +96,9 @@ enum Command {
     Scale(scale::ScaleArgs),
     /// Members, partition counts, layout agreement and health of a local mesh (exit 1 on a problem).
     Status(status::StatusArgs),
+    /// A checklist: certificates valid and not near expiry, every member reachable, layout
+    /// agreed, audit chains verify (exit 1 if anything failed).
+    Check(check::CheckArgs),
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
 }
@@ -108,11 +115,21 @@ async fn main() -> ExitCode {
         .init();
     // Ok(false): the command ran and found a problem (exit 1).
     let result = match cli.command {
+        Command::Ca {
+            command: pki::CaCommand::Rotate(args),
+        } => rotation::rotate_ca(args, cli.output).await,
         Command::Ca { command } => pki::ca(command, cli.output).map(|()| true),
+        Command::Cert {
+            command: pki::CertCommand::Rotate(args),
+        } => rotation::rotate(args, cli.output).await,
+        Command::Cert {
+            command: pki::CertCommand::Revoke(args),
+        } => rotation::revoke(args, cli.output).await,
         Command::Cert { command } => pki::cert(command, cli.output).map(|()| true),
         Command::Key { command } => pki::key(command, cli.output).map(|()| true),
         Command::Up(args) => up::run(args, cli.output).await.map(|()| true),
         Command::Status(args) => status::run(args, cli.output).await,
+        Command::Check(args) => check::run(args, cli.output).await,
         Command::Layout { command } => layout::run(command, cli.output).await,
         Command::Rebalance { command } => rebalance::run(command, cli.output).await,
         Command::Scale(args) => scale::run(args, cli.output).await,

@@ -21,6 +21,9 @@ pub enum CaCommand {
         #[arg(long, default_value = "3650d", value_parser = humantime::parse_duration)]
         validity: Duration,
     },
+    /// Rotate the CA of a mesh with an overlap: trust a new CA beside the old one everywhere;
+    /// then `cert rotate`; then `ca rotate --finish` stops trusting the old one. No restarts.
+    Rotate(crate::rotation::CaRotateArgs),
 }
 
 #[derive(Subcommand)]
@@ -30,6 +33,12 @@ pub enum CertCommand {
         #[command(subcommand)]
         kind: IssueKind,
     },
+    /// New certificates and keys for every node and client of a mesh directory; each node
+    /// reloads them without a restart and must report the new serial.
+    Rotate(crate::rotation::RotateArgs),
+    /// Revoke a node's or a client's certificate: a CRL signed by the CA, pushed to every node,
+    /// enforced on new handshakes and on the next request of open connections.
+    Revoke(crate::rotation::RevokeArgs),
 }
 
 #[derive(clap::Args)]
@@ -92,6 +101,7 @@ pub enum KeyCommand {
 
 pub fn ca(cmd: CaCommand, output: Output) -> anyhow::Result<()> {
     match cmd {
+        CaCommand::Rotate(_) => unreachable!("dispatched to rotation::rotate_ca by main"),
         CaCommand::Init {
             dir,
             trust_domain,
@@ -131,7 +141,9 @@ fn trust_domain_of(ca_dir: &Path) -> anyhow::Result<String> {
 }
 
 pub fn cert(cmd: CertCommand, output: Output) -> anyhow::Result<()> {
-    let CertCommand::Issue { kind } = cmd;
+    let CertCommand::Issue { kind } = cmd else {
+        unreachable!("rotate and revoke are dispatched to rotation by main");
+    };
     let (spec, common, stem) = match kind {
         IssueKind::Node {
             id,

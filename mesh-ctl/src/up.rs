@@ -144,26 +144,30 @@ pub fn prepare_node(
     let td = ca.trust_domain().to_owned();
     let node_dir = dir.join("nodes").join(id);
     std::fs::create_dir_all(&node_dir)?;
-    let (cert, key) = ca
-        .issue(&LeafSpec::new(
+    let issued = crate::rotation::issue(
+        &dir.join("ca"),
+        ca,
+        &LeafSpec::new(
             Identity::Node {
                 trust_domain: td.clone(),
                 node_id: id.clone(),
             },
             Duration::from_secs(86_400),
-        ))?
-        .write(&node_dir, "node")?;
+        ),
+    )?;
+    let (cert, key) = crate::rotation::write_issued(&issued, &node_dir, "node")?;
     let key_file = node_dir.join("node.kek");
     if !key_file.exists() {
         mesh_node::pki::write_secret(&key_file, mesh_node::crypto::generate_key_file().as_bytes())?;
     }
     let ca_dir = dir.join("ca");
     let data_dir = node_dir.join("data");
+    let crl = crate::rotation::crl_path(&ca_dir);
     let config = format!(
         "node_id = {id:?}\ntrust_domain = {td:?}\ndata_dir = {data:?}\nkey_file = {kek:?}\n\
          gateway_listen = {gw:?}\nops_listen = \"127.0.0.1:{ops_port}\"\npeer_listen = {peer:?}\n\
          control_public_key = {control:?}\nlayout_file = {layout:?}\n\
-         [tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\n",
+         [tls]\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\ncrl = {crl:?}\n",
         data = data_dir.display().to_string(),
         kek = key_file.display().to_string(),
         gw = member.gateway_addr,
@@ -173,10 +177,8 @@ pub fn prepare_node(
             .display()
             .to_string(),
         layout = dir.join("layout.bin").display().to_string(),
-        ca = ca_dir
-            .join(mesh_node::pki::CA_CERT_FILE)
-            .display()
-            .to_string(),
+        ca = crate::rotation::trust_path(&ca_dir).display().to_string(),
+        crl = crl.display().to_string(),
         cert = cert.display().to_string(),
         key = key.display().to_string(),
     );
@@ -248,7 +250,9 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
         ca
     };
     let td = ca.trust_domain().to_owned();
-    let ca_cert = ca_dir.join(mesh_node::pki::CA_CERT_FILE);
+    crate::rotation::ensure_trust_files(&ca_dir)?;
+    // Clients trust the bundle: both CAs while a CA rotation is under way.
+    let ca_cert = crate::rotation::trust_path(&ca_dir);
     let day = Duration::from_secs(86_400);
 
     let mut clients = BTreeMap::new();
@@ -258,9 +262,9 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
             role,
             name: format!("local-{role}"),
         };
-        let (cert, key) = ca
-            .issue(&LeafSpec::new(identity.clone(), day))?
-            .write(&dir.join("clients"), role.as_str())?;
+        let issued = crate::rotation::issue(&ca_dir, &ca, &LeafSpec::new(identity.clone(), day))?;
+        let (cert, key) =
+            crate::rotation::write_issued(&issued, &dir.join("clients"), role.as_str())?;
         clients.insert(
             role.to_string(),
             ClientEntry {

@@ -1,0 +1,330 @@
+//! `mesh-ctl check`: a checklist of what a healthy mesh needs, each item passed (√), warned (‼)
+//! or failed (×), in the manner of `linkerd check`. Exit 1 if anything failed.
+//!
+//! - certificates: the trusted CAs and every client certificate in the mesh directory are valid
+//!   and not within `--warn-within` of expiry; every node serves a valid certificate (as the node
+//!   itself reports it, not as a file says) and its last credentials reload succeeded;
+//! - mesh: every member of the layout answers, reaches every other member, and runs exactly the
+//!   signed layout in the mesh directory;
+//! - audit: every local node's audit chain verifies against its signed checkpoints.
+
+use crate::Output;
+use crate::control::{MeshDir, admin, all_members};
+use anyhow::Context as _;
+use mesh_node::layout::Layout;
+use mesh_proto::v1::{GetLayoutRequest, GetStatusRequest};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    /// The mesh directory (`mesh-ctl up --dir`).
+    #[arg(long, default_value = "mesh-local")]
+    dir: PathBuf,
+    /// Warn about certificates that expire sooner than this.
+    #[arg(long, default_value = "6h", value_parser = humantime::parse_duration)]
+    warn_within: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Verdict {
+    Ok,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Item {
+    section: &'static str,
+    check: String,
+    verdict: Verdict,
+    detail: String,
+}
+
+struct Checklist {
+    items: Vec<Item>,
+    now: i64,
+    warn_within: i64,
+}
+
+impl Checklist {
+    fn push(&mut self, section: &'static str, check: String, verdict: Verdict, detail: String) {
+        self.items.push(Item {
+            section,
+            check,
+            verdict,
+            detail,
+        });
+    }
+
+    /// A certificate's expiry: fails if expired, warns inside the window.
+    fn expiry(&mut self, section: &'static str, what: String, not_after: i64) {
+        let left = not_after - self.now;
+        let (verdict, detail) = if left <= 0 {
+            (Verdict::Fail, format!("expired {} ago", human(-left)))
+        } else if left < self.warn_within {
+            (
+                Verdict::Warn,
+                format!("expires in {}: rotate it", human(left)),
+            )
+        } else {
+            (Verdict::Ok, format!("valid for {}", human(left)))
+        };
+        self.push(section, what, verdict, detail);
+    }
+}
+
+fn human(secs: i64) -> String {
+    humantime::format_duration(Duration::from_secs(secs.max(0) as u64 / 60 * 60)).to_string()
+}
+
+fn not_after_of(der: &[u8]) -> Option<i64> {
+    use x509_parser::prelude::*;
+    X509Certificate::from_der(der)
+        .ok()
+        .map(|(_, c)| c.validity().not_after.timestamp())
+}
+
+fn certs(path: &Path) -> Vec<Vec<u8>> {
+    mesh_node::tls::load_certs(path)
+        .map(|c| c.into_iter().map(|d| d.to_vec()).collect())
+        .unwrap_or_default()
+}
+
+pub async fn run(args: CheckArgs, output: Output) -> anyhow::Result<bool> {
+    let mesh = MeshDir::open(&args.dir)?;
+    let mut list = Checklist {
+        items: Vec::new(),
+        now: time::OffsetDateTime::now_utc().unix_timestamp(),
+        warn_within: args.warn_within.as_secs() as i64,
+    };
+
+    // Certificates in the mesh directory.
+    let bundle = crate::rotation::trust_path(&mesh.ca_dir);
+    let bundle = if bundle.exists() {
+        bundle
+    } else {
+        mesh.ca_dir.join(mesh_node::pki::CA_CERT_FILE)
+    };
+    let cas = certs(&bundle);
+    if cas.is_empty() {
+        list.push(
+            "certificates",
+            "trust bundle".into(),
+            Verdict::Fail,
+            format!("{} holds no CA certificate", bundle.display()),
+        );
+    }
+    for (i, ca) in cas.iter().enumerate() {
+        let label = if cas.len() > 1 {
+            format!("CA {} of {} (rotation under way)", i + 1, cas.len())
+        } else {
+            "CA certificate".to_owned()
+        };
+        list.expiry("certificates", label, not_after_of(ca).unwrap_or(0));
+    }
+    let clients = mesh.dir.join("clients");
+    let mut client_files: Vec<PathBuf> = std::fs::read_dir(&clients)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "pem"))
+                .collect()
+        })
+        .unwrap_or_default();
+    client_files.sort();
+    for path in client_files {
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let not_after = certs(&path)
+            .first()
+            .and_then(|c| not_after_of(c))
+            .unwrap_or(0);
+        list.expiry(
+            "certificates",
+            format!("client certificate {name}"),
+            not_after,
+        );
+    }
+
+    // Every node of the layout, asked over its admin API.
+    let (current, current_signed) = mesh.layout()?;
+    let previous = mesh.previous_layout()?;
+    let tls = mesh.admin_tls()?;
+    let control = mesh.control_key()?.public();
+    for m in all_members(&current, previous.as_ref()) {
+        let id = m.node_id.clone();
+        let asked = async {
+            let mut c = admin(&m, tls.clone()).await?;
+            let status = c.get_status(GetStatusRequest {}).await?.into_inner();
+            let runs = c
+                .get_layout(GetLayoutRequest {})
+                .await?
+                .into_inner()
+                .layout
+                .context("runs no layout")?;
+            anyhow::Ok((status, runs))
+        };
+        let (status, runs) = match tokio::time::timeout(Duration::from_secs(10), asked).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => {
+                list.push(
+                    "mesh",
+                    format!("node {id} answers"),
+                    Verdict::Fail,
+                    format!("{e:#}"),
+                );
+                continue;
+            }
+            Err(_) => {
+                list.push(
+                    "mesh",
+                    format!("node {id} answers"),
+                    Verdict::Fail,
+                    "no answer within 10 s".into(),
+                );
+                continue;
+            }
+        };
+        list.push(
+            "mesh",
+            format!("node {id} answers"),
+            Verdict::Ok,
+            m.gateway_addr.clone(),
+        );
+        if let Some(t) = &status.tls {
+            list.expiry(
+                "certificates",
+                format!("node {id} certificate (serial {})", t.cert_serial),
+                t.cert_not_after_unix,
+            );
+            if t.last_error.is_empty() {
+                list.push(
+                    "certificates",
+                    format!("node {id} credentials"),
+                    Verdict::Ok,
+                    format!(
+                        "generation {}, {} CA(s) trusted, {} revoked",
+                        t.generation, t.trusted_cas, t.revoked
+                    ),
+                );
+            } else {
+                list.push(
+                    "certificates",
+                    format!("node {id} credentials"),
+                    Verdict::Fail,
+                    format!("last reload failed: {}", t.last_error),
+                );
+            }
+            if t.trusted_cas as usize != cas.len() {
+                list.push(
+                    "certificates",
+                    format!("node {id} trust bundle"),
+                    Verdict::Fail,
+                    format!(
+                        "trusts {} CA(s), the bundle has {}",
+                        t.trusted_cas,
+                        cas.len()
+                    ),
+                );
+            }
+        }
+        let unreachable: Vec<String> = status
+            .members
+            .iter()
+            .filter(|p| !p.reachable)
+            .map(|p| p.node_id.clone())
+            .collect();
+        if status.members.is_empty() {
+            // A node that left the mesh has no members to reach.
+        } else if unreachable.is_empty() {
+            list.push(
+                "mesh",
+                format!("node {id} reaches its peers"),
+                Verdict::Ok,
+                format!("{} member(s)", status.members.len()),
+            );
+        } else {
+            list.push(
+                "mesh",
+                format!("node {id} reaches its peers"),
+                Verdict::Fail,
+                format!("cannot reach {}", unreachable.join(", ")),
+            );
+        }
+        match Layout::verify(&runs, &control) {
+            Err(e) => list.push(
+                "mesh",
+                format!("node {id} layout"),
+                Verdict::Fail,
+                format!("runs a layout this control key did not sign: {e}"),
+            ),
+            Ok(l) if l.version == current.version && runs == current_signed => list.push(
+                "mesh",
+                format!("node {id} layout"),
+                Verdict::Ok,
+                format!("v{} agreed", l.version),
+            ),
+            Ok(l) => list.push(
+                "mesh",
+                format!("node {id} layout"),
+                Verdict::Fail,
+                format!("runs v{}, the mesh is at v{}", l.version, current.version),
+            ),
+        }
+    }
+
+    // Audit chains of the local nodes.
+    if let Ok(text) = std::fs::read_to_string(mesh.dir.join("mesh.json")) {
+        let file: crate::up::MeshFile = serde_json::from_str(&text)?;
+        let roots = crate::rotation::history_path(&mesh.ca_dir);
+        for n in &file.nodes {
+            let (verdict, detail) =
+                match crate::audit::verify_dir(&n.data_dir.join("audit"), &roots, Some(&n.id)) {
+                    Ok(Ok(v)) => (
+                        Verdict::Ok,
+                        format!("{} records, {} checkpoints", v.records, v.checkpoints),
+                    ),
+                    Ok(Err(e)) => (Verdict::Fail, e.to_string()),
+                    Err(e) => (Verdict::Fail, format!("{e:#}")),
+                };
+            list.push(
+                "audit",
+                format!("node {} audit chain", n.id),
+                verdict,
+                detail,
+            );
+        }
+    }
+
+    let ok = list.items.iter().all(|i| i.verdict != Verdict::Fail);
+    match output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "ok": ok, "checks": list.items }))?
+        ),
+        Output::Table => {
+            let mut section = "";
+            for i in &list.items {
+                if i.section != section {
+                    section = i.section;
+                    println!("\n{section}\n{}", "-".repeat(section.len()));
+                }
+                let mark = match i.verdict {
+                    Verdict::Ok => "√",
+                    Verdict::Warn => "‼",
+                    Verdict::Fail => "×",
+                };
+                println!("{mark} {}: {}", i.check, i.detail);
+            }
+            println!(
+                "\nStatus check results are {}",
+                if ok { "√" } else { "× (see above)" }
+            );
+        }
+    }
+    Ok(ok)
+}
