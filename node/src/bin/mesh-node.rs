@@ -5,6 +5,7 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use mesh_node::config::{Config, Env, LogFormat};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -36,6 +37,19 @@ enum Command {
         key_file: PathBuf,
         #[arg(short, long, value_enum, default_value_t = Output::Table)]
         output: Output,
+    },
+    /// Exit 0 if the node on this host is ready (`GET /readyz` on its ops port answers 200), else
+    /// 1: the container image's HEALTHCHECK. The port comes from --addr (DSM_OPS_LISTEN), else
+    /// from the configuration `run` uses (--config / DSM_CONFIG and DSM_* overrides).
+    Healthcheck {
+        /// The ops address to ask; an unspecified host (0.0.0.0, [::]) means loopback.
+        #[arg(long, env = "DSM_OPS_LISTEN")]
+        addr: Option<String>,
+        #[arg(long, env = "DSM_CONFIG")]
+        config: Option<PathBuf>,
+        /// Give up (unhealthy) after this long.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
 }
 
@@ -123,6 +137,72 @@ async fn inspect(data_dir: PathBuf, key_file: PathBuf, output: Output) -> anyhow
     Ok(inv.unreadable == 0)
 }
 
+/// The ops address `healthcheck` asks: --addr, else the configuration's `ops_listen`, with an
+/// unspecified host replaced by loopback (the check runs next to the node).
+fn ops_address(addr: Option<String>, config: Option<PathBuf>) -> anyhow::Result<SocketAddr> {
+    let mut addr = match addr {
+        Some(raw) => raw.parse::<SocketAddr>().map_err(|_| {
+            anyhow::anyhow!(
+                "--addr / DSM_OPS_LISTEN: `{raw}` is not an address like 127.0.0.1:9090"
+            )
+        })?,
+        None => match Config::load(config.as_deref(), &Env) {
+            Ok(config) => config.ops_listen,
+            Err(e) => anyhow::bail!(
+                "finding the ops port (pass --addr, or the node's config with --config or \
+                 DSM_CONFIG): {e}"
+            ),
+        },
+    };
+    anyhow::ensure!(
+        addr.port() != 0,
+        "the ops port is 0 (picked at start-up); pass the bound address with --addr"
+    );
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    Ok(addr)
+}
+
+/// One HTTP/1.0 `GET /readyz`; true if it answered 200 within `timeout`. Hand-written: the ops
+/// port speaks plain HTTP/1 and this must not need anything the node does not already have.
+async fn healthcheck(addr: SocketAddr, timeout: std::time::Duration) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let ask = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await?;
+        // The status line is all we need; the body is a word.
+        let mut response = Vec::with_capacity(256);
+        stream.take(4096).read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = match tokio::time::timeout(timeout, ask).await {
+        Err(_) => {
+            eprintln!("mesh-node healthcheck: {addr} did not answer within {timeout:?}");
+            return false;
+        }
+        Ok(Err(e)) => {
+            eprintln!("mesh-node healthcheck: {addr}: {e}");
+            return false;
+        }
+        Ok(Ok(r)) => r,
+    };
+    let status_line = String::from_utf8_lossy(&response);
+    let status_line = status_line.lines().next().unwrap_or_default();
+    let ok = status_line.split_whitespace().nth(1) == Some("200");
+    if ok {
+        println!("ready");
+    } else {
+        eprintln!("mesh-node healthcheck: {addr}/readyz answered `{status_line}`");
+    }
+    ok
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -133,6 +213,18 @@ async fn main() -> ExitCode {
             key_file,
             output,
         } => inspect(data_dir, key_file, output).await,
+        Command::Healthcheck {
+            addr,
+            config,
+            timeout,
+        } => match ops_address(addr, config) {
+            Ok(addr) => Ok(healthcheck(addr, timeout).await),
+            // Unhealthy, not 2: Docker reserves exit code 2 of a health check.
+            Err(e) => {
+                eprintln!("mesh-node healthcheck: {e:#}");
+                Ok(false)
+            }
+        },
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
