@@ -123,7 +123,8 @@ pub fn server_config(m: &TlsMaterial, alpn: &[&[u8]]) -> Result<Arc<ServerConfig
 }
 
 /// Server side backed by the node's live credentials: the certificate presented and the client
-/// chains accepted follow every reload of `trust`, without rebuilding this config.
+/// chains accepted follow every reload of `trust`, without rebuilding this config. Every
+/// connection makes a full handshake (no resumption), so it is verified against the trust in force.
 pub fn live_server_config(
     trust: &Arc<crate::trust::Trust>,
     alpn: &[&[u8]],
@@ -132,6 +133,10 @@ pub fn live_server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(trust.clone())
         .with_cert_resolver(trust.clone());
+    // No session resumption: a resumed session skips certificate verification and keeps the
+    // certificates of the session it resumes, so a rotation or revocation would not be seen.
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
 }
@@ -146,6 +151,7 @@ pub fn live_client_config(
         .dangerous()
         .with_custom_certificate_verifier(trust.clone())
         .with_client_cert_resolver(trust.clone());
+    cfg.resumption = rustls::client::Resumption::disabled();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
 }

@@ -200,6 +200,7 @@ impl PeerTransport {
     }
 
     fn fail(&self, node: &str, reason: String) -> TransportError {
+        tracing::debug!(peer = node, %reason, "peer call failed");
         let mut peers = self.state();
         if let Some(s) = peers.get_mut(node) {
             s.connection = None;
