@@ -858,8 +858,110 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+pub mod containers;
 /// Calls any gateway method with one set of arguments: how the role-by-method tests drive a node.
 pub mod history;
+
+/// A local mesh started by `mesh-ctl up` (the operator's path), stopped when dropped.
+#[derive(Debug)]
+pub struct UpMesh {
+    pub dir: tempfile::TempDir,
+    up: Child,
+    /// `mesh.json` as `up` wrote it.
+    pub file: serde_json::Value,
+}
+
+impl UpMesh {
+    /// `mesh-ctl up --nodes n` on free ports, with extra node environment.
+    pub fn start(n: usize, env: &[(&str, &str)]) -> UpMesh {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let up = Command::new(mesh_ctl_bin())
+            .args(["up", "--nodes", &n.to_string(), "--base-port", "0", "--dir"])
+            .arg(dir.path())
+            .arg("--node-bin")
+            .arg(mesh_node_bin())
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mesh-ctl up");
+        let path = dir.path().join("mesh.json");
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while !path.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mesh-ctl up never wrote mesh.json"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let file = serde_json::from_str(&std::fs::read_to_string(&path).expect("read"))
+            .expect("mesh.json");
+        UpMesh { dir, up, file }
+    }
+
+    /// Runs `mesh-ctl ARGS --dir <this mesh>`.
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        Command::new(mesh_ctl_bin())
+            .args(args)
+            .arg("--dir")
+            .arg(self.dir.path())
+            .output()
+            .expect("mesh-ctl")
+    }
+
+    /// The gateway address of node `i` (0-based, in mesh.json order).
+    pub fn gateway(&self, i: usize) -> SocketAddr {
+        self.file["nodes"][i]["gateway"]
+            .as_str()
+            .expect("gateway")
+            .parse()
+            .expect("addr")
+    }
+
+    /// The process id of node `i`.
+    pub fn pid(&self, i: usize) -> u32 {
+        self.file["nodes"][i]["pid"].as_u64().expect("pid") as u32
+    }
+
+    /// The certificate and key files of the local client for `role`.
+    pub fn client_files(&self, role: &str) -> (PathBuf, PathBuf) {
+        let c = &self.file["clients"][role];
+        (
+            PathBuf::from(c["cert"].as_str().expect("cert")),
+            PathBuf::from(c["key"].as_str().expect("key")),
+        )
+    }
+
+    /// A TLS config and proof signer from the client files for `role` as they are now on disk
+    /// (after a rotation: the new certificate), trusting the mesh's current bundle.
+    pub fn client(&self, role: &str) -> (Arc<rustls::ClientConfig>, mesh_node::proof::Signer) {
+        let (cert, key) = self.client_files(role);
+        let bundle = PathBuf::from(self.file["ca_cert"].as_str().expect("ca_cert"));
+        (
+            mesh_node::client::client_tls(&bundle, &cert, &key).expect("client tls"),
+            mesh_node::proof::Signer::from_pem_file(&key).expect("signer"),
+        )
+    }
+}
+
+impl Drop for UpMesh {
+    fn drop(&mut self) {
+        // SIGINT: `up` stops its nodes (drain and flush) before it exits.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.up.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            if matches!(self.up.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.up.kill();
+        let _ = self.up.wait();
+    }
+}
 
 pub mod probe {
     use mesh_node::policy::Method;

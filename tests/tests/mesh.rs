@@ -7,7 +7,7 @@ use mesh_node::layout::{ControlKey, Layout};
 use mesh_node::pki::LeafSpec;
 use mesh_node::policy::{Method, Role};
 use mesh_node::proof::{Signer, parse_header};
-use mesh_node::tls::TlsMaterial;
+use mesh_node::tls::{self, TlsMaterial};
 use mesh_node::transport::PeerTransport;
 use mesh_proto::v1::admin_client::AdminClient;
 use mesh_proto::v1::peer_request::Body;
@@ -199,9 +199,10 @@ async fn a_request_forwarded_without_a_client_proof_is_refused_with_a_clear_erro
 /// A peer client with node A's stolen certificate and key, speaking the peer protocol directly.
 fn stolen_transport(creds: &Credentials) -> PeerTransport {
     let m = TlsMaterial::load(&creds.ca, &creds.cert, &creds.key).expect("material");
-    PeerTransport::bind(
+    PeerTransport::bind_with(
         "127.0.0.1:0".parse().expect("addr"),
-        &m,
+        tls::server_config(&m, &[mesh_node::transport::ALPN]).expect("server tls"),
+        tls::client_config(&m, &[mesh_node::transport::ALPN]).expect("client tls"),
         mesh_tests::TRUST_DOMAIN,
     )
     .expect("bind")
