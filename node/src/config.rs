@@ -33,6 +33,10 @@
 //! reveal_limit = 20                     # RevealField calls per principal per reveal_window
 //! reveal_window = "1h"
 //! require_purpose = ["comms", "support"]  # roles that must state a purpose on every read
+//! [telemetry]
+//! otlp_endpoint = "http://127.0.0.1:4317"  # export spans over OTLP/gRPC; unset: no export
+//! service_name = "mesh-node"            # the service.name resource attribute
+//! sample_ratio = 1.0                    # share of traces kept (0.0 to 1.0)
 //! ```
 //!
 //! Each key has an environment override: `DSM_NODE_ID`, `DSM_TRUST_DOMAIN`, `DSM_DATA_DIR`,
@@ -41,7 +45,8 @@
 //! `DSM_TLS_KEY`, `DSM_TLS_CRL`, `DSM_TLS_RELOAD_INTERVAL`, `DSM_MAX_CONCURRENT_REQUESTS`, `DSM_REQUEST_TIMEOUT`, `DSM_HANDSHAKE_TIMEOUT`,
 //! `DSM_DRAIN_TIMEOUT`, `DSM_LOG_FORMAT`, `DSM_LOG_LEVEL`, `DSM_AUDIT_RETENTION`,
 //! `DSM_AUDIT_SEGMENT_BYTES`, `DSM_ACCESS_CONTACT_GRACE`, `DSM_ACCESS_REVEAL_LIMIT`,
-//! `DSM_ACCESS_REVEAL_WINDOW`, `DSM_ACCESS_REQUIRE_PURPOSE` (comma-separated roles; empty for none).
+//! `DSM_ACCESS_REVEAL_WINDOW`, `DSM_ACCESS_REQUIRE_PURPOSE` (comma-separated roles; empty for none),
+//! `DSM_OTLP_ENDPOINT`, `DSM_TELEMETRY_SERVICE_NAME`, `DSM_TELEMETRY_SAMPLE_RATIO`.
 
 use crate::identity::{Identity, is_valid_name, is_valid_trust_domain};
 use serde::Deserialize;
@@ -96,6 +101,16 @@ struct FileConfig {
     access: FileAccess,
     #[serde(default)]
     rebalance: FileRebalance,
+    #[serde(default)]
+    telemetry: FileTelemetry,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTelemetry {
+    otlp_endpoint: Option<String>,
+    service_name: Option<String>,
+    sample_ratio: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -186,6 +201,8 @@ pub struct Config {
     pub access: crate::access::AccessRules,
     /// Upper bound on the partition data this node pulls per second during a rebalance.
     pub rebalance_rate: u64,
+    /// Trace export (OTLP); off unless an endpoint is configured.
+    pub telemetry: crate::telemetry::TelemetryConfig,
     pub log_level: String,
 }
 
@@ -537,6 +554,8 @@ impl Config {
             },
         };
 
+        let telemetry = telemetry_settings(&mut c, fc.telemetry);
+
         if !c.errors.is_empty() {
             return Err(ConfigErrors(c.errors));
         }
@@ -582,6 +601,7 @@ impl Config {
                 audit_retention,
                 access,
                 rebalance_rate,
+                telemetry,
             }),
             _ => Err(ConfigErrors(vec!["incomplete configuration".into()])),
         }
@@ -605,6 +625,58 @@ pub fn parse_bytes(raw: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(1 << shift)
+}
+
+/// The `[telemetry]` section: where spans go, under which service name, how many.
+fn telemetry_settings(c: &mut Collect<'_>, ft: FileTelemetry) -> crate::telemetry::TelemetryConfig {
+    let mut t = crate::telemetry::TelemetryConfig::default();
+    if let Some(raw) = c
+        .pick("DSM_OTLP_ENDPOINT", ft.otlp_endpoint)
+        .filter(|s| !s.is_empty())
+    {
+        match raw.parse::<hyper::Uri>() {
+            Ok(uri)
+                if uri.scheme_str() == Some("http")
+                    && uri.host().is_some_and(|h| !h.is_empty())
+                    && uri.path_and_query().is_none_or(|p| p.as_str() == "/") =>
+            {
+                t.otlp_endpoint = Some(raw);
+            }
+            Ok(uri) if uri.scheme_str() == Some("https") => c.errors.push(format!(
+                "telemetry.otlp_endpoint: `{raw}`: https is not supported; send spans to a collector \
+                 on the node's host or pod over http (for example `http://127.0.0.1:4317`)"
+            )),
+            _ => c.errors.push(format!(
+                "telemetry.otlp_endpoint: `{raw}` is not an OTLP/gRPC endpoint like `http://127.0.0.1:4317`"
+            )),
+        }
+    }
+    if let Some(raw) = c.pick("DSM_TELEMETRY_SERVICE_NAME", ft.service_name) {
+        if !raw.is_empty()
+            && raw.len() <= 63
+            && raw
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
+        {
+            t.service_name = raw;
+        } else {
+            c.errors.push(format!(
+                "telemetry.service_name: `{raw}` must be 1-63 letters, digits, `-`, `_` or `.`"
+            ));
+        }
+    }
+    if let Some(raw) = c.pick(
+        "DSM_TELEMETRY_SAMPLE_RATIO",
+        ft.sample_ratio.map(|r| r.to_string()),
+    ) {
+        match raw.parse::<f64>() {
+            Ok(r) if (0.0..=1.0).contains(&r) => t.sample_ratio = r,
+            _ => c.errors.push(format!(
+                "telemetry.sample_ratio: `{raw}` must be a number from 0.0 to 1.0"
+            )),
+        }
+    }
+    t
 }
 
 /// The `[access]` section: windows, the reveal limit, purpose requirements.
@@ -753,6 +825,79 @@ mod tests {
         assert!(c.errors.is_empty(), "{:?}", c.errors);
         assert_eq!(rules.contact_grace, Duration::from_secs(2));
         assert!(rules.require_purpose.is_empty());
+    }
+
+    #[test]
+    fn telemetry_settings_are_checked_and_named() {
+        let collect = |pairs: &[(&str, &str)]| {
+            let env: HashMap<String, String> = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            let mut c = Collect {
+                env: &env,
+                errors: Vec::new(),
+            };
+            let t = telemetry_settings(&mut c, FileTelemetry::default());
+            (t, c.errors)
+        };
+        let (t, errors) = collect(&[]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(t, crate::telemetry::TelemetryConfig::default());
+        assert_eq!(t.otlp_endpoint, None);
+
+        let (t, errors) = collect(&[
+            ("DSM_OTLP_ENDPOINT", "http://otel-agent.monitoring:4317"),
+            ("DSM_TELEMETRY_SERVICE_NAME", "dsm-prod"),
+            ("DSM_TELEMETRY_SAMPLE_RATIO", "0.25"),
+        ]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            t.otlp_endpoint.as_deref(),
+            Some("http://otel-agent.monitoring:4317")
+        );
+        assert_eq!(t.service_name, "dsm-prod");
+        assert!((t.sample_ratio - 0.25).abs() < f64::EPSILON);
+
+        for (key, env, value) in [
+            (
+                "telemetry.otlp_endpoint",
+                "DSM_OTLP_ENDPOINT",
+                "127.0.0.1:4317",
+            ),
+            (
+                "telemetry.otlp_endpoint",
+                "DSM_OTLP_ENDPOINT",
+                "https://collector:4317",
+            ),
+            (
+                "telemetry.otlp_endpoint",
+                "DSM_OTLP_ENDPOINT",
+                "http://collector:4317/v1/traces",
+            ),
+            (
+                "telemetry.service_name",
+                "DSM_TELEMETRY_SERVICE_NAME",
+                "mesh node",
+            ),
+            (
+                "telemetry.sample_ratio",
+                "DSM_TELEMETRY_SAMPLE_RATIO",
+                "1.5",
+            ),
+            (
+                "telemetry.sample_ratio",
+                "DSM_TELEMETRY_SAMPLE_RATIO",
+                "all",
+            ),
+        ] {
+            let (t, errors) = collect(&[(env, value)]);
+            assert!(
+                errors.len() == 1 && errors[0].starts_with(key),
+                "{value}: {errors:?}"
+            );
+            assert_eq!(t, crate::telemetry::TelemetryConfig::default());
+        }
     }
 
     #[test]

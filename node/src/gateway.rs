@@ -27,6 +27,7 @@ use crate::projection::{At, buyer_text, project, project_fields};
 use crate::proof::{self, PROOF_HEADER};
 use crate::rebalance::{ApplyError, Rebalance};
 use crate::storage::Store;
+use crate::telemetry::{self, Hop};
 use crate::transport::{PeerHandler, TransportError};
 use crate::validate;
 use mesh_proto::v1::order_gateway_server::OrderGateway;
@@ -311,17 +312,28 @@ impl Gateway {
     }
 
     /// Runs one request inside a span, counting and timing it. Spans carry the method and the
-    /// caller's certificate identity, never request contents.
-    async fn observe<T, F>(&self, method: Method, work: F) -> Result<T, Error>
+    /// caller's certificate identity, never request contents; the exported request span (see
+    /// `telemetry`) carries no identity either. `forwarded_by` names the node that forwarded it.
+    async fn observe<T, F>(
+        &self,
+        method: Method,
+        forwarded_by: Option<&str>,
+        work: F,
+    ) -> Result<T, Error>
     where
         F: Future<Output = Result<T, Error>>,
     {
         let started = Instant::now();
         let span = tracing::info_span!("gateway", method = method.as_str());
-        let result = work.instrument(span.clone()).await;
+        let trace = telemetry::request(method, forwarded_by);
+        let result = work
+            .instrument(trace.clone())
+            .instrument(span.clone())
+            .await;
         let code = result
             .as_ref()
             .map_or_else(Error::code, |_| tonic::Code::Ok);
+        telemetry::finish_request(&trace, code);
         self.metrics
             .observe_request(method.as_str(), code, started.elapsed().as_secs_f64());
         if let Err(e) = &result {
@@ -363,7 +375,13 @@ impl Gateway {
             }),
         };
         let deadline = Instant::now() + self.budget(req).saturating_sub(Duration::from_millis(20));
-        let bytes = self.send_call(owner, call, deadline, p).await?;
+        let bytes = telemetry::hop(
+            Hop::Forward,
+            &owner.node_id,
+            p,
+            self.send_call(owner, call, deadline, p),
+        )
+        .await?;
         Resp::decode(bytes.as_slice()).map_err(|_| {
             Error::Unavailable(format!("node {} sent an unreadable answer", owner.node_id))
         })
@@ -480,6 +498,7 @@ impl Gateway {
     ) -> Result<C::Resp, Error> {
         let identity = self.tls_identity(&req, access)?;
         let caller = self.authorize(identity, C::METHOD, &C::buyer_fields(req.get_ref()))?;
+        telemetry::record_caller(caller.role, C::partition(req.get_ref()));
         // While a partition changes owner, a request can meet a node that has just given it up:
         // route again and retry until the request's deadline (see `rebalance`).
         let deadline = Instant::now() + self.budget(&req);
@@ -538,8 +557,14 @@ impl Gateway {
         p: Partition,
     ) -> Result<Vec<u8>, Error> {
         // Anything but a definite refusal may have run there, so it must not run here too.
-        self.send_call(to, call.clone(), Instant::now() + self.forward_timeout, p)
-            .await
+        let deadline = Instant::now() + self.forward_timeout;
+        telemetry::hop(
+            Hop::Relay,
+            &to.node_id,
+            p,
+            self.send_call(to, call.clone(), deadline, p),
+        )
+        .await
     }
 
     /// How long a request may take: the client's deadline, capped by the node's own timeout.
@@ -556,6 +581,7 @@ impl Gateway {
         req: C::Req,
         access: &mut Access,
     ) -> Result<C::Resp, Error> {
+        telemetry::record_caller(caller.role, C::partition(&req));
         // Held until the request is done, so the partition cannot be handed off under it.
         let _admitted = match C::partition(&req) {
             Some(p) => Some(self.rebalance.admit(p).await?),
@@ -679,7 +705,7 @@ impl Gateway {
         let identity = self.verify_proof(from, call, access)?;
         let caller = self.authorize(identity, C::METHOD, &C::buyer_fields(&req))?;
         let resp = self
-            .observe(C::METHOD, self.owned::<C>(&caller, req, access))
+            .observe(C::METHOD, Some(from), self.owned::<C>(&caller, req, access))
             .await?;
         Ok(resp.encode_to_vec())
     }
@@ -688,7 +714,7 @@ impl Gateway {
     async fn serve<C: Call>(&self, req: Request<C::Req>) -> Result<C::Resp, Status> {
         let this = self.clone();
         detached(async move {
-            this.observe(C::METHOD, this.entry::<C>(req))
+            this.observe(C::METHOD, None, this.entry::<C>(req))
                 .await
                 .map_err(Status::from)
         })

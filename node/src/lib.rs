@@ -28,6 +28,7 @@
 //! | `fault`       | crash points for tests (compiled in only with `fault-injection`)      |
 //! | `error`       | the node error type and its single mapping to gRPC codes              |
 //! | `ops`, `metrics` | plaintext health/readiness/metrics port                            |
+//! | `telemetry`   | OpenTelemetry spans (an allow-list, no PII) and the OTLP exporter     |
 //! | `config`      | file + environment configuration, validated before anything binds     |
 //! | `server`      | node lifecycle: start, serve, drain, flush                            |
 //! | `client`      | mTLS client channel used by `mesh-ctl`, tests and benchmarks          |
@@ -58,6 +59,7 @@ pub mod proof;
 pub mod rebalance;
 pub mod server;
 pub mod storage;
+pub mod telemetry;
 pub mod tls;
 pub mod transport;
 pub mod trust;

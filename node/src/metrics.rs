@@ -1,7 +1,28 @@
 //! Prometheus metrics of a node, served on the plaintext ops port.
 //!
 //! Labels are low-cardinality by construction (method names and gRPC codes); nothing about a
-//! customer or an order is ever a label or a value.
+//! customer or an order is ever a label or a value. Names follow Prometheus conventions: counters
+//! end in `_total`, durations are in seconds and sizes in bytes (the unit is part of the name),
+//! timestamps are Unix seconds; `promtool check metrics` passes on `/metrics`
+//! (`tests/tests/telemetry.rs`).
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `dsm_gateway_requests_total` | counter | `method`, `code` |
+//! | `dsm_gateway_request_duration_seconds` | histogram | `method` |
+//! | `dsm_tls_handshake_failures_total` | counter | |
+//! | `dsm_orders_created_total` | counter | |
+//! | `dsm_storage_flushes_total` | counter | |
+//! | `dsm_storage_flush_batch_writes` | histogram | |
+//! | `dsm_storage_flush_duration_seconds` | histogram | |
+//! | `dsm_rebalance_received_partitions_total`, `dsm_rebalance_received_orders_total` | counter | |
+//! | `dsm_rebalance_received_bytes_total`, `dsm_rebalance_sent_bytes_total` | counter | |
+//! | `dsm_rebalance_shredded_partitions_total` | counter | |
+//! | `dsm_rebalance_pending_partitions`, `dsm_rebalance_leftover_partitions` | gauge | |
+//! | `dsm_tls_certificate_expiry_timestamp_seconds`, `dsm_tls_ca_expiry_timestamp_seconds` | gauge | |
+//! | `dsm_tls_trusted_cas`, `dsm_tls_revoked_certificates` | gauge | |
+//! | `dsm_tls_credential_reloads_total` | counter | `result` (`ok`, `error`) |
+//! | `dsm_node_info` | gauge (always 1) | `node_id`, `version` |
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::{
@@ -263,6 +284,11 @@ impl Metrics {
         out
     }
 
+    /// The Prometheus text format (0.0.4), for scrapers and tools that do not ask for OpenMetrics.
+    pub fn render_prometheus(&self) -> String {
+        prometheus_text(&self.render())
+    }
+
     pub fn observe_request(&self, method: &'static str, code: tonic::Code, seconds: f64) {
         self.requests
             .get_or_create(&RequestLabels {
@@ -276,10 +302,145 @@ impl Metrics {
     }
 }
 
+/// Rewrites an OpenMetrics exposition (as `prometheus_client` writes it) in the Prometheus text
+/// format 0.0.4, which `promtool` and scrapers without OpenMetrics support read: a counter family
+/// is named after its samples (`x_total`, where OpenMetrics says `x`), OpenMetrics-only types
+/// become `untyped`, and `# UNIT` and `# EOF` lines go. Samples are the same in both formats.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    // A family's `# HELP` comes before its `# TYPE`, which decides the family's name.
+    let mut help: Option<(&str, &str)> = None;
+    let flush_help = |out: &mut String, help: &mut Option<(&str, &str)>| {
+        if let Some((name, text)) = help.take() {
+            out.push_str(&format!("# HELP {name} {text}\n"));
+        }
+    };
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            flush_help(&mut out, &mut help);
+            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "gauge" | "histogram" | "summary" => (name.to_owned(), kind),
+                _ => (name.to_owned(), "untyped"),
+            };
+            if let Some((_, text)) = help.take() {
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+        } else if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        } else {
+            flush_help(&mut out, &mut help);
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    flush_help(&mut out, &mut help);
+    out
+}
+
 impl crate::storage::commit::FlushObserver for Metrics {
     fn flushed(&self, batch: usize, seconds: f64) {
         self.flushes.inc();
         self.flush_batch.observe(batch as f64);
         self.flush_duration.observe(seconds);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A node's metrics with every family holding a sample.
+    fn busy() -> Metrics {
+        let m = Metrics::new("n1");
+        m.observe_request("GetOrder", tonic::Code::Ok, 0.003);
+        m.observe_request("CreateOrder", tonic::Code::PermissionDenied, 0.001);
+        m.handshake_failures.inc();
+        m.orders_created.inc();
+        crate::storage::commit::FlushObserver::flushed(&m, 3, 0.002);
+        m.rebalance.received_bytes.inc_by(1024);
+        m.tls
+            .reloads
+            .get_or_create(&ReloadLabels { result: "ok" })
+            .inc();
+        m
+    }
+
+    #[test]
+    fn counters_end_in_total_and_units_are_base_units_in_both_formats() {
+        let m = busy();
+        for text in [m.render(), m.render_prometheus()] {
+            for line in text.lines().filter(|l| !l.starts_with('#')) {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert!(name.starts_with("dsm_"), "{line}");
+                for bad in ["_ms", "_milliseconds", "_kb", "_mib", "_count_total"] {
+                    assert!(!name.contains(bad), "{name}: not a base unit");
+                }
+            }
+            for counter in [
+                "dsm_gateway_requests_total{",
+                "dsm_tls_handshake_failures_total ",
+                "dsm_orders_created_total ",
+                "dsm_storage_flushes_total ",
+                "dsm_rebalance_received_bytes_total ",
+                "dsm_rebalance_sent_bytes_total ",
+                "dsm_tls_credential_reloads_total{",
+                "dsm_gateway_request_duration_seconds_bucket{",
+                "dsm_storage_flush_duration_seconds_sum ",
+                "dsm_tls_certificate_expiry_timestamp_seconds ",
+            ] {
+                assert!(text.contains(counter), "{counter} missing from\n{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_prometheus_format_names_counter_families_like_their_samples() {
+        let m = busy();
+        let om = m.render();
+        let text = m.render_prometheus();
+        assert!(om.ends_with("# EOF\n") && !text.contains("# EOF"));
+        assert!(!text.contains("# UNIT"));
+        // A naive model: every TYPE line names a family whose samples follow it.
+        let mut family: Option<(String, String)> = None;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
+                if kind == "counter" {
+                    assert!(name.ends_with("_total"), "{line}");
+                }
+                family = Some((name.to_owned(), kind.to_owned()));
+            } else if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap();
+                let next = text.lines().skip_while(|l| *l != line).nth(1).unwrap();
+                assert!(
+                    next.starts_with(&format!("# TYPE {name} ")),
+                    "{line} / {next}"
+                );
+            } else {
+                let (name, kind) = family.clone().expect("a sample after its TYPE");
+                let sample = line.split(['{', ' ']).next().unwrap();
+                let ok = match kind.as_str() {
+                    "histogram" => ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|s| sample == format!("{name}{s}")),
+                    _ => sample == name,
+                };
+                assert!(ok, "{sample} is not a sample of {name} ({kind})");
+            }
+        }
+        // The samples themselves are the same in both formats.
+        let samples = |t: &str| {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(samples(&om), samples(&text));
     }
 }

@@ -42,10 +42,25 @@ fn handle(req: &Request<hyper::body::Incoming>, state: &OpsState) -> Response<Fu
             respond(StatusCode::OK, "text/plain", "ready\n")
         }
         "/readyz" => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n"),
+        // OpenMetrics for scrapers that ask for it (Prometheus does); the classic text format
+        // for everything else (promtool, curl, older scrapers).
+        "/metrics"
+            if req
+                .headers()
+                .get(hyper::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("application/openmetrics-text")) =>
+        {
+            respond(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                state.metrics.render(),
+            )
+        }
         "/metrics" => respond(
             StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            state.metrics.render(),
+            "text/plain; version=0.0.4; charset=utf-8",
+            state.metrics.render_prometheus(),
         ),
         _ => respond(
             StatusCode::NOT_FOUND,

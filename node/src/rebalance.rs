@@ -456,6 +456,16 @@ impl Rebalance {
 
     /// Receives pending partition `p` from its previous owner. `background` pulls respect the
     /// rate limit; a pull a request is waiting for only counts against it.
+    #[tracing::instrument(
+        target = "dsm_trace",
+        name = "rebalance.pull",
+        skip_all,
+        fields(
+            dsm.partition = i64::from(p.get()),
+            dsm.background = background,
+            dsm.peer = tracing::field::Empty,
+        )
+    )]
     pub async fn pull(&self, p: Partition, background: bool) -> Result<(), Error> {
         if background {
             self.throttle.ready().await;
@@ -472,6 +482,7 @@ impl Rebalance {
                 "partition {p} is pending but this node has no previous layout"
             )));
         };
+        tracing::Span::current().record("dsm.peer", from.node_id.as_str());
         let request = PeerRequest {
             deadline_unix_ms: 0,
             body: Some(Body::Pull(HandoffPull {

@@ -5,6 +5,7 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use mesh_node::config::{Config, Env, LogFormat};
+use mesh_node::telemetry;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,20 +60,33 @@ enum Output {
     Json,
 }
 
-fn init_logging(format: LogFormat, level: &str) {
+/// Logs to stderr and, with `[telemetry] otlp_endpoint`, exports spans over OTLP (see
+/// `mesh_node::telemetry`). Returns the exporter, to be shut down once the node has drained.
+fn init_logging(config: &Config) -> anyhow::Result<Option<telemetry::Exporter>> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     // Transport internals are noise at info level and could only ever log framing, not data.
+    // The exported spans are for the exporter only, so the log is the same with or without it.
     let filter = tracing_subscriber::EnvFilter::try_new(format!(
-        "{level},h2=warn,hyper=warn,tower=warn,rustls=warn"
+        "{},h2=warn,hyper=warn,tower=warn,rustls=warn,{}=off",
+        config.log_level,
+        telemetry::TARGET
     ))
     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    let fmt = match config.log_format {
+        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Text => fmt.boxed(),
+    };
+    let (otel, exporter) = telemetry::layer(&config.telemetry, &config.node_id)?.unzip();
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(otel)
+        .init();
+    Ok(exporter)
 }
 
 async fn wait_for_signal() {
@@ -86,7 +100,7 @@ async fn wait_for_signal() {
 
 async fn run(config: Option<PathBuf>, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config.as_deref(), &Env).map_err(|e| anyhow::anyhow!("{e}"))?;
-    init_logging(config.log_format, &config.log_level);
+    let exporter = init_logging(&config)?;
     let node = mesh_node::server::start(&config)
         .await
         .context("starting the node")?;
@@ -106,6 +120,9 @@ async fn run(config: Option<PathBuf>, ready_file: Option<PathBuf>) -> anyhow::Re
     wait_for_signal().await;
     tracing::info!("shutting down");
     node.shutdown().await;
+    if let Some(exporter) = exporter {
+        exporter.shutdown().await;
+    }
     Ok(())
 }
 

@@ -57,6 +57,15 @@ fn partition_prefix(p: Partition) -> [u8; 2] {
 
 impl Store {
     /// Reads partition `p` for its new owner.
+    #[tracing::instrument(
+        target = "dsm_trace",
+        name = "storage.export_partition",
+        skip_all,
+        fields(
+            dsm.storage.op = "export",
+            dsm.partition = i64::from(p.get()),
+        )
+    )]
     pub fn export_partition(&self, p: Partition) -> Result<PartitionExport, StorageError> {
         let mut customers: BTreeMap<Vec<u8>, CustomerExport> = BTreeMap::new();
         let mut orders: BTreeMap<Vec<u8>, Vec<SealedOrder>> = BTreeMap::new();
@@ -105,6 +114,15 @@ impl Store {
     /// belong to another partition or customer.
     /// With `received`, also clears the partition from the node's pending set (`SavedLayout`) in
     /// the same atomic step, so "received" is never durable without the data.
+    #[tracing::instrument(
+        target = "dsm_trace",
+        name = "storage.import_partition",
+        skip_all,
+        fields(
+            dsm.storage.op = "import",
+            dsm.partition = i64::from(export.partition.get()),
+        )
+    )]
     pub async fn import_partition(
         &self,
         export: &PartitionExport,
@@ -190,6 +208,15 @@ impl Store {
 
     /// Deletes every record of partition `p` (its wrapped data keys among them) and makes the
     /// deletion durable. Returns how many records were removed.
+    #[tracing::instrument(
+        target = "dsm_trace",
+        name = "storage.drop_partition",
+        skip_all,
+        fields(
+            dsm.storage.op = "drop",
+            dsm.partition = i64::from(p.get()),
+        )
+    )]
     pub async fn drop_partition(&self, p: Partition) -> Result<u64, StorageError> {
         let mut batch = sled::Batch::default();
         let mut n = 0;

@@ -241,6 +241,15 @@ impl Store {
 
     /// Stores a new order (its id and timestamps already set) and returns once it is durable.
     /// With an idempotency key that this customer used before, returns the earlier order instead.
+    #[tracing::instrument(
+        target = "dsm_trace",
+        name = "storage.create_order",
+        skip_all,
+        fields(
+            dsm.storage.op = "create",
+            dsm.partition = i64::from(partition_of(&order.customer_id).get()),
+        )
+    )]
     pub async fn create_order(
         &self,
         order: &Order,
@@ -347,11 +356,29 @@ impl Store {
         )))
     }
 
+    #[tracing::instrument(
+        target = "dsm_trace",
+        name = "storage.get_order",
+        skip_all,
+        fields(
+            dsm.storage.op = "read",
+            dsm.partition = i64::from(id.partition().get()),
+        )
+    )]
     pub fn get_order(&self, id: &OrderId) -> Result<Option<Order>, StorageError> {
         self.read_located(self.locate(id)?)
     }
 
     /// The order a contact handle was minted for.
+    #[tracing::instrument(
+        target = "dsm_trace",
+        name = "storage.order_by_handle",
+        skip_all,
+        fields(
+            dsm.storage.op = "read",
+            dsm.partition = i64::from(handle.partition().get()),
+        )
+    )]
     pub fn order_by_handle(&self, handle: &ContactHandle) -> Result<Option<Order>, StorageError> {
         let p = handle.partition();
         let hh = keys::handle_hash(&self.keys, &handle.to_string());
@@ -373,6 +400,15 @@ impl Store {
 
     /// Read-modify-write of one order under its customer's lock; `change` may reject the update.
     /// Returns the updated order once it is durable.
+    #[tracing::instrument(
+        target = "dsm_trace",
+        name = "storage.update_order",
+        skip_all,
+        fields(
+            dsm.storage.op = "update",
+            dsm.partition = i64::from(id.partition().get()),
+        )
+    )]
     pub async fn update_order<F>(&self, id: &OrderId, change: F) -> Result<Order, StorageError>
     where
         F: Fn(&mut Order) -> Result<(), String>,
@@ -395,6 +431,15 @@ impl Store {
     }
 
     /// Every order of a customer, oldest first.
+    #[tracing::instrument(
+        target = "dsm_trace",
+        name = "storage.customer_orders",
+        skip_all,
+        fields(
+            dsm.storage.op = "list",
+            dsm.partition = i64::from(partition_of(customer_id).get()),
+        )
+    )]
     pub fn customer_orders(&self, customer_id: &str) -> Result<Vec<Order>, StorageError> {
         let p = partition_of(customer_id);
         let ch = keys::customer_hash(&self.keys, customer_id);
