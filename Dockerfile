@@ -10,16 +10,6 @@
 # the HEALTHCHECK below find it; see README.md, "Container image".
 FROM scratch
 
-ARG VERSION=dev
-ARG REVISION=unknown
-
-LABEL org.opencontainers.image.title="dark-store-mesh" \
-      org.opencontainers.image.description="Dark Store Mesh node (mesh-node) and control binary (mesh-ctl), statically linked" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.vendor="Dark Store Mesh" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}"
-
 # A user and group database naming uid/gid 65532 ("mesh"; no shell, no password).
 COPY --chown=0:0 passwd group /etc/
 COPY --chown=0:0 mesh-node mesh-ctl /usr/local/bin/
@@ -39,3 +29,14 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
 
 ENTRYPOINT ["/usr/local/bin/mesh-node"]
 CMD ["run"]
+
+# Last, so a new revision only changes metadata and every layer above stays cached.
+ARG VERSION=dev
+ARG REVISION=unknown
+
+LABEL org.opencontainers.image.title="dark-store-mesh" \
+      org.opencontainers.image.description="Dark Store Mesh node (mesh-node) and control binary (mesh-ctl), statically linked" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.vendor="Dark Store Mesh" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}"
