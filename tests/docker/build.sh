@@ -24,6 +24,13 @@ if ! docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then
   exit 1
 fi
 
+for tool in objcopy readelf flock; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "build.sh: $tool is missing (apt-get install binutils util-linux)" >&2
+    exit 1
+  fi
+done
+
 mkdir -p "$target"
 exec 9>"$target/docker-build.lock"
 flock 9
