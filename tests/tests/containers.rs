@@ -155,6 +155,22 @@ async fn assert_image_shape(mesh: &ContainerMesh) {
         .await
         .expect("mesh-node healthcheck in the container");
     assert_eq!(ready, "ready");
+    // Unhealthy is exit 1 (Docker reserves 2), with the reason.
+    let refused = docker(&[
+        "exec",
+        container,
+        "/usr/local/bin/mesh-node",
+        "healthcheck",
+        "--addr",
+        "127.0.0.1:1",
+    ])
+    .await
+    .expect_err("nothing listens on port 1");
+    let refused = format!("{refused:#}");
+    assert!(
+        refused.contains("exit status: 1") && refused.contains("127.0.0.1:1"),
+        "{refused}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
