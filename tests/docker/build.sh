@@ -65,4 +65,6 @@ revision="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
 docker build --quiet -f Dockerfile \
   --build-arg "VERSION=${version:-dev}" --build-arg "REVISION=$revision" \
   -t "$image" "$ctx" >/dev/null
+# Earlier builds this one replaced (untagged, and used by no container) would pile up otherwise.
+docker image prune --force --filter "label=org.opencontainers.image.title=dark-store-mesh" >/dev/null || true
 echo "$image"
