@@ -8,6 +8,7 @@
 //! | `pki`  | `ca init`, `cert issue node|client|admin`, `key init` |
 //! | `rotation` | `cert rotate`, `cert revoke`, `ca rotate [--finish]`: trust bundle, CRLs, pushes |
 //! | `up`   | `up`: a local mesh of real node processes             |
+//! | `k8s`  | `k8s init|secrets|layout|kek|ca-rotate`: the manifests the Helm chart mounts |
 //! | `control` | the mesh directory: CA, control key, signed layouts, admin calls |
 //! | `layout` | `layout show|stage|apply|revert`: staged, signed layout changes |
 //! | `rebalance` | `rebalance status`: progress of a layout change, and the wait |
@@ -21,6 +22,7 @@ mod access;
 mod audit;
 mod check;
 mod control;
+mod k8s;
 mod layout;
 mod pki;
 mod rebalance;
@@ -71,6 +73,13 @@ enum Command {
     },
     /// Start a local mesh on loopback with fresh certificates, and run until interrupted.
     Up(up::UpArgs),
+    /// Kubernetes: set a mesh directory up for a Helm release of charts/mesh and print the
+    /// Secret and ConfigMap manifests the chart mounts (CA bundle and CRLs, node certificates,
+    /// key-encryption keys, the signed layout).
+    K8s {
+        #[command(subcommand)]
+        command: k8s::K8sCommand,
+    },
     /// The audit trail: query it mesh-wide, or verify every node's chain.
     Audit {
         #[command(subcommand)]
@@ -128,6 +137,7 @@ async fn main() -> ExitCode {
         Command::Cert { command } => pki::cert(command, cli.output).map(|()| true),
         Command::Key { command } => pki::key(command, cli.output).map(|()| true),
         Command::Up(args) => up::run(args, cli.output).await.map(|()| true),
+        Command::K8s { command } => k8s::run(command, cli.output).await,
         Command::Status(args) => status::run(args, cli.output).await,
         Command::Check(args) => check::run(args, cli.output).await,
         Command::Layout { command } => layout::run(command, cli.output).await,

@@ -28,9 +28,9 @@ use time::OffsetDateTime;
 
 pub const TRUST_FILE: &str = "trust.pem";
 pub const CRL_FILE: &str = "crl.pem";
-const ISSUED_FILE: &str = "issued.jsonl";
+pub const ISSUED_FILE: &str = "issued.jsonl";
 const REVOKED_FILE: &str = "revoked.json";
-const HISTORY_FILE: &str = "history.pem";
+pub const HISTORY_FILE: &str = "history.pem";
 const PREVIOUS_DIR: &str = "previous";
 
 #[derive(clap::Args)]
@@ -170,7 +170,7 @@ pub fn write_issued(
     Ok((cert, key))
 }
 
-fn previous_dir(ca_dir: &Path) -> PathBuf {
+pub fn previous_dir(ca_dir: &Path) -> PathBuf {
     ca_dir.join(PREVIOUS_DIR)
 }
 
@@ -184,7 +184,7 @@ fn trusted_cas(ca_dir: &Path) -> anyhow::Result<Vec<CertificateAuthority>> {
     Ok(cas)
 }
 
-fn write_bundle(ca_dir: &Path) -> anyhow::Result<()> {
+pub fn write_bundle(ca_dir: &Path) -> anyhow::Result<()> {
     let bundle: String = trusted_cas(ca_dir)?
         .iter()
         .map(|ca| ca.cert_pem().to_owned())
@@ -205,7 +205,7 @@ fn read_revocations(ca_dir: &Path) -> anyhow::Result<Revocations> {
 
 /// Signs a fresh CRL (next number) for every trusted CA and writes them to `crl.pem`; returns the
 /// PEM that was written.
-fn write_crls(ca_dir: &Path) -> anyhow::Result<String> {
+pub fn write_crls(ca_dir: &Path) -> anyhow::Result<String> {
     let mut revocations = read_revocations(ca_dir)?;
     let mut pem = String::new();
     for ca in trusted_cas(ca_dir)? {
@@ -504,7 +504,7 @@ pub async fn rotate_ca(args: CaRotateArgs, output: Output) -> anyhow::Result<boo
 }
 
 /// Whether the certificate in `path` was issued by `ca` (by issuer name; CA names are unique).
-fn issued_by(path: &Path, ca: &CertificateAuthority) -> bool {
+pub fn issued_by(path: &Path, ca: &CertificateAuthority) -> bool {
     use x509_parser::prelude::*;
     let (Ok(leaf), Ok(ca_der)) = (mesh_node::tls::load_certs(path), {
         use rustls_pki_types::pem::PemObject as _;
