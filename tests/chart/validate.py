@@ -328,8 +328,12 @@ def check_rendered(label: str, docs: list[dict], notes: str, merged: dict) -> No
     )
     ca = volumes.get("ca", {}).get("secret", {})
     R.check(
-        ca.get("optional") is not True and [i["key"] for i in ca.get("items", [])] == ["ca.crt", "control.pub"],
-        f"[{label}] the CA Secret ({ca.get('secretName')}) is required and provides ca.crt and control.pub",
+        ca.get("optional") is not True
+        and [i["key"] for i in ca.get("items", [])] == ["ca.crt", "control.pub", "crl.pem"]
+        and "subPath" not in mounts.get("ca", {})
+        and "subPathExpr" not in mounts.get("ca", {}),
+        f"[{label}] the CA Secret ({ca.get('secretName')}) is required, provides ca.crt, control.pub and "
+        "crl.pem, and is mounted as a directory (Secret updates reach running pods)",
     )
     vct = sts["spec"].get("volumeClaimTemplates", [])
     R.check(
@@ -364,7 +368,14 @@ def check_rendered(label: str, docs: list[dict], notes: str, merged: dict) -> No
     paths_ok = (
         toml["data_dir"] == mounts["data"]["mountPath"]
         and toml["key_file"] == f"{node_dir}/node.kek"
-        and toml["tls"] == {"ca": f"{ca_dir}/ca.crt", "cert": f"{node_dir}/tls.crt", "key": f"{node_dir}/tls.key"}
+        and toml["tls"]
+        == {
+            "ca": f"{ca_dir}/ca.crt",
+            "cert": f"{node_dir}/tls.crt",
+            "key": f"{node_dir}/tls.key",
+            "crl": f"{ca_dir}/crl.pem",
+            "reload_interval": merged["config"]["tls"]["reloadInterval"],
+        }
         and toml["control_public_key"] == f"{ca_dir}/control.pub"
     )
     if merged["layout"]["enabled"]:
@@ -604,6 +615,8 @@ NEGATIVE = [
     ("replicaCount: three\n", helm.HelmValuesError, ["replicaCount"]),
     ("securityContext:\n  runAsUser: 0\n", helm.HelmValuesError, ["runAsUser"]),
     ("config:\n  access:\n    requirePurpose: [wizard]\n", helm.HelmValuesError, ["requirePurpose"]),
+    ("config:\n  tls:\n    reloadIntervall: 5s\n", helm.HelmValuesError, ["reloadIntervall", "config/tls"]),
+    ("config:\n  tls:\n    reloadInterval: soon\n", helm.HelmValuesError, ["reloadInterval"]),
     (
         "affinity:\n  podAntiAffinity:\n    requiredDuringScheduling: []\n",
         helm.HelmValuesError,

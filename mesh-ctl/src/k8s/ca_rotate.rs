@@ -233,7 +233,8 @@ async fn finish(
             )),
         }
     }
-    if !skip_node_check && problems.is_empty() {
+    let stale_nodes = !problems.is_empty();
+    if !skip_node_check && !stale_nodes {
         let tls = mesh.admin_tls()?;
         let answers =
             futures::future::join_all(members.iter().map(|m| serving_serial(m, tls.clone()))).await;
@@ -243,8 +244,9 @@ async fn finish(
                     Some(i) if i.ca == new_ca => {}
                     _ => problems.push(format!(
                         "node {} still serves certificate {serial}, not one from the new CA (has it \
-                         restarted since its Secret was renewed?)",
-                        m.node_id
+                         restarted since its Secret was renewed? `kubectl -n {ns} rollout restart \
+                         statefulset {}`)",
+                        m.node_id, release.fullname
                     )),
                 },
                 Err(e) => problems.push(format!(
@@ -282,9 +284,14 @@ async fn finish(
     }
     if !problems.is_empty() {
         bail!(
-            "not finishing the CA rotation: the old CA is still needed.\n  {}\nRenew node \
-             certificates with {renew}; then run `mesh-ctl k8s ca-rotate --finish --dir {d}` again",
-            problems.join("\n  ")
+            "not finishing the CA rotation: the old CA is still needed.\n  {}\n{}then run \
+             `mesh-ctl k8s ca-rotate --finish --dir {d}` again",
+            problems.join("\n  "),
+            if stale_nodes {
+                format!("Renew the node certificates: {renew}; ")
+            } else {
+                String::new()
+            }
         );
     }
     if let Some(path) = renew_admin {
