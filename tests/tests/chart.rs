@@ -222,7 +222,8 @@ fn check_objects(release: &Release, dir: &Path, out: &Path) {
     use prost::Message as _;
 
     let facts: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("chart.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("chart.json")).expect("chart.json"))
+            .expect("chart.json is JSON");
     let fact = |k: &str| {
         facts[k]
             .as_str()
@@ -236,7 +237,7 @@ fn check_objects(release: &Release, dir: &Path, out: &Path) {
         fact("cluster_domain"),
         fact("trust_domain"),
     );
-    let port = |p: &str| facts["ports"][p].as_u64().unwrap();
+    let port = |p: &str| facts["ports"][p].as_u64().expect("chart.json ports");
     let object = |name: &str, key: &str| -> Vec<u8> {
         std::fs::read(out.join("objects").join(name).join(key))
             .unwrap_or_else(|e| panic!("{name}/{key}: {e}"))
@@ -253,7 +254,7 @@ fn check_objects(release: &Release, dir: &Path, out: &Path) {
     ] {
         assert_eq!(
             object(&ca_secret, key),
-            std::fs::read(dir.join("ca").join(file)).unwrap(),
+            std::fs::read(dir.join("ca").join(file)).expect("the file in DIR/ca"),
             "[{label}] {ca_secret}/{key} is DIR/ca/{file}"
         );
     }
@@ -261,7 +262,12 @@ fn check_objects(release: &Release, dir: &Path, out: &Path) {
     let mut keks = std::collections::BTreeSet::new();
     for i in 0..release.replicas {
         let names = &facts["node_secrets"][i.to_string()];
-        let secret = |file: &str| names[file].as_str().unwrap().to_owned();
+        let secret = |file: &str| {
+            names[file]
+                .as_str()
+                .expect("chart.json node_secrets")
+                .to_owned()
+        };
         let (cert, key) = (
             object(&secret("tls.crt"), "tls.crt"),
             object(&secret("tls.key"), "tls.key"),
@@ -321,7 +327,8 @@ fn check_objects(release: &Release, dir: &Path, out: &Path) {
             });
         assert!(!key.is_empty());
 
-        let kek = String::from_utf8(object(&secret("node.kek"), "node.kek")).unwrap();
+        let kek =
+            String::from_utf8(object(&secret("node.kek"), "node.kek")).expect("node.kek is text");
         assert!(
             mesh_node::crypto::NodeKeys::parse(&kek).is_some(),
             "[{label}] {node_id}'s node.kek is a key file the node reads"
@@ -332,11 +339,15 @@ fn check_objects(release: &Release, dir: &Path, out: &Path) {
     // The layout ConfigMap: DIR's layout, signed by DIR's control key (as the CA Secret carries
     // it), with every pod at the address the chart gives it.
     let bytes = object(&fact("layout_config_map"), "layout.bin");
-    assert_eq!(bytes, std::fs::read(dir.join("layout.bin")).unwrap());
+    assert_eq!(
+        bytes,
+        std::fs::read(dir.join("layout.bin")).expect("DIR/layout.bin")
+    );
     let signed = mesh_proto::v1::SignedLayout::decode(bytes.as_slice()).expect("a SignedLayout");
-    let control =
-        ControlPublicKey::parse(&String::from_utf8(object(&ca_secret, "control.pub")).unwrap())
-            .expect("control.pub");
+    let control = ControlPublicKey::parse(
+        &String::from_utf8(object(&ca_secret, "control.pub")).expect("control.pub is text"),
+    )
+    .expect("control.pub");
     let layout = Layout::verify(&signed, &control).expect("the layout verifies with control.pub");
     let want: Vec<Member> = (0..release.replicas)
         .map(|i| {
@@ -363,7 +374,7 @@ fn mesh_ctl_k8s_manifests_are_what_the_chart_mounts() {
     }
     let py = chart_python();
     let root = workspace_root();
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().expect("a temporary directory");
     let releases = [
         Release {
             name: "dsm",
@@ -396,7 +407,7 @@ fn mesh_ctl_k8s_manifests_are_what_the_chart_mounts() {
     ];
     for release in &releases {
         let dir = tmp.path().join(release.name);
-        let d = dir.to_str().unwrap();
+        let d = dir.to_str().expect("a UTF-8 path");
         let replicas = release.replicas.to_string();
         let ordinals = format!("0-{}", release.replicas - 1);
         let mut init = vec![
@@ -418,7 +429,7 @@ fn mesh_ctl_k8s_manifests_are_what_the_chart_mounts() {
             &secrets,
             mesh_ctl_ok(&["k8s", "secrets", "--dir", d, "--ordinals", &ordinals]),
         )
-        .unwrap();
+        .expect("writing the manifests");
         // KEKs from the release flags for one release, from the directory for the other.
         let mut kek_args = vec!["k8s", "kek", "--ordinals", &ordinals];
         if release.values.is_none() {
@@ -428,7 +439,7 @@ fn mesh_ctl_k8s_manifests_are_what_the_chart_mounts() {
             kek_args.extend(["--dir", d]);
         }
         let keks = tmp.path().join(format!("{}-kek.yaml", release.name));
-        std::fs::write(&keks, mesh_ctl_ok(&kek_args)).unwrap();
+        std::fs::write(&keks, mesh_ctl_ok(&kek_args)).expect("writing the manifests");
 
         let out = tmp.path().join(format!("{}-contract", release.name));
         let mut cmd = Command::new(&py);
@@ -466,9 +477,9 @@ fn mesh_ctl_k8s_manifests_are_what_the_chart_mounts() {
 
 #[test]
 fn mesh_ctl_k8s_refuses_bad_flags_by_name_and_guards_the_ca_rotation() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().expect("a temporary directory");
     let dir = tmp.path().join("dsm");
-    let d = dir.to_str().unwrap();
+    let d = dir.to_str().expect("a UTF-8 path");
     let init = |extra: &[&str]| {
         let mut a = vec!["k8s", "init", "--dir", d];
         a.extend_from_slice(extra);
@@ -527,9 +538,19 @@ fn mesh_ctl_k8s_refuses_bad_flags_by_name_and_guards_the_ca_rotation() {
     );
     mesh_ctl_refuses(&["k8s", "kek", "--ordinals", "0"], "--release is required");
     let plain = tmp.path().join("plain");
-    mesh_ctl_ok(&["ca", "init", "--dir", plain.join("ca").to_str().unwrap()]);
+    mesh_ctl_ok(&[
+        "ca",
+        "init",
+        "--dir",
+        plain.join("ca").to_str().expect("a UTF-8 path"),
+    ]);
     mesh_ctl_refuses(
-        &["k8s", "secrets", "--dir", plain.to_str().unwrap()],
+        &[
+            "k8s",
+            "secrets",
+            "--dir",
+            plain.to_str().expect("a UTF-8 path"),
+        ],
         "mesh-ctl k8s init",
     );
     // `cert rotate` renews the files of a local mesh; on Kubernetes it points at the Secrets.
@@ -537,7 +558,8 @@ fn mesh_ctl_k8s_refuses_bad_flags_by_name_and_guards_the_ca_rotation() {
 
     // CA rotation: both CAs in the bundle, and no finish while a node's newest certificate is
     // from the old CA.
-    let trust = || mesh_node::tls::load_certs(&dir.join("ca/trust.pem")).unwrap();
+    let trust =
+        || mesh_node::tls::load_certs(&dir.join("ca/trust.pem")).expect("writing the manifests");
     let first_ca = trust();
     mesh_ctl_ok(&["k8s", "secrets", "--dir", d, "--ordinals", "0-2"]);
     mesh_ctl_ok(&["k8s", "ca-rotate", "--dir", d]);

@@ -194,6 +194,7 @@ pub fn to_json_list(manifests: &[Manifest]) -> serde_json::Value {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 mod tests {
     use super::*;
     use crate::k8s::release::ReleaseSpec;

@@ -440,6 +440,7 @@ pub fn ordinals_arg(ordinals: &BTreeSet<u32>) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // a test that cannot unwrap has failed
 mod tests {
     use super::*;
 
