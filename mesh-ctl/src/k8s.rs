@@ -17,6 +17,7 @@
 //!
 //! | module | what |
 //! |--------|------|
+//! | `init` | `k8s init`: CA, first layout, `k8s.json`, and the `helm install` flags to match |
 //! | `release` | the chart's names (`mesh.fullname`, Secret names, peer DNS names), `k8s.json` |
 //! | `manifest` | Secret and ConfigMap objects, as YAML documents or a JSON `List` |
 //! | `ca_rotate` | `k8s ca-rotate`: the new CA travels in the CA Secret, not in a push |
@@ -26,6 +27,7 @@
 //! (`ca/issued.jsonl`, so `cert revoke --node` works), never their keys.
 
 mod ca_rotate;
+mod init;
 mod manifest;
 mod release;
 
@@ -34,9 +36,8 @@ use crate::control::MeshDir;
 use crate::rotation;
 use anyhow::{Context as _, bail};
 use manifest::{Component, Manifest};
-use mesh_node::identity::{Identity, is_valid_trust_domain};
-use mesh_node::layout::Layout;
-use mesh_node::pki::{CA_CERT_FILE, CONTROL_PUB_FILE, CertificateAuthority, LeafSpec};
+use mesh_node::identity::Identity;
+use mesh_node::pki::{CONTROL_PUB_FILE, CertificateAuthority, LeafSpec};
 use prost::Message as _;
 use release::{Release, ReleaseSpec};
 use std::collections::{BTreeMap, BTreeSet};
@@ -47,7 +48,7 @@ use std::time::Duration;
 pub enum K8sCommand {
     /// Set up DIR for a Helm release: the CA (unless DIR has one), the first signed layout with
     /// pods <fullname>-0..N-1 as members, and DIR/k8s.json (the release's names).
-    Init(InitArgs),
+    Init(init::InitArgs),
     /// Print the CA Secret, a node certificate Secret per --ordinals (freshly issued) and the
     /// layout ConfigMap, for `kubectl apply -f -`.
     Secrets(SecretsArgs),
@@ -97,26 +98,6 @@ pub struct ReleaseArgs {
 }
 
 #[derive(clap::Args)]
-pub struct InitArgs {
-    /// The mesh directory for this release (CA, control key, layouts, k8s.json). Keep it off
-    /// the cluster: it holds the CA key and the control key.
-    #[arg(long)]
-    dir: PathBuf,
-    #[command(flatten)]
-    release: ReleaseArgs,
-    /// Members of the first layout: pods <fullname>-0 .. <fullname>-(N-1) (the chart's
-    /// replicaCount). Later changes go through `mesh-ctl layout stage|apply`.
-    #[arg(long, default_value_t = 3)]
-    replicas: u32,
-    /// Trust domain of a new CA (default mesh.local); the chart's config.trustDomain must match.
-    #[arg(long)]
-    trust_domain: Option<String>,
-    /// Validity of a new CA.
-    #[arg(long, default_value = "3650d", value_parser = humantime::parse_duration)]
-    ca_validity: Duration,
-}
-
-#[derive(clap::Args)]
 pub struct SecretsArgs {
     /// The mesh directory (`mesh-ctl k8s init --dir`).
     #[arg(long)]
@@ -160,7 +141,7 @@ pub struct KekArgs {
 }
 
 impl ReleaseArgs {
-    fn spec(&self) -> anyhow::Result<ReleaseSpec> {
+    pub(crate) fn spec(&self) -> anyhow::Result<ReleaseSpec> {
         let release = self.release.clone().context(
             "--release is required: the Helm release name the chart is (or will be) installed as",
         )?;
@@ -207,17 +188,8 @@ fn guard(
     Ok(())
 }
 
-/// The ordinals of the layout's members that are pods of this release.
-fn layout_ordinals(release: &Release, layout: &Layout) -> BTreeSet<u32> {
-    layout
-        .members
-        .iter()
-        .filter_map(|m| release.ordinal_of(&m.node_id))
-        .collect()
-}
-
 /// Opens a mesh directory set up by `k8s init`.
-fn open(dir: &Path) -> anyhow::Result<(MeshDir, Release)> {
+pub(crate) fn open(dir: &Path) -> anyhow::Result<(MeshDir, Release)> {
     let mesh = MeshDir::open(dir)?;
     let release = Release::require(&mesh.dir)?;
     Ok((mesh, release))
@@ -225,7 +197,7 @@ fn open(dir: &Path) -> anyhow::Result<(MeshDir, Release)> {
 
 pub async fn run(command: K8sCommand, output: Output) -> anyhow::Result<bool> {
     match command {
-        K8sCommand::Init(args) => init(args, output).map(|()| true),
+        K8sCommand::Init(args) => init::run(args, output).map(|()| true),
         K8sCommand::Secrets(args) => secrets(args, output).map(|()| true),
         K8sCommand::Layout(args) => {
             let (mesh, release) = open(&args.dir)?;
@@ -383,175 +355,6 @@ fn layout_config_map(mesh: &MeshDir, release: &Release) -> anyhow::Result<Manife
     })
 }
 
-/// `--set` flags for `helm install` that make the chart agree with this directory.
-fn helm_sets(args: &InitArgs, spec: &ReleaseSpec, trust_domain: &str) -> Vec<String> {
-    let mut sets = Vec::new();
-    let mut set = |key: &str, value: &str| sets.push(format!("--set {key}={value}"));
-    if args.replicas != 3 {
-        set("replicaCount", &args.replicas.to_string());
-    }
-    if trust_domain != "mesh.local" {
-        set("config.trustDomain", trust_domain);
-    }
-    for (key, value) in [
-        ("nameOverride", &spec.name_override),
-        ("fullnameOverride", &spec.fullname_override),
-        ("secrets.caSecretName", &spec.ca_secret_name),
-        ("secrets.nodeSecretPrefix", &spec.node_secret_prefix),
-        ("layout.configMapName", &spec.layout_config_map_name),
-    ] {
-        if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
-            set(key, v);
-        }
-    }
-    if spec.cluster_domain != "cluster.local" {
-        set("clusterDomain", &spec.cluster_domain);
-    }
-    if spec.gateway_port != 7443 {
-        set("ports.gateway", &spec.gateway_port.to_string());
-    }
-    if spec.peer_port != 7444 {
-        set("ports.peer", &spec.peer_port.to_string());
-    }
-    sets
-}
-
-/// `mesh-ctl k8s init`. Idempotent: run again with the same flags, it changes nothing.
-fn init(args: InitArgs, output: Output) -> anyhow::Result<()> {
-    let spec = args.release.spec()?;
-    let release = spec.resolve()?;
-    if args.replicas == 0 || args.replicas > release::MAX_ORDINALS {
-        bail!(
-            "--replicas {}: 1 to {} (the chart's largest maxNodes)",
-            args.replicas,
-            release::MAX_ORDINALS
-        );
-    }
-    let dir = std::path::absolute(&args.dir)
-        .with_context(|| format!("resolving {}", args.dir.display()))?;
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    match Release::load(&dir)? {
-        Some(have) => {
-            if let Some((flag, was, now)) = have.difference(&release) {
-                bail!(
-                    "{} is set up for release `{}` in namespace `{}`, where {flag} gives `{was}`, \
-                     not `{now}`; use another --dir for another release",
-                    dir.display(),
-                    have.release,
-                    have.namespace
-                );
-            }
-        }
-        None if dir.join("layout.bin").exists() => bail!(
-            "{} already holds a layout but no {} (a `mesh-ctl up` directory?); use a fresh --dir \
-             for a Kubernetes release",
-            dir.display(),
-            release::RELEASE_FILE
-        ),
-        None => {}
-    }
-
-    let ca_dir = dir.join("ca");
-    let ca = if ca_dir.join(CA_CERT_FILE).exists() {
-        let ca = CertificateAuthority::load(&ca_dir)
-            .with_context(|| format!("loading the CA in {}", ca_dir.display()))?;
-        if let Some(td) = args.trust_domain.as_deref()
-            && td != ca.trust_domain()
-        {
-            bail!(
-                "--trust-domain {td}: the CA in {} is for `{}` (leave the flag out, or use a fresh --dir)",
-                ca_dir.display(),
-                ca.trust_domain()
-            );
-        }
-        ca
-    } else {
-        let td = args.trust_domain.as_deref().unwrap_or("mesh.local");
-        if !is_valid_trust_domain(td) {
-            bail!("--trust-domain `{td}`: use lowercase letters, digits, `.` and `-`");
-        }
-        let ca = CertificateAuthority::create(td, args.ca_validity)?;
-        ca.save(&ca_dir)
-            .with_context(|| format!("saving the CA in {}", ca_dir.display()))?;
-        ca
-    };
-    rotation::ensure_trust_files(&ca_dir)?;
-    // k8s.json before the layout: an interrupted init resumes instead of refusing the directory.
-    release.save(&dir)?;
-
-    let mesh = MeshDir::open(&dir)?;
-    let layout = if dir.join("layout.bin").exists() {
-        // Run again: keep the layout, which may have moved on since (`layout apply`).
-        let (layout, _) = mesh.layout()?;
-        if layout.members.len() != args.replicas as usize {
-            bail!(
-                "{} already has layout version {} with {} members; --replicas only shapes the \
-                 first layout: change membership with `mesh-ctl layout stage add|remove` and \
-                 `layout apply` (charts/mesh/README.md, Festive peaks)",
-                dir.display(),
-                layout.version,
-                layout.members.len()
-            );
-        }
-        layout
-    } else {
-        let members = (0..args.replicas).map(|i| release.member(i)).collect();
-        let layout = Layout::initial(members)?;
-        mesh.save_layout(&layout.sign(&mesh.control_key()?))?;
-        layout
-    };
-
-    let td = ca.trust_domain().to_owned();
-    let d = dir.display().to_string();
-    let ns = &release.namespace;
-    let ordinals = release::ordinals_arg(&layout_ordinals(&release, &layout));
-    let sets = helm_sets(&args, &spec, &td);
-    let next = [
-        format!(
-            "mesh-ctl k8s kek --dir {d} --ordinals {ordinals} > kek.yaml && kubectl -n {ns} create -f kek.yaml   # then keep kek.yaml offline"
-        ),
-        format!(
-            "mesh-ctl k8s secrets --dir {d} --ordinals {ordinals} | kubectl -n {ns} apply -f -"
-        ),
-        format!(
-            "helm install {} charts/mesh -n {ns}{}",
-            release.release,
-            sets.iter().map(|s| format!(" {s}")).collect::<String>()
-        ),
-    ];
-    crate::pki::print(
-        output,
-        &serde_json::json!({
-            "dir": dir,
-            "release": release,
-            "trust_domain": td,
-            "layout_version": layout.version,
-            "members": layout.members,
-            "helm_set": sets,
-            "next": next,
-        }),
-        || {
-            let mut s = format!(
-                "{d}: release `{}` in namespace `{ns}`, fullname {}\n  trust domain  {td}\n  layout        \
-                 version {}: {}\nNext:\n",
-                release.release,
-                release.fullname,
-                layout.version,
-                layout
-                    .members
-                    .iter()
-                    .map(|m| m.node_id.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            for n in &next {
-                s += &format!("  {n}\n");
-            }
-            s.trim_end().to_owned()
-        },
-    )
-}
-
 fn check_dns(names: &[String]) -> anyhow::Result<()> {
     for n in names {
         let bare = n.strip_prefix("*.").unwrap_or(n);
@@ -617,6 +420,13 @@ fn secrets(args: SecretsArgs, output: Output) -> anyhow::Result<()> {
             "mesh-ctl: a running node takes a renewed certificate only when it restarts (the chart \
              mounts it with subPath): `kubectl -n {ns} rollout restart statefulset {}`",
             release.fullname
+        );
+    }
+    if let Some(high) = ordinals.iter().find(|&&i| i >= 16) {
+        eprintln!(
+            "mesh-ctl: the chart mounts node Secrets only for ordinals below its maxNodes (default \
+             16): raise maxNodes above {high} before pod {} starts",
+            release.node_id(*high)
         );
     }
     let (layout, _) = mesh.layout()?;
