@@ -60,7 +60,8 @@ pub enum IssueKind {
     Node {
         #[arg(long)]
         id: String,
-        /// DNS names the node answers to (default: localhost and the node id).
+        /// DNS names the node answers to (default: localhost and the node id; the node id is
+        /// always added, since peers verify a node by it).
         #[arg(long)]
         dns: Vec<String>,
         /// IP addresses the node answers on (default: 127.0.0.1).
@@ -160,7 +161,13 @@ pub fn cert(cmd: CertCommand, output: Output) -> anyhow::Result<()> {
                 common.ttl,
             );
             if !dns.is_empty() {
-                spec.dns_names = dns;
+                // Peers and mesh-ctl verify a node by its id as the TLS server name, so the id is
+                // always one of its names, whatever else it answers to.
+                let mut names = dns;
+                if !names.contains(&id) {
+                    names.push(id.clone());
+                }
+                spec.dns_names = names;
             }
             if !ip.is_empty() {
                 spec.ip_addresses = ip;
@@ -241,4 +248,56 @@ pub fn print(
         Output::Table => println!("{}", text()),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_certificate_with_explicit_dns_names_still_names_the_node_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_dir = dir.path().join("ca");
+        ca(
+            CaCommand::Init {
+                dir: ca_dir.clone(),
+                trust_domain: "mesh.test".into(),
+                validity: Duration::from_secs(3600),
+            },
+            Output::Json,
+        )
+        .expect("ca init");
+        cert(
+            CertCommand::Issue {
+                kind: IssueKind::Node {
+                    id: "n7".into(),
+                    dns: vec!["n7.mesh.svc".into()],
+                    ip: Vec::new(),
+                    common: IssueCommon {
+                        ca_dir,
+                        out: dir.path().to_owned(),
+                        ttl: Duration::from_secs(3600),
+                    },
+                },
+            },
+            Output::Json,
+        )
+        .expect("issue");
+        let der = mesh_node::tls::load_certs(&dir.path().join("n7.pem")).expect("cert");
+        use x509_parser::prelude::*;
+        let (_, c) = X509Certificate::from_der(&der[0]).expect("parse");
+        let names: Vec<String> = c
+            .subject_alternative_name()
+            .expect("san")
+            .expect("san")
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                GeneralName::DNSName(d) => Some((*d).to_owned()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(names, ["n7.mesh.svc", "n7"]);
+    }
 }
