@@ -66,7 +66,12 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
         path: path.into(),
         reason: e.to_string(),
     })?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+    parse_certs(&bytes, path)
+}
+
+/// PEM certificates from `bytes` (read from `path`, which errors name); at least one.
+pub fn parse_certs(bytes: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::File {
             path: path.into(),

@@ -299,22 +299,6 @@ impl Inputs {
     }
 }
 
-fn pem_certs(bytes: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::File {
-            path: path.into(),
-            reason: format!("not PEM certificates: {e}"),
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::File {
-            path: path.into(),
-            reason: "contains no certificate".into(),
-        });
-    }
-    Ok(certs)
-}
-
 impl Trust {
     /// Loads the credentials for node `node`; fails if they cannot serve it.
     pub fn load(
@@ -454,8 +438,8 @@ impl Trust {
         inputs: &Inputs,
         number: u64,
     ) -> Result<Generation, TrustError> {
-        let roots = pem_certs(&inputs.ca, &files.ca)?;
-        let chain = pem_certs(&inputs.cert, &files.cert)?;
+        let roots = tls::parse_certs(&inputs.ca, &files.ca)?;
+        let chain = tls::parse_certs(&inputs.cert, &files.cert)?;
         let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(&inputs.key).map_err(|e| {
             TlsError::File {
                 path: files.key.clone(),
