@@ -18,7 +18,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -27,91 +26,9 @@ fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
-/// A Python interpreter with `tests/python/requirements-chart.txt` installed, in a venv under
-/// `target/` that is rebuilt only when the requirements change. Panics naming what is missing.
+/// A Python interpreter with `tests/python/requirements-chart.txt` installed, in its own venv.
 fn chart_python() -> PathBuf {
-    let root = workspace_root();
-    let target =
-        std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root.join("target"), PathBuf::from);
-    let venv = target.join("py-chart-venv");
-    let py = venv.join("bin/python");
-    let requirements = root.join("tests/python/requirements-chart.txt");
-    let ready = venv.join(".requirements-installed");
-    let wanted = std::fs::read_to_string(&requirements)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", requirements.display()));
-    let installed = || std::fs::read_to_string(&ready).ok().as_deref() == Some(wanted.as_str());
-    if installed() {
-        return py;
-    }
-
-    match Command::new("python3").arg("--version").output() {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => panic!(
-            "python3 --version failed ({}): the chart validation needs Python 3 \
-             (apt-get install python3 python3-venv)",
-            out.status
-        ),
-        Err(e) => panic!(
-            "python3 is required for the chart validation (tests/chart/validate.py) and could not \
-             be run: {e}. Install it (apt-get install python3 python3-venv), or set \
-             DSM_SKIP_PYTHON=1 to skip the Python tests on purpose."
-        ),
-    }
-
-    // Another test process may be installing the same venv: one does it, the others wait.
-    std::fs::create_dir_all(&target).expect("creating the target directory");
-    let lock = target.join("py-chart-venv.lock");
-    let deadline = Instant::now() + Duration::from_secs(900);
-    while std::fs::create_dir(&lock).is_err() {
-        if installed() {
-            return py;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {} (remove it if stale)",
-            lock.display()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let result = (|| -> Result<(), String> {
-        if !py.exists() {
-            let s = Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .status()
-                .map_err(|e| format!("running python3 -m venv: {e}"))?;
-            if !s.success() {
-                return Err(format!(
-                    "python3 -m venv {} failed (install python3-venv)",
-                    venv.display()
-                ));
-            }
-        }
-        let s = Command::new(&py)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-r",
-            ])
-            .arg(&requirements)
-            .status()
-            .map_err(|e| format!("running pip: {e}"))?;
-        if !s.success() {
-            return Err(
-                "pip install -r tests/python/requirements-chart.txt failed (PyPI must be reachable)"
-                    .into(),
-            );
-        }
-        std::fs::write(&ready, &wanted).map_err(|e| format!("writing {}: {e}", ready.display()))
-    })();
-    let _ = std::fs::remove_dir(&lock);
-    if let Err(e) = result {
-        panic!("setting up the chart validation tooling: {e}");
-    }
-    py
+    mesh_tests::python_venv("py-chart-venv", "tests/python/requirements-chart.txt")
 }
 
 #[test]
