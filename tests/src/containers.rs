@@ -404,22 +404,21 @@ impl ContainerMesh {
 
     /// The index of the node owning `customer_id`.
     pub fn owner_of_customer(&self, customer_id: &str) -> usize {
-        let owner = &self
-            .layout
-            .owner_of(mesh_node::ids::partition_of(customer_id))
-            .node_id;
-        self.nodes
-            .iter()
-            .position(|n| &n.id == owner)
-            .expect("owner is a node")
+        crate::owner_position(
+            &self.layout,
+            self.nodes.iter().map(|n| n.id.as_str()),
+            customer_id,
+        )
     }
 
     /// A customer id owned by node `index`.
     pub fn customer_on(&self, index: usize, salt: &str) -> String {
-        (0..)
-            .map(|i| format!("{salt}-{i}"))
-            .find(|c| self.owner_of_customer(c) == index)
-            .expect("some customer")
+        crate::customer_owned_by(
+            &self.layout,
+            self.nodes.iter().map(|n| n.id.as_str()),
+            index,
+            salt,
+        )
     }
 
     /// A gateway client of node `i` holding `credentials`, verifying the node as its alias.

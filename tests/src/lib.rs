@@ -433,23 +433,50 @@ impl TestMesh {
 
     /// The index of the node owning `customer_id`.
     pub fn owner_of_customer(&self, customer_id: &str) -> usize {
-        let owner = &self
-            .layout
-            .owner_of(mesh_node::ids::partition_of(customer_id))
-            .node_id;
-        self.nodes
-            .iter()
-            .position(|n| &n.id == owner)
-            .expect("owner is a node")
+        owner_position(
+            &self.layout,
+            self.nodes.iter().map(|n| n.id.as_str()),
+            customer_id,
+        )
     }
 
-    /// A customer id owned by node `index`, and one not owned by it.
+    /// A customer id owned by node `index`.
     pub fn customer_on(&self, index: usize, salt: &str) -> String {
-        (0..)
-            .map(|i| format!("{salt}-{i}"))
-            .find(|c| self.owner_of_customer(c) == index)
-            .expect("some customer")
+        customer_owned_by(
+            &self.layout,
+            self.nodes.iter().map(|n| n.id.as_str()),
+            index,
+            salt,
+        )
     }
+}
+
+/// The position, among the node ids `ids` (in a mesh's order), of the node `layout` assigns
+/// `customer_id` to.
+pub fn owner_position<'a>(
+    layout: &mesh_node::layout::Layout,
+    ids: impl IntoIterator<Item = &'a str>,
+    customer_id: &str,
+) -> usize {
+    let owner = &layout
+        .owner_of(mesh_node::ids::partition_of(customer_id))
+        .node_id;
+    ids.into_iter()
+        .position(|id| id == owner)
+        .expect("owner is a node")
+}
+
+/// A customer id `<salt>-<n>` that `layout` assigns to the node at position `index` of `ids`.
+pub fn customer_owned_by<'a>(
+    layout: &mesh_node::layout::Layout,
+    ids: impl IntoIterator<Item = &'a str> + Clone,
+    index: usize,
+    salt: &str,
+) -> String {
+    (0..)
+        .map(|i| format!("{salt}-{i}"))
+        .find(|c| owner_position(layout, ids.clone(), c) == index)
+        .expect("some customer")
 }
 
 /// One real `mesh-node` process and its files.
