@@ -87,7 +87,7 @@ pub struct Generation {
     client_verifier: Arc<dyn ClientCertVerifier>,
     server_verifier: Arc<WebPkiServerVerifier>,
     /// `admits` verdicts by SHA-256 of the leaf certificate.
-    verdicts: Mutex<HashMap<[u8; 32], Result<(), String>>>,
+    verdicts: RwLock<HashMap<[u8; 32], Result<(), String>>>,
 }
 
 impl std::fmt::Debug for Generation {
@@ -511,7 +511,7 @@ impl Trust {
             roots,
             client_verifier,
             server_verifier,
-            verdicts: Mutex::new(HashMap::new()),
+            verdicts: RwLock::new(HashMap::new()),
         })
     }
 
@@ -523,11 +523,13 @@ impl Trust {
         };
         let g = self.current();
         let key = sha256(&[leaf.as_ref()]);
-        let mut verdicts = g
+        // Every request asks: a shared lock for the common hit, the verification outside any lock.
+        if let Some(v) = g
             .verdicts
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(v) = verdicts.get(&key) {
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&key)
+        {
             return v.clone();
         }
         let leaf = CertificateDer::from(leaf.as_ref());
@@ -541,6 +543,10 @@ impl Trust {
             .map(|_| ())
             .map_err(|e| e.to_string());
         // Expiry is re-checked once the cache is cleared; keep the map bounded.
+        let mut verdicts = g
+            .verdicts
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if verdicts.len() >= 4096 {
             verdicts.clear();
         }
@@ -552,7 +558,7 @@ impl Trust {
     pub fn expire_verdicts(&self) {
         self.current()
             .verdicts
-            .lock()
+            .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clear();
     }
@@ -822,5 +828,51 @@ mod tests {
         assert_eq!((g.status.generation, g.status.trusted_cas), (2, 2));
         assert_eq!(s.trust.admits(&[&leaf(&other, "n2").1]), Ok(()));
         assert_eq!(s.trust.admits(&[&leaf(&s.ca, "n3").1]), Ok(()));
+    }
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::*;
+    use crate::pki::{CertificateAuthority, LeafSpec};
+    use std::time::Duration;
+
+    /// Without any push: a certificate rotated on disk is served after the next poll.
+    #[tokio::test]
+    async fn the_watch_loop_picks_up_a_rotated_certificate_by_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::create("mesh.test", Duration::from_secs(3600)).unwrap();
+        let id = Identity::Node {
+            trust_domain: "mesh.test".into(),
+            node_id: "n1".into(),
+        };
+        std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
+        let issue = || {
+            ca.issue(&LeafSpec::new(id.clone(), Duration::from_secs(3600)))
+                .unwrap()
+                .write(dir.path(), "n1")
+                .unwrap()
+        };
+        issue();
+        let files = TrustFiles {
+            ca: dir.path().join("ca.pem"),
+            cert: dir.path().join("n1.pem"),
+            key: dir.path().join("n1.key"),
+            crl: None,
+            pushed_crl: dir.path().join("tls/crl.pem"),
+        };
+        let trust = Trust::load(files, id.clone(), None).unwrap();
+        let before = trust.current().status.cert_serial.clone();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(trust.clone().watch(Duration::from_millis(20), stop.clone()));
+        issue();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while trust.current().status.cert_serial == before {
+            assert!(std::time::Instant::now() < deadline, "never reloaded");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(trust.current().status.generation, 2);
+        stop.cancel();
+        task.await.unwrap();
     }
 }

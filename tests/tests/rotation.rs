@@ -228,6 +228,39 @@ async fn certificates_and_the_ca_rotate_under_load_without_restarts_or_failed_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_client_and_a_revoked_node_are_refused_within_seconds_without_restarts() {
     let mesh = UpMesh::start(3, &[]);
+    // Expiry: local certificates live a day, so a two-day window warns about every one of them
+    // (a warning is not a failure), and each node exports when its certificate expires.
+    let warned = mesh.ctl(&["check", "--warn-within", "2d"]);
+    let text = String::from_utf8_lossy(&warned.stdout);
+    assert_eq!(warned.status.code(), Some(0), "{text}");
+    for node in ["n1", "n2", "n3"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("‼ node") && l.contains(node) && l.contains("expires in")),
+            "no expiry warning for {node}:\n{text}"
+        );
+    }
+    let ops: SocketAddr = mesh.file["nodes"][0]["ops"]
+        .as_str()
+        .expect("ops")
+        .parse()
+        .expect("addr");
+    let (_, metrics) = mesh_tests::http_get(ops, "/metrics");
+    let expiry: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("dsm_tls_certificate_expiry_timestamp_seconds "))
+        .unwrap_or_else(|| panic!("no certificate expiry metric:\n{metrics}"))
+        .trim()
+        .parse::<f64>()
+        .expect("a number") as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    assert!(
+        (now + 23 * 3600..=now + 24 * 3600).contains(&expiry),
+        "the node's certificate expires at {expiry}, now is {now}"
+    );
     let (tls, signer) = mesh.client("storefront");
     let mut sf = gateway(mesh.gateway(0), tls).await.expect("connect");
     let mut ids = Vec::new();
