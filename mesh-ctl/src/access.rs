@@ -1,12 +1,12 @@
 //! `mesh-ctl access show`: the role table exactly as nodes enforce it.
 //!
-//! It prints `mesh_node::policy::ROLE_TABLE` itself (the same static data the node's gateway and
+//! It prints `mesh_node::access::policy::ROLE_TABLE` itself (the same static data the node's gateway and
 //! projection read), never a copy, plus the `[access]` settings of a node config when given one.
 
 use crate::Output;
 use anyhow::Context as _;
-use mesh_node::access::AccessRules;
-use mesh_node::policy::{Field, Method, ROLE_TABLE, Visibility};
+use mesh_node::access::windows::AccessRules;
+use mesh_node::access::policy::{Field, Method, ROLE_TABLE, Visibility};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -29,7 +29,7 @@ pub fn run(command: AccessCommand, output: Output) -> anyhow::Result<()> {
     let rules = match &args.config {
         None => AccessRules::default(),
         Some(path) => {
-            mesh_node::config::Config::load(Some(path), &mesh_node::config::Env)
+            mesh_node::ops::config::Config::load(Some(path), &mesh_node::ops::config::Env)
                 .with_context(|| format!("loading {}", path.display()))?
                 .access
         }
@@ -54,7 +54,7 @@ fn as_json(rules: &AccessRules) -> serde_json::Value {
                 .map(|f| {
                     (
                         f.path().to_owned(),
-                        json!(mesh_node::policy::visibility(row.role, f).as_str()),
+                        json!(mesh_node::access::policy::visibility(row.role, f).as_str()),
                     )
                 })
                 .collect();
@@ -132,7 +132,7 @@ fn table(rules: &AccessRules) -> String {
             let _ = write!(
                 out,
                 " {:>4}",
-                symbol(mesh_node::policy::visibility(row.role, f))
+                symbol(mesh_node::access::policy::visibility(row.role, f))
             );
         }
         out.push('\n');

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use mesh_node::audit::chain::{self, Checkpoint};
 use mesh_node::audit::log;
-use mesh_node::identity::Identity;
+use mesh_node::security::identity::Identity;
 use mesh_proto::v1::AuditQueryRequest;
 use mesh_proto::v1::audit_client::AuditClient;
 use rustls_pki_types::{CertificateDer, UnixTime};
@@ -115,8 +115,8 @@ pub fn verify_dir(
     ca: &Path,
     node: Option<&str>,
 ) -> anyhow::Result<Result<chain::Verified, chain::ChainError>> {
-    let roots = mesh_node::tls::load_certs(ca)?;
-    let verifier = mesh_node::tls::client_verifier(&roots)?;
+    let roots = mesh_node::security::tls::load_certs(ca)?;
+    let verifier = mesh_node::security::tls::client_verifier(&roots)?;
     // Checkpoints first: a live node only checkpoints records already on disk.
     let checkpoints = log::read_checkpoints(dir)?;
     let lines = log::read_all(dir)?;
@@ -149,7 +149,7 @@ pub async fn run(cmd: AuditCommand, output: Output) -> anyhow::Result<bool> {
             };
             let mut streams = Vec::new();
             for node in &mesh.nodes {
-                let channel = mesh_node::client::connect(
+                let channel = mesh_node::api::client::connect(
                     node.gateway.parse()?,
                     &mesh.server_name,
                     tls.clone(),
@@ -253,10 +253,10 @@ pub async fn run(cmd: AuditCommand, output: Output) -> anyhow::Result<bool> {
             let (auditor, tls) = auditor_tls(&mesh)?;
             let node = mesh.nodes.first().context("mesh.json lists no node")?;
             let channel =
-                mesh_node::client::connect(node.gateway.parse()?, &mesh.server_name, tls).await?;
-            let signer = mesh_node::proof::Signer::from_pem_file(&auditor.key)
+                mesh_node::api::client::connect(node.gateway.parse()?, &mesh.server_name, tls).await?;
+            let signer = mesh_node::security::proof::Signer::from_pem_file(&auditor.key)
                 .map_err(anyhow::Error::msg)?;
-            let from = since.map_or(0, |d| mesh_node::proof::now_ms() - d.as_millis() as i64);
+            let from = since.map_or(0, |d| mesh_node::domain::clock::now_ms() - d.as_millis() as i64);
             let q = AuditQueryRequest {
                 from_unix_ms: from,
                 principal,
@@ -268,7 +268,7 @@ pub async fn run(cmd: AuditCommand, output: Output) -> anyhow::Result<bool> {
                 ..Default::default()
             };
             let mut stream = AuditClient::new(channel)
-                .query(signer.signed(mesh_node::audit::service::QUERY, q))
+                .query(signer.signed(mesh_node::api::audit::QUERY, q))
                 .await?
                 .into_inner();
             if output == Output::Table {
@@ -319,7 +319,7 @@ fn auditor_tls(
         .context("mesh.json has no auditor client")?;
     Ok((
         auditor,
-        mesh_node::client::client_tls(&mesh.ca_cert, &auditor.cert, &auditor.key)?,
+        mesh_node::api::client::client_tls(&mesh.ca_cert, &auditor.cert, &auditor.key)?,
     ))
 }
 

@@ -12,7 +12,7 @@ use crate::Output;
 use crate::control::{MeshDir, admin, all_members};
 use anyhow::Context as _;
 use mesh_node::audit::chain::ChainError;
-use mesh_node::layout::Layout;
+use mesh_node::cluster::layout::Layout;
 use mesh_proto::v1::{GetLayoutRequest, GetStatusRequest};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -94,7 +94,7 @@ fn not_after_of(der: &[u8]) -> Option<i64> {
 }
 
 fn certs(path: &Path) -> Vec<Vec<u8>> {
-    mesh_node::tls::load_certs(path)
+    mesh_node::security::tls::load_certs(path)
         .map(|c| c.into_iter().map(|d| d.to_vec()).collect())
         .unwrap_or_default()
 }
@@ -141,7 +141,7 @@ pub async fn run(args: CheckArgs, output: Output) -> anyhow::Result<bool> {
     let bundle = if bundle.exists() {
         bundle
     } else {
-        mesh.ca_dir.join(mesh_node::pki::CA_CERT_FILE)
+        mesh.ca_dir.join(mesh_node::security::pki::CA_CERT_FILE)
     };
     let cas = certs(&bundle);
     if cas.is_empty() {

@@ -9,10 +9,11 @@
 //! - `clients/admin.pem|.key`: the admin certificate mesh-ctl calls nodes with (issued on first use).
 
 use anyhow::{Context as _, bail};
-use mesh_node::identity::Identity;
-use mesh_node::layout::{ControlKey, Layout, Member};
-use mesh_node::pki::{CertificateAuthority, LeafSpec};
-use mesh_node::policy::Role;
+use mesh_node::security::identity::Identity;
+use mesh_node::cluster::layout::{Layout, Member};
+use mesh_node::security::control_key::ControlKey;
+use mesh_node::security::pki::{CertificateAuthority, LeafSpec};
+use mesh_node::access::policy::Role;
 use mesh_proto::v1::SignedLayout;
 use mesh_proto::v1::admin_client::AdminClient;
 use prost::Message as _;
@@ -68,7 +69,7 @@ impl MeshDir {
         let dir =
             std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))?;
         let ca_dir = dir.join("ca");
-        if !ca_dir.join(mesh_node::pki::CA_CERT_FILE).exists() {
+        if !ca_dir.join(mesh_node::security::pki::CA_CERT_FILE).exists() {
             bail!(
                 "{} holds no mesh CA (ca/); start a mesh with `mesh-ctl up --dir {}` or point --dir at one",
                 dir.display(),
@@ -179,9 +180,9 @@ impl MeshDir {
         let roots = if roots.exists() {
             roots
         } else {
-            self.ca_dir.join(mesh_node::pki::CA_CERT_FILE)
+            self.ca_dir.join(mesh_node::security::pki::CA_CERT_FILE)
         };
-        Ok(mesh_node::client::client_tls(&roots, &cert, &key)?)
+        Ok(mesh_node::api::client::client_tls(&roots, &cert, &key)?)
     }
 }
 
@@ -204,7 +205,7 @@ pub async fn admin(
         .with_context(|| format!("cannot resolve {}", member.gateway_addr))?;
     let channel = tokio::time::timeout(
         Duration::from_secs(5),
-        mesh_node::client::connect(addr, &member.node_id, tls),
+        mesh_node::api::client::connect(addr, &member.node_id, tls),
     )
     .await
     .context("connect timed out")??;

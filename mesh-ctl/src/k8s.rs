@@ -36,8 +36,8 @@ use crate::control::MeshDir;
 use crate::rotation;
 use anyhow::{Context as _, bail};
 use manifest::{Component, Manifest};
-use mesh_node::identity::Identity;
-use mesh_node::pki::{CONTROL_PUB_FILE, CertificateAuthority, LeafSpec};
+use mesh_node::security::identity::Identity;
+use mesh_node::security::pki::{CONTROL_PUB_FILE, CertificateAuthority, LeafSpec};
 use prost::Message as _;
 use release::{Release, ReleaseSpec};
 use std::collections::{BTreeMap, BTreeSet};
@@ -254,7 +254,7 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
 fn ca_secret(mesh: &MeshDir, release: &Release) -> anyhow::Result<Manifest> {
     rotation::ensure_trust_files(&mesh.ca_dir)?;
     let trust_path = rotation::trust_path(&mesh.ca_dir);
-    let cas = mesh_node::tls::load_certs(&trust_path)
+    let cas = mesh_node::security::tls::load_certs(&trust_path)
         .with_context(|| format!("reading {}", trust_path.display()))?
         .len();
     let data = BTreeMap::from([
@@ -489,7 +489,7 @@ fn kek(args: KekArgs, output: Output) -> anyhow::Result<()> {
         .map(|&i| {
             let data = BTreeMap::from([(
                 "node.kek",
-                mesh_node::crypto::generate_key_file().into_bytes(),
+                mesh_node::security::crypto::generate_key_file().into_bytes(),
             )]);
             Manifest {
                 comment: format!(

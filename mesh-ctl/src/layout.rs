@@ -6,7 +6,7 @@ use crate::Output;
 use crate::control::{MeshDir, Staged, StagedMember, admin, all_members};
 use crate::pki::print;
 use anyhow::{Context as _, bail};
-use mesh_node::layout::Layout;
+use mesh_node::cluster::layout::Layout;
 use mesh_proto::v1::{ApplyLayoutRequest, GetLayoutRequest, SignedLayout};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -183,7 +183,7 @@ pub async fn run(command: LayoutCommand, output: Output) -> anyhow::Result<bool>
             let mut staged = dir.staged()?;
             match change {
                 Ok((node_id, gateway_addr, peer_addr)) => {
-                    if !mesh_node::identity::is_valid_name(&node_id) {
+                    if !mesh_node::security::identity::is_valid_name(&node_id) {
                         bail!(
                             "node id `{node_id}`: 1-63 lowercase letters, digits, `-`, `_` or `.`"
                         );

@@ -3,9 +3,9 @@
 use crate::Output;
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
-use mesh_node::identity::Identity;
-use mesh_node::pki::{CertificateAuthority, IssuedCert, LeafSpec};
-use mesh_node::policy::Role;
+use mesh_node::security::identity::Identity;
+use mesh_node::security::pki::{CertificateAuthority, IssuedCert, LeafSpec};
+use mesh_node::access::policy::Role;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -110,7 +110,7 @@ pub fn ca(cmd: CaCommand, output: Output) -> anyhow::Result<()> {
         } => {
             let ca = CertificateAuthority::create(&trust_domain, validity)?;
             ca.save(&dir)?;
-            let cert = dir.join(mesh_node::pki::CA_CERT_FILE);
+            let cert = dir.join(mesh_node::security::pki::CA_CERT_FILE);
             print(
                 output,
                 &serde_json::json!({ "trust_domain": trust_domain, "ca_cert": cert }),
@@ -205,7 +205,7 @@ pub fn cert(cmd: CertCommand, output: Output) -> anyhow::Result<()> {
         }
     };
     let id = spec.identity.to_string();
-    if !mesh_node::identity::is_valid_name(&stem) {
+    if !mesh_node::security::identity::is_valid_name(&stem) {
         bail!("invalid name `{stem}`: use 1-63 lowercase letters, digits, `-`, `_` or `.`");
     }
     let (issued, cert, key) = issue(&common.ca_dir, &spec, &common.out, &stem)?;
@@ -231,7 +231,7 @@ pub fn key(cmd: KeyCommand, output: Output) -> anyhow::Result<()> {
             out.display()
         );
     }
-    mesh_node::pki::write_secret(&out, mesh_node::crypto::generate_key_file().as_bytes())?;
+    mesh_node::security::pki::write_secret(&out, mesh_node::security::crypto::generate_key_file().as_bytes())?;
     print(output, &serde_json::json!({ "key_file": out }), || {
         format!("wrote node key {}", out.display())
     })
@@ -283,7 +283,7 @@ mod tests {
             Output::Json,
         )
         .expect("issue");
-        let der = mesh_node::tls::load_certs(&dir.path().join("n7.pem")).expect("cert");
+        let der = mesh_node::security::tls::load_certs(&dir.path().join("n7.pem")).expect("cert");
         use x509_parser::prelude::*;
         let (_, c) = X509Certificate::from_der(&der[0]).expect("parse");
         let names: Vec<String> = c

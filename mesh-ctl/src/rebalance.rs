@@ -5,7 +5,7 @@
 use crate::Output;
 use crate::control::{MeshDir, admin, all_members};
 use crate::pki::print;
-use mesh_node::layout::Layout;
+use mesh_node::cluster::layout::Layout;
 use mesh_proto::v1::{GetRebalanceRequest, RebalanceStatus};
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
@@ -59,7 +59,7 @@ pub struct Progress {
 }
 
 async fn ask(
-    m: &mesh_node::layout::Member,
+    m: &mesh_node::cluster::layout::Member,
     tls: std::sync::Arc<rustls::ClientConfig>,
 ) -> anyhow::Result<RebalanceStatus> {
     let mut client = admin(m, tls).await?;

@@ -17,9 +17,9 @@
 use crate::Output;
 use crate::control::{MeshDir, admin, all_members, write_atomic};
 use anyhow::{Context as _, bail};
-use mesh_node::identity::Identity;
-use mesh_node::layout::Member;
-use mesh_node::pki::{CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority, IssuedCert, LeafSpec};
+use mesh_node::security::identity::Identity;
+use mesh_node::cluster::layout::Member;
+use mesh_node::security::pki::{CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority, IssuedCert, LeafSpec};
 use mesh_proto::v1::{ReloadTlsRequest, TlsStatus};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -164,7 +164,7 @@ pub fn write_issued(
         dir.join(format!("{stem}.key")),
     );
     let key_tmp = dir.join(format!("{stem}.key.tmp"));
-    mesh_node::pki::write_secret(&key_tmp, issued.key_pem.as_bytes())?;
+    mesh_node::security::pki::write_secret(&key_tmp, issued.key_pem.as_bytes())?;
     std::fs::rename(&key_tmp, &key).with_context(|| format!("writing {}", key.display()))?;
     write_atomic(&cert, issued.cert_pem.as_bytes())?;
     Ok((cert, key))
@@ -367,7 +367,7 @@ pub async fn rotate(args: RotateArgs, output: Output) -> anyhow::Result<bool> {
         .unwrap_or_default();
     stems.sort();
     for stem in stems {
-        let Some(identity) = mesh_node::tls::load_certs(&clients.join(format!("{stem}.pem")))
+        let Some(identity) = mesh_node::security::tls::load_certs(&clients.join(format!("{stem}.pem")))
             .ok()
             .and_then(|c| Identity::from_certificate(&c[0]).ok())
         else {
@@ -506,7 +506,7 @@ pub async fn rotate_ca(args: CaRotateArgs, output: Output) -> anyhow::Result<boo
 /// Whether the certificate in `path` was issued by `ca` (by issuer name; CA names are unique).
 pub fn issued_by(path: &Path, ca: &CertificateAuthority) -> bool {
     use x509_parser::prelude::*;
-    let (Ok(leaf), Ok(ca_der)) = (mesh_node::tls::load_certs(path), {
+    let (Ok(leaf), Ok(ca_der)) = (mesh_node::security::tls::load_certs(path), {
         use rustls_pki_types::pem::PemObject as _;
         rustls_pki_types::CertificateDer::pem_slice_iter(ca.cert_pem().as_bytes())
             .collect::<Result<Vec<_>, _>>()
@@ -557,7 +557,7 @@ pub async fn revoke(args: RevokeArgs, output: Output) -> anyhow::Result<bool> {
         found
     } else if let Some(path) = &args.target.cert {
         use x509_parser::prelude::*;
-        let der = mesh_node::tls::load_certs(path)?;
+        let der = mesh_node::security::tls::load_certs(path)?;
         let (_, cert) = X509Certificate::from_der(&der[0])
             .map_err(|e| anyhow::anyhow!("{}: not a certificate: {e}", path.display()))?;
         let ca = cas.iter().find(|ca| issued_by(path, ca)).with_context(|| {

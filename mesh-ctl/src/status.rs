@@ -38,7 +38,7 @@ pub async fn run(args: StatusArgs, output: Output) -> anyhow::Result<bool> {
         .clients
         .get("admin")
         .context("mesh.json has no admin client")?;
-    let tls = mesh_node::client::client_tls(&mesh.ca_cert, &admin.cert, &admin.key)?;
+    let tls = mesh_node::api::client::client_tls(&mesh.ca_cert, &admin.cert, &admin.key)?;
     let mut rows = Vec::new();
     for node in &mesh.nodes {
         let mut row = NodeStatus {
@@ -52,7 +52,7 @@ pub async fn run(args: StatusArgs, output: Output) -> anyhow::Result<bool> {
         };
         let asked = async {
             let channel =
-                mesh_node::client::connect(node.gateway.parse()?, &mesh.server_name, tls.clone())
+                mesh_node::api::client::connect(node.gateway.parse()?, &mesh.server_name, tls.clone())
                     .await?;
             anyhow::Ok(
                 AdminClient::new(channel)

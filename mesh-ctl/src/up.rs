@@ -8,10 +8,10 @@
 use crate::Output;
 use crate::pki::print;
 use anyhow::{Context as _, bail};
-use mesh_node::identity::Identity;
-use mesh_node::layout::{Layout, Member};
-use mesh_node::pki::{CertificateAuthority, LeafSpec};
-use mesh_node::policy::Role;
+use mesh_node::security::identity::Identity;
+use mesh_node::cluster::layout::{Layout, Member};
+use mesh_node::security::pki::{CertificateAuthority, LeafSpec};
+use mesh_node::access::policy::Role;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -158,7 +158,7 @@ pub fn prepare_node(
     let (cert, key) = crate::rotation::write_issued(&issued, &node_dir, "node")?;
     let key_file = node_dir.join("node.kek");
     if !key_file.exists() {
-        mesh_node::pki::write_secret(&key_file, mesh_node::crypto::generate_key_file().as_bytes())?;
+        mesh_node::security::pki::write_secret(&key_file, mesh_node::security::crypto::generate_key_file().as_bytes())?;
     }
     let ca_dir = dir.join("ca");
     let data_dir = node_dir.join("data");
@@ -173,7 +173,7 @@ pub fn prepare_node(
         gw = member.gateway_addr,
         peer = member.peer_addr,
         control = ca_dir
-            .join(mesh_node::pki::CONTROL_PUB_FILE)
+            .join(mesh_node::security::pki::CONTROL_PUB_FILE)
             .display()
             .to_string(),
         layout = dir.join("layout.bin").display().to_string(),
@@ -241,7 +241,7 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
     let dir = abs(&args.dir)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let ca_dir = dir.join("ca");
-    let ca = if ca_dir.join(mesh_node::pki::CA_CERT_FILE).exists() {
+    let ca = if ca_dir.join(mesh_node::security::pki::CA_CERT_FILE).exists() {
         CertificateAuthority::load(&ca_dir)?
     } else {
         let ca =

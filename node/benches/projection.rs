@@ -4,8 +4,8 @@
 //!
 //! `cargo bench -p mesh-node --bench projection`
 
-use mesh_node::policy::Role;
-use mesh_node::projection::{At, project};
+use mesh_node::access::policy::Role;
+use mesh_node::access::projection::{At, project};
 use mesh_proto::v1::{Address, Courier, Customer, LineItem, Order, OrderStatus, Payment};
 use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime};

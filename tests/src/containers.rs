@@ -15,9 +15,9 @@
 
 use crate::{Credentials, Pki, TRUST_DOMAIN, free_port};
 use anyhow::{Context as _, bail};
-use mesh_node::identity::Identity;
-use mesh_node::layout::{Layout, Member};
-use mesh_node::pki::{CertificateAuthority, LeafSpec};
+use mesh_node::security::identity::Identity;
+use mesh_node::cluster::layout::{Layout, Member};
+use mesh_node::security::pki::{CertificateAuthority, LeafSpec};
 use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -301,14 +301,14 @@ impl ContainerMesh {
         spec.ip_addresses = Vec::new();
         let issued = self.pki.ca.issue(&spec).expect("node certificate");
         issued.write(&etc, "node").expect("write node certificate");
-        mesh_node::pki::write_secret(
+        mesh_node::security::pki::write_secret(
             &etc.join("node.kek"),
-            mesh_node::crypto::generate_key_file().as_bytes(),
+            mesh_node::security::crypto::generate_key_file().as_bytes(),
         )
         .expect("key file");
         std::fs::copy(self.pki.ca_cert(), etc.join("ca.pem")).expect("ca.pem");
         std::fs::copy(
-            self.pki.ca_dir().join(mesh_node::pki::CONTROL_PUB_FILE),
+            self.pki.ca_dir().join(mesh_node::security::pki::CONTROL_PUB_FILE),
             etc.join("control.pub"),
         )
         .expect("control.pub");
@@ -428,7 +428,7 @@ impl ContainerMesh {
         credentials: &Credentials,
     ) -> OrderGatewayClient<tonic::transport::Channel> {
         let node = &self.nodes[i];
-        let channel = mesh_node::client::connect(node.gateway, &node.id, credentials.tls())
+        let channel = mesh_node::api::client::connect(node.gateway, &node.id, credentials.tls())
             .await
             .unwrap_or_else(|e| panic!("connecting to {}'s gateway: {e}", node.id));
         OrderGatewayClient::new(channel)

@@ -14,8 +14,8 @@
 //! Failed attempts are expected while nodes die; they are retried with a fresh client proof.
 
 use crate::Credentials;
-use mesh_node::policy::{Method, Role};
-use mesh_node::proof::Signer;
+use mesh_node::access::policy::{Method, Role};
+use mesh_node::security::proof::Signer;
 use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
 use mesh_proto::v1::{
     GetOrderRequest, ListCustomerOrdersRequest, OrderStatus, UpdateOrderStatusRequest,
@@ -88,7 +88,7 @@ impl Clients {
         if let Some(p) = self.cache.get(&addr) {
             return Some(p.clone());
         }
-        let connect = |c: &Credentials| mesh_node::client::connect(addr, "localhost", c.tls());
+        let connect = |c: &Credentials| mesh_node::api::client::connect(addr, "localhost", c.tls());
         let sf = tokio::time::timeout(Duration::from_secs(3), connect(&self.sf))
             .await
             .ok()?

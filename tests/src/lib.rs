@@ -8,9 +8,9 @@
 //! - [`python`]: a Python interpreter with the test requirements (a venv under `target/`).
 
 use anyhow::{Context as _, bail};
-use mesh_node::identity::Identity;
-use mesh_node::pki::{CertificateAuthority, LeafSpec};
-use mesh_node::policy::Role;
+use mesh_node::security::identity::Identity;
+use mesh_node::security::pki::{CertificateAuthority, LeafSpec};
+use mesh_node::access::policy::Role;
 use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
 use mesh_proto::v1::{
     Address, Channel, CreateOrderRequest, Customer, LineItem, Payment, PaymentMethod, PaymentStatus,
@@ -112,7 +112,7 @@ pub struct Credentials {
 
 impl Credentials {
     pub fn tls(&self) -> Arc<rustls::ClientConfig> {
-        mesh_node::client::client_tls(&self.ca, &self.cert, &self.key).expect("client TLS config")
+        mesh_node::api::client::client_tls(&self.ca, &self.cert, &self.key).expect("client TLS config")
     }
 }
 
@@ -140,7 +140,7 @@ impl Pki {
     }
 
     pub fn ca_cert(&self) -> PathBuf {
-        self.ca_dir().join(mesh_node::pki::CA_CERT_FILE)
+        self.ca_dir().join(mesh_node::security::pki::CA_CERT_FILE)
     }
 
     /// Issues `spec` and writes it under a unique stem.
@@ -231,7 +231,7 @@ pub fn free_port() -> u16 {
 pub struct TestMesh {
     pub pki: Pki,
     pub nodes: Vec<NodeProcess>,
-    pub layout: mesh_node::layout::Layout,
+    pub layout: mesh_node::cluster::layout::Layout,
     pub layout_file: PathBuf,
 }
 
@@ -258,14 +258,14 @@ impl TestMesh {
         let mut attempt = 0;
         let (layout, nodes) = loop {
             attempt += 1;
-            let members: Vec<mesh_node::layout::Member> = (1..=n)
-                .map(|i| mesh_node::layout::Member {
+            let members: Vec<mesh_node::cluster::layout::Member> = (1..=n)
+                .map(|i| mesh_node::cluster::layout::Member {
                     node_id: format!("n{i}"),
                     peer_addr: format!("127.0.0.1:{}", free_port()),
                     gateway_addr: format!("127.0.0.1:{}", free_port()),
                 })
                 .collect();
-            let layout = mesh_node::layout::Layout::initial(members.clone()).expect("layout");
+            let layout = mesh_node::cluster::layout::Layout::initial(members.clone()).expect("layout");
             std::fs::write(
                 &layout_file,
                 prost::Message::encode_to_vec(&layout.sign(&control)),
@@ -315,13 +315,13 @@ impl TestMesh {
     }
 
     /// The layout mesh-ctl last signed (`layout.bin`), verified.
-    pub fn layout_now(&self) -> mesh_node::layout::Layout {
+    pub fn layout_now(&self) -> mesh_node::cluster::layout::Layout {
         let control =
             CertificateAuthority::load_control_key(&self.pki.ca_dir()).expect("control key");
         let bytes = std::fs::read(&self.layout_file).expect("layout.bin");
         let signed: mesh_proto::v1::SignedLayout =
             prost::Message::decode(bytes.as_slice()).expect("signed layout");
-        mesh_node::layout::Layout::verify(&signed, &control.public()).expect("verifies")
+        mesh_node::cluster::layout::Layout::verify(&signed, &control.public()).expect("verifies")
     }
 
     /// Starts node `id` on the current layout file (not yet a member: `change_members` adds it),
@@ -391,7 +391,7 @@ impl TestMesh {
     /// Moves the mesh to exactly the members `ids` with the real control plane: starts joining
     /// nodes, `mesh-ctl layout stage` each change, `layout apply --version V --wait`, then stops
     /// the nodes that left (kept in `nodes`, stopped, for inspection). Returns the new layout.
-    pub async fn change_members(&mut self, ids: &[&str]) -> mesh_node::layout::Layout {
+    pub async fn change_members(&mut self, ids: &[&str]) -> mesh_node::cluster::layout::Layout {
         let current = self.layout_now();
         let dir = self.dir();
         let dir = dir.to_str().expect("utf-8 dir");
@@ -454,12 +454,12 @@ impl TestMesh {
 /// The position, among the node ids `ids` (in a mesh's order), of the node `layout` assigns
 /// `customer_id` to.
 pub fn owner_position<'a>(
-    layout: &mesh_node::layout::Layout,
+    layout: &mesh_node::cluster::layout::Layout,
     ids: impl IntoIterator<Item = &'a str>,
     customer_id: &str,
 ) -> usize {
     let owner = &layout
-        .owner_of(mesh_node::ids::partition_of(customer_id))
+        .owner_of(mesh_node::domain::ids::partition_of(customer_id))
         .node_id;
     ids.into_iter()
         .position(|id| id == owner)
@@ -468,7 +468,7 @@ pub fn owner_position<'a>(
 
 /// A customer id `<salt>-<n>` that `layout` assigns to the node at position `index` of `ids`.
 pub fn customer_owned_by<'a>(
-    layout: &mesh_node::layout::Layout,
+    layout: &mesh_node::cluster::layout::Layout,
     ids: impl IntoIterator<Item = &'a str> + Clone,
     index: usize,
     salt: &str,
@@ -525,14 +525,14 @@ impl NodeProcess {
         let dir = tmp.path().to_owned();
         let credentials = pki.node(id);
         let key_file = dir.join("node.kek");
-        mesh_node::pki::write_secret(&key_file, mesh_node::crypto::generate_key_file().as_bytes())
+        mesh_node::security::pki::write_secret(&key_file, mesh_node::security::crypto::generate_key_file().as_bytes())
             .expect("key file");
         let mut mesh = String::new();
         if let Some(layout) = &opts.layout_file {
             mesh = format!(
                 "control_public_key = {:?}\nlayout_file = {:?}\n",
                 pki.ca_dir()
-                    .join(mesh_node::pki::CONTROL_PUB_FILE)
+                    .join(mesh_node::security::pki::CONTROL_PUB_FILE)
                     .display()
                     .to_string(),
                 layout.display().to_string()
@@ -695,8 +695,8 @@ impl NodeProcess {
     pub async fn channel(
         &self,
         credentials: &Credentials,
-    ) -> Result<tonic::transport::Channel, mesh_node::client::ConnectError> {
-        mesh_node::client::connect(self.gateway, "localhost", credentials.tls()).await
+    ) -> Result<tonic::transport::Channel, mesh_node::api::client::ConnectError> {
+        mesh_node::api::client::connect(self.gateway, "localhost", credentials.tls()).await
     }
 
     /// GETs a path on the plaintext ops port.
@@ -974,12 +974,12 @@ impl UpMesh {
 
     /// A TLS config and proof signer from the client files for `role` as they are now on disk
     /// (after a rotation: the new certificate), trusting the mesh's current bundle.
-    pub fn client(&self, role: &str) -> (Arc<rustls::ClientConfig>, mesh_node::proof::Signer) {
+    pub fn client(&self, role: &str) -> (Arc<rustls::ClientConfig>, mesh_node::security::proof::Signer) {
         let (cert, key) = self.client_files(role);
         let bundle = PathBuf::from(self.file["ca_cert"].as_str().expect("ca_cert"));
         (
-            mesh_node::client::client_tls(&bundle, &cert, &key).expect("client tls"),
-            mesh_node::proof::Signer::from_pem_file(&key).expect("signer"),
+            mesh_node::api::client::client_tls(&bundle, &cert, &key).expect("client tls"),
+            mesh_node::security::proof::Signer::from_pem_file(&key).expect("signer"),
         )
     }
 }
@@ -1004,8 +1004,8 @@ impl Drop for UpMesh {
 }
 
 pub mod probe {
-    use mesh_node::policy::Method;
-    use mesh_node::proof::Signer;
+    use mesh_node::access::policy::Method;
+    use mesh_node::security::proof::Signer;
     use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
     use mesh_proto::v1::{
         GetOrderRequest, GetShippingLabelRequest, ListCustomerOrdersRequest, Order, OrderStatus,
@@ -1184,12 +1184,12 @@ pub async fn audit_query(
     q: mesh_proto::v1::AuditQueryRequest,
 ) -> Vec<mesh_proto::v1::AuditRecord> {
     let auditor = pki.client(Role::Auditor);
-    let signer = mesh_node::proof::Signer::from_pem_file(&auditor.key).expect("signer");
+    let signer = mesh_node::security::proof::Signer::from_pem_file(&auditor.key).expect("signer");
     let mut client = mesh_proto::v1::audit_client::AuditClient::new(
         node.channel(&auditor).await.expect("connect"),
     );
     let mut stream = client
-        .query(signer.signed(mesh_node::audit::service::QUERY, q))
+        .query(signer.signed(mesh_node::api::audit::QUERY, q))
         .await
         .expect("query")
         .into_inner();

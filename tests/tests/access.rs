@@ -4,8 +4,8 @@
 //! reveals need a reason, are limited and audited; the delivery journey closes every time-bound
 //! view and contact handle after delivery plus grace; purposes are enforced.
 
-use mesh_node::policy::{Method, Role};
-use mesh_node::proof::Signer;
+use mesh_node::access::policy::{Method, Role};
+use mesh_node::security::proof::Signer;
 use mesh_proto::v1::{
     AuditQueryRequest, Courier, CreateOrderRequest, GetOrderRequest, GetShippingLabelRequest,
     Order, OrderStatus, ResolveContactHandleRequest, RevealFieldRequest, UpdateOrderStatusRequest,

@@ -2,8 +2,8 @@
 //! no PII in the audit store, tampering detected by `mesh-ctl audit verify` and by an independent
 //! Python verifier, fail-closed reads, and a mesh-wide query.
 
-use mesh_node::gateway::{CREATE_ORDER, GET_ORDER, REVEAL_FIELD};
-use mesh_node::policy::{Method, Role};
+use mesh_node::api::gateway::{CREATE_ORDER, GET_ORDER, REVEAL_FIELD};
+use mesh_node::access::policy::{Method, Role};
 use mesh_proto::v1::audit_client::AuditClient;
 use mesh_proto::v1::{
     AuditQueryRequest, AuditRecord, GetOrderRequest, ListCustomerOrdersRequest, OrderStatus,
@@ -98,7 +98,7 @@ async fn every_method_for_every_role_leaves_exactly_one_record_and_no_pii() {
                 assert!(r.fields.is_empty(), "{role} {method}");
             }
             // Denials for lack of the right are the role table's; every role gets some.
-            if !mesh_node::policy::may_call(role, method) {
+            if !mesh_node::access::policy::may_call(role, method) {
                 assert_eq!(code, Code::PermissionDenied, "{role} {method}");
             }
         }
@@ -138,7 +138,7 @@ async fn every_method_for_every_role_leaves_exactly_one_record_and_no_pii() {
             &pki,
             AuditQueryRequest {
                 local_only: true,
-                action: mesh_node::audit::service::QUERY.into(),
+                action: mesh_node::api::audit::QUERY.into(),
                 ..Default::default()
             },
         )
@@ -366,7 +366,7 @@ async fn when_the_audit_record_cannot_be_written_reads_are_refused_and_return_no
             &pki,
             "n1",
             &NodeOptions {
-                env: vec![("DSM_TEST_FAILPOINTS".into(), "audit-append".into())],
+                env: vec![("DSM_FAULT_POINT".into(), "audit-append".into())],
                 ..NodeOptions::default()
             },
         );
@@ -473,7 +473,7 @@ async fn watch_streams_records_as_they_are_written() {
             &pki,
             AuditQueryRequest {
                 local_only: true,
-                action: mesh_node::audit::service::WATCH.into(),
+                action: mesh_node::api::audit::WATCH.into(),
                 decision: "deny".into(),
                 ..Default::default()
             },

@@ -134,8 +134,9 @@ fn valid_for(roots: &[u8], cert: &[u8], name: &str) -> bool {
 /// Checks the decoded objects (`contract.py --out`) against the rendered chart's facts
 /// (`chart.json`) and the mesh directory.
 fn check_objects(release: &Release, dir: &Path, out: &Path) {
-    use mesh_node::identity::Identity;
-    use mesh_node::layout::{ControlPublicKey, Layout, Member};
+    use mesh_node::security::identity::Identity;
+    use mesh_node::cluster::layout::{Layout, Member};
+    use mesh_node::security::control_key::ControlPublicKey;
     use prost::Message as _;
 
     let facts: serde_json::Value =
@@ -190,7 +191,7 @@ fn check_objects(release: &Release, dir: &Path, out: &Path) {
             object(&secret("tls.key"), "tls.key"),
         );
         let node_id = format!("{fullname}-{i}");
-        let chain = mesh_node::tls::load_certs(
+        let chain = mesh_node::security::tls::load_certs(
             &out.join("objects").join(secret("tls.crt")).join("tls.crt"),
         )
         .expect("tls.crt holds PEM certificates");
@@ -231,7 +232,7 @@ fn check_objects(release: &Release, dir: &Path, out: &Path) {
         let signing = provider
             .key_provider
             .load_private_key(
-                mesh_node::tls::load_key(
+                mesh_node::security::tls::load_key(
                     &out.join("objects").join(secret("tls.key")).join("tls.key"),
                 )
                 .expect("tls.key is a PEM private key"),
@@ -247,7 +248,7 @@ fn check_objects(release: &Release, dir: &Path, out: &Path) {
         let kek =
             String::from_utf8(object(&secret("node.kek"), "node.kek")).expect("node.kek is text");
         assert!(
-            mesh_node::crypto::NodeKeys::parse(&kek).is_some(),
+            mesh_node::security::crypto::NodeKeys::parse(&kek).is_some(),
             "[{label}] {node_id}'s node.kek is a key file the node reads"
         );
         assert!(keks.insert(kek), "[{label}] every node gets its own key");
@@ -476,7 +477,7 @@ fn mesh_ctl_k8s_refuses_bad_flags_by_name_and_guards_the_ca_rotation() {
     // CA rotation: both CAs in the bundle, and no finish while a node's newest certificate is
     // from the old CA.
     let trust =
-        || mesh_node::tls::load_certs(&dir.join("ca/trust.pem")).expect("writing the manifests");
+        || mesh_node::security::tls::load_certs(&dir.join("ca/trust.pem")).expect("writing the manifests");
     let first_ca = trust();
     mesh_ctl_ok(&["k8s", "secrets", "--dir", d, "--ordinals", "0-2"]);
     mesh_ctl_ok(&["k8s", "ca-rotate", "--dir", d]);

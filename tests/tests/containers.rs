@@ -7,9 +7,9 @@
 //! process; a cold build is the static release build, minutes). Without one they fail saying so;
 //! `DSM_SKIP_DOCKER=1` skips them explicitly.
 
-use mesh_node::gateway::{CREATE_ORDER, GET_ORDER};
-use mesh_node::policy::Role;
-use mesh_node::proof::Signer;
+use mesh_node::api::gateway::{CREATE_ORDER, GET_ORDER};
+use mesh_node::access::policy::Role;
+use mesh_node::security::proof::Signer;
 use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
 use mesh_proto::v1::{GetOrderRequest, Order};
 use mesh_tests::containers::{ContainerMesh, docker, docker_or_skip, within};

@@ -1,7 +1,7 @@
 //! Durability and encryption at rest through real processes: `kill -9` under concurrent writes
 //! loses no acknowledged order and leaves nothing half-written; the data directory holds no PII.
 
-use mesh_node::policy::Role;
+use mesh_node::access::policy::Role;
 use mesh_proto::v1::{GetOrderRequest, ListCustomerOrdersRequest};
 use mesh_tests::{NodeProcess, Pki, contains, read_tree, sample_order, within};
 use std::collections::{BTreeMap, BTreeSet};

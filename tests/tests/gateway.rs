@@ -1,7 +1,7 @@
 //! The gateway through a real node process: orders created and read over mTLS gRPC, projections per
 //! role, refusals per role, validation that stores nothing, health, reflection and the ops port.
 
-use mesh_node::policy::Role;
+use mesh_node::access::policy::Role;
 use mesh_proto::v1::{
     Courier, GetOrderRequest, ListCustomerOrdersRequest, OrderStatus, PaymentStatus,
     UpdateOrderStatusRequest,

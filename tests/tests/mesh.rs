@@ -1,14 +1,15 @@
 //! The mesh through real processes and real QUIC: routing through any gateway, shards on disk,
 //! containment of a stolen node identity, refusals at the peer port, layouts, and node loss.
 
-use mesh_node::gateway::{CREATE_ORDER, GET_ORDER, LIST_CUSTOMER_ORDERS, UPDATE_ORDER_STATUS};
-use mesh_node::identity::Identity;
-use mesh_node::layout::{ControlKey, Layout};
-use mesh_node::pki::LeafSpec;
-use mesh_node::policy::{Method, Role};
-use mesh_node::proof::{Signer, parse_header};
-use mesh_node::tls::{self, TlsMaterial};
-use mesh_node::transport::PeerTransport;
+use mesh_node::api::gateway::{CREATE_ORDER, GET_ORDER, LIST_CUSTOMER_ORDERS, UPDATE_ORDER_STATUS};
+use mesh_node::security::identity::Identity;
+use mesh_node::cluster::layout::Layout;
+use mesh_node::security::control_key::ControlKey;
+use mesh_node::security::pki::LeafSpec;
+use mesh_node::access::policy::{Method, Role};
+use mesh_node::security::proof::{Signer, parse_header};
+use mesh_node::security::tls::{self, TlsMaterial};
+use mesh_node::cluster::transport::PeerTransport;
 use mesh_proto::v1::admin_client::AdminClient;
 use mesh_proto::v1::peer_request::Body;
 use mesh_proto::v1::peer_response::Result as PeerResult;
@@ -201,8 +202,8 @@ fn stolen_transport(creds: &Credentials) -> PeerTransport {
     let m = TlsMaterial::load(&creds.ca, &creds.cert, &creds.key).expect("material");
     PeerTransport::bind_with(
         "127.0.0.1:0".parse().expect("addr"),
-        tls::server_config(&m, &[mesh_node::transport::ALPN]).expect("server tls"),
-        tls::client_config(&m, &[mesh_node::transport::ALPN]).expect("client tls"),
+        tls::server_config(&m, &[mesh_node::cluster::transport::ALPN]).expect("server tls"),
+        tls::client_config(&m, &[mesh_node::cluster::transport::ALPN]).expect("client tls"),
         mesh_tests::TRUST_DOMAIN,
     )
     .expect("bind")
@@ -311,7 +312,7 @@ async fn a_stolen_node_identity_cannot_upgrade_any_roles_forwarded_request() {
                         .order
                         .expect("order");
                     assert_eq!(o.view.expect("view").role, role.as_str());
-                    assert!(mesh_node::policy::may_call(role, Method::GetOrder));
+                    assert!(mesh_node::access::policy::may_call(role, Method::GetOrder));
                 }
                 Err((code, msg)) => {
                     assert_eq!(code, Code::PermissionDenied as i32, "{role}: {msg}");
@@ -389,10 +390,10 @@ async fn a_stolen_node_identity_cannot_read_or_widen_anything_on_other_shards() 
         let sf_signer = signer(&sf);
         let genuine = proof_for(&sf_signer, &sf_chain, GET_ORDER, &get.encode_to_vec());
         let other = GetOrderRequest {
-            order_id: mesh_node::ids::OrderId::mint(
+            order_id: mesh_node::domain::ids::OrderId::mint(
                 order
                     .order_id
-                    .parse::<mesh_node::ids::OrderId>()
+                    .parse::<mesh_node::domain::ids::OrderId>()
                     .expect("id")
                     .partition(),
             )
@@ -502,21 +503,21 @@ async fn the_peer_port_refuses_everyone_but_member_nodes() {
         let try_with = |creds: &Credentials, client_auth: bool| {
             let m = TlsMaterial::load(&creds.ca, &creds.cert, &creds.key).expect("material");
             let server =
-                mesh_node::tls::server_config(&m, &[mesh_node::transport::ALPN]).expect("server");
+                mesh_node::security::tls::server_config(&m, &[mesh_node::cluster::transport::ALPN]).expect("server");
             let client = if client_auth {
-                mesh_node::tls::client_config(&m, &[mesh_node::transport::ALPN]).expect("client")
+                mesh_node::security::tls::client_config(&m, &[mesh_node::cluster::transport::ALPN]).expect("client")
             } else {
                 let mut roots = rustls::RootCertStore::empty();
                 for c in &m.roots {
                     roots.add(c.clone()).expect("root");
                 }
                 let mut cfg =
-                    rustls::ClientConfig::builder_with_provider(mesh_node::tls::provider())
+                    rustls::ClientConfig::builder_with_provider(mesh_node::security::tls::provider())
                         .with_protocol_versions(&[&rustls::version::TLS13])
                         .expect("tls13")
                         .with_root_certificates(roots)
                         .with_no_client_auth();
-                cfg.alpn_protocols = vec![mesh_node::transport::ALPN.to_vec()];
+                cfg.alpn_protocols = vec![mesh_node::cluster::transport::ALPN.to_vec()];
                 Arc::new(cfg)
             };
             PeerTransport::bind_with(
@@ -583,11 +584,11 @@ async fn forged_and_replayed_older_layouts_are_refused() {
         assert_eq!((status.node_id.as_str(), status.layout_version), ("n1", 1));
         assert_eq!(
             status.members.iter().map(|m| m.partitions).sum::<u32>(),
-            u32::from(mesh_node::ids::PARTITIONS)
+            u32::from(mesh_node::domain::ids::PARTITIONS)
         );
         assert!(status.members.iter().all(|m| m.reachable), "{status:?}");
 
-        let control = mesh_node::pki::CertificateAuthority::load_control_key(&mesh.pki.ca_dir())
+        let control = mesh_node::security::pki::CertificateAuthority::load_control_key(&mesh.pki.ca_dir())
             .expect("control");
         let v2 = mesh.layout.next(mesh.layout.members.clone()).expect("v2");
         let (forger, _) = ControlKey::generate();
@@ -674,7 +675,7 @@ async fn forged_and_replayed_older_layouts_are_refused() {
         );
         let q = mesh_proto::v1::AuditQueryRequest {
             local_only: true,
-            action: mesh_node::admin::APPLY_LAYOUT.into(),
+            action: mesh_node::api::admin::APPLY_LAYOUT.into(),
             ..Default::default()
         };
         let mut stream = audit.query(q).await.expect("query").into_inner();

@@ -2,8 +2,8 @@
 //! that a client reaches with the credentials written to mesh.json. Also `mesh-node run` refusing a
 //! bad configuration with every problem listed.
 
-use mesh_node::identity::Identity;
-use mesh_node::policy::Role;
+use mesh_node::security::identity::Identity;
+use mesh_node::access::policy::Role;
 use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
 use mesh_tests::{mesh_ctl_bin, mesh_node_bin, sample_order, within};
 use std::os::unix::fs::PermissionsExt as _;
@@ -21,7 +21,7 @@ async fn gateway_channel(
         .expect("gateway")
         .parse()
         .expect("addr");
-    mesh_node::client::connect(addr, mesh["server_name"].as_str().expect("name"), tls)
+    mesh_node::api::client::connect(addr, mesh["server_name"].as_str().expect("name"), tls)
         .await
         .expect("connect")
 }
@@ -97,7 +97,7 @@ fn ca_init_and_cert_issue_write_owner_only_keys_and_json() {
     let key = std::path::PathBuf::from(issued["key"].as_str().expect("key path"));
     assert_eq!(mode(&key), 0o600);
     let der =
-        mesh_node::tls::load_certs(std::path::Path::new(issued["cert"].as_str().expect("cert")))
+        mesh_node::security::tls::load_certs(std::path::Path::new(issued["cert"].as_str().expect("cert")))
             .expect("cert");
     assert_eq!(
         Identity::from_certificate(&der[0]).expect("identity"),
@@ -149,7 +149,7 @@ fn ca_init_and_cert_issue_write_owner_only_keys_and_json() {
             String::from_utf8_lossy(&out.stderr)
         );
         let issued: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-        let der = mesh_node::tls::load_certs(std::path::Path::new(
+        let der = mesh_node::security::tls::load_certs(std::path::Path::new(
             issued["cert"].as_str().expect("cert"),
         ))
         .expect("cert");
@@ -189,7 +189,7 @@ fn ca_init_and_cert_issue_write_owner_only_keys_and_json() {
             .success()
     );
     assert_eq!(mode(&kek), 0o600);
-    assert!(mesh_node::crypto::NodeKeys::load(&kek).is_ok());
+    assert!(mesh_node::security::crypto::NodeKeys::load(&kek).is_ok());
     assert_eq!(
         ctl(&["key", "init", "--out", kek.to_str().expect("utf8")])
             .status
@@ -227,7 +227,7 @@ async fn up_starts_a_three_node_mesh_that_serves_orders_through_every_gateway() 
             .iter()
             .map(|n| n["partitions"].as_u64().expect("partitions"))
             .sum();
-        assert_eq!(partitions, u64::from(mesh_node::ids::PARTITIONS));
+        assert_eq!(partitions, u64::from(mesh_node::domain::ids::PARTITIONS));
         let clients = mesh["clients"].as_object().expect("clients");
         for role in Role::ALL {
             assert!(
@@ -237,18 +237,18 @@ async fn up_starts_a_three_node_mesh_that_serves_orders_through_every_gateway() 
         }
         let sf = &mesh["clients"]["storefront"];
         let key = std::path::PathBuf::from(sf["key"].as_str().expect("key"));
-        let tls = mesh_node::client::client_tls(
+        let tls = mesh_node::api::client::client_tls(
             mesh["ca_cert"].as_str().expect("ca").as_ref(),
             sf["cert"].as_str().expect("cert").as_ref(),
             &key,
         )
         .expect("tls");
-        let signer = mesh_node::proof::Signer::from_pem_file(&key).expect("signer");
+        let signer = mesh_node::security::proof::Signer::from_pem_file(&key).expect("signer");
         for (i, node) in nodes.iter().enumerate() {
             let channel = gateway_channel(&mesh, node, tls.clone()).await;
             for c in 0..5 {
                 let req = signer.signed(
-                    mesh_node::gateway::CREATE_ORDER,
+                    mesh_node::api::gateway::CREATE_ORDER,
                     sample_order(&format!("up-{i}-{c}"), c),
                 );
                 let order = OrderGatewayClient::new(channel.clone())
@@ -285,7 +285,7 @@ async fn up_starts_a_three_node_mesh_that_serves_orders_through_every_gateway() 
             .iter()
             .map(|n| n["partitions"].as_u64().expect("p"))
             .sum();
-        assert_eq!(reported, u64::from(mesh_node::ids::PARTITIONS));
+        assert_eq!(reported, u64::from(mesh_node::domain::ids::PARTITIONS));
 
         // The trail through mesh-ctl: a mesh-wide query, and every node's chain verifies.
         let query = Command::new(mesh_ctl_bin())
@@ -295,7 +295,7 @@ async fn up_starts_a_three_node_mesh_that_serves_orders_through_every_gateway() 
                 "-o",
                 "json",
                 "--action",
-                mesh_node::gateway::CREATE_ORDER,
+                mesh_node::api::gateway::CREATE_ORDER,
                 "--dir",
             ])
             .arg(dir.path())
@@ -336,7 +336,7 @@ async fn up_starts_a_three_node_mesh_that_serves_orders_through_every_gateway() 
                 "-o",
                 "json",
                 "--action",
-                mesh_node::gateway::CREATE_ORDER,
+                mesh_node::api::gateway::CREATE_ORDER,
                 "--dir",
             ])
             .arg(dir.path())
@@ -356,7 +356,7 @@ async fn up_starts_a_three_node_mesh_that_serves_orders_through_every_gateway() 
         let mut seen = None;
         for attempt in 0..50u32 {
             let req = signer.signed(
-                mesh_node::gateway::CREATE_ORDER,
+                mesh_node::api::gateway::CREATE_ORDER,
                 sample_order(&format!("watched-{attempt}"), attempt),
             );
             OrderGatewayClient::new(channel.clone())
@@ -373,7 +373,7 @@ async fn up_starts_a_three_node_mesh_that_serves_orders_through_every_gateway() 
         let _ = watch.wait();
         let line = seen.expect("mesh-ctl audit watch printed a record within 5s");
         let rec: serde_json::Value = serde_json::from_str(line.trim()).expect("a JSON record");
-        assert_eq!(rec["action"], mesh_node::gateway::CREATE_ORDER);
+        assert_eq!(rec["action"], mesh_node::api::gateway::CREATE_ORDER);
 
         // Ctrl-C (SIGINT) stops every node and removes mesh.json.
         nix::sys::signal::kill(

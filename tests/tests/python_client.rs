@@ -2,7 +2,7 @@
 //! to a real node. Needs python3 and PyPI (the harness makes a venv under target/); set
 //! `DSM_SKIP_PYTHON=1` to opt out explicitly on a machine without them.
 
-use mesh_node::policy::Role;
+use mesh_node::access::policy::Role;
 use mesh_tests::{NodeProcess, Pki, python, within};
 use std::process::Command;
 

@@ -3,9 +3,9 @@
 //! while the mesh goes 3 -> 5 -> 2 -> 3; a `kill -9` at each stage of a handoff; offline
 //! inspection of the nodes that left; forged and skipping layouts.
 
-use mesh_node::layout::ControlKey;
-use mesh_node::pki::CertificateAuthority;
-use mesh_node::policy::Role;
+use mesh_node::security::control_key::ControlKey;
+use mesh_node::security::pki::CertificateAuthority;
+use mesh_node::access::policy::Role;
 use mesh_proto::v1::ApplyLayoutRequest;
 use mesh_proto::v1::admin_client::AdminClient;
 use mesh_tests::history::{Gateways, History};
@@ -315,7 +315,7 @@ async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_sh
         let client = |role: &str| {
             let c = &mesh["clients"][role];
             let key = std::path::PathBuf::from(c["key"].as_str().expect("key"));
-            let tls = mesh_node::client::client_tls(
+            let tls = mesh_node::api::client::client_tls(
                 mesh["ca_cert"].as_str().expect("ca").as_ref(),
                 c["cert"].as_str().expect("cert").as_ref(),
                 &key,
@@ -323,7 +323,7 @@ async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_sh
             .expect("tls");
             (
                 tls,
-                mesh_node::proof::Signer::from_pem_file(&key).expect("signer"),
+                mesh_node::security::proof::Signer::from_pem_file(&key).expect("signer"),
             )
         };
         let (sf_tls, sf_sign) = client("storefront");
@@ -334,7 +334,7 @@ async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_sh
             .parse()
             .expect("addr");
         let mut sf = OrderGatewayClient::new(
-            mesh_node::client::connect(n1, "localhost", sf_tls)
+            mesh_node::api::client::connect(n1, "localhost", sf_tls)
                 .await
                 .expect("connect"),
         );
@@ -342,7 +342,7 @@ async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_sh
         for i in 0..300u32 {
             let req = mesh_tests::sample_order(&format!("grow-{i}"), i);
             let order = sf
-                .create_order(sf_sign.signed(mesh_node::gateway::CREATE_ORDER, req))
+                .create_order(sf_sign.signed(mesh_node::api::gateway::CREATE_ORDER, req))
                 .await
                 .expect("create")
                 .into_inner()
@@ -446,7 +446,7 @@ async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_sh
             .expect("n4 in mesh.json")
             .clone();
         let mut oms = OrderGatewayClient::new(
-            mesh_node::client::connect(
+            mesh_node::api::client::connect(
                 n4["gateway"].as_str().expect("gw").parse().expect("addr"),
                 "localhost",
                 oms_tls,
@@ -460,7 +460,7 @@ async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_sh
                 purpose: String::new(),
                 fields: Vec::new(),
             };
-            oms.get_order(oms_sign.signed(mesh_node::gateway::GET_ORDER, req))
+            oms.get_order(oms_sign.signed(mesh_node::api::gateway::GET_ORDER, req))
                 .await
                 .unwrap_or_else(|s| panic!("order {id} after scaling to 4: {s:?}"));
         }

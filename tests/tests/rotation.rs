@@ -5,7 +5,7 @@
 //! request fails and no node restarts. Then a client and a node are revoked, and the mesh refuses
 //! them within seconds, on connections that were already open as well as on new ones.
 
-use mesh_node::gateway::{CREATE_ORDER, GET_ORDER};
+use mesh_node::api::gateway::{CREATE_ORDER, GET_ORDER};
 use mesh_proto::v1::GetOrderRequest;
 use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
 use mesh_tests::UpMesh;
@@ -32,7 +32,7 @@ async fn gateway(
     tls: Arc<rustls::ClientConfig>,
 ) -> anyhow::Result<OrderGatewayClient<Channel>> {
     Ok(OrderGatewayClient::new(
-        mesh_node::client::connect(addr, "localhost", tls).await?,
+        mesh_node::api::client::connect(addr, "localhost", tls).await?,
     ))
 }
 
@@ -49,7 +49,7 @@ struct Writer {
 async fn write_load(mesh: Arc<UpMesh>, node: usize, w: Arc<Writer>, stop: Arc<AtomicBool>) {
     let (cert_file, _) = mesh.client_files("storefront");
     let mut current = Vec::new();
-    let mut client: Option<(OrderGatewayClient<Channel>, mesh_node::proof::Signer)> = None;
+    let mut client: Option<(OrderGatewayClient<Channel>, mesh_node::security::proof::Signer)> = None;
     let mut i = 0u32;
     while !stop.load(Ordering::Relaxed) {
         let on_disk = std::fs::read(&cert_file).unwrap_or_default();

@@ -6,9 +6,9 @@
 //! `DSM_SKIP_PYTHON=1` opts out explicitly, as for the other Python tests. `promtool` comes from
 //! the Debian package `prometheus` (`.ci/run` installs it); `DSM_SKIP_PROMTOOL=1` opts out.
 
-use mesh_node::gateway::{CREATE_ORDER, GET_ORDER, LIST_CUSTOMER_ORDERS, UPDATE_ORDER_STATUS};
-use mesh_node::policy::{Method, Role};
-use mesh_node::proof::Signer;
+use mesh_node::api::gateway::{CREATE_ORDER, GET_ORDER, LIST_CUSTOMER_ORDERS, UPDATE_ORDER_STATUS};
+use mesh_node::access::policy::{Method, Role};
+use mesh_node::security::proof::Signer;
 use mesh_proto::v1::{
     GetOrderRequest, ListCustomerOrdersRequest, OrderStatus, UpdateOrderStatusRequest,
 };
@@ -302,7 +302,7 @@ async fn gateway_requests_routing_hops_and_storage_are_traced_over_otlp_without_
         }
 
         // The gateway request on the node it reached: method, role, outcome, partition.
-        let p_remote = mesh_node::ids::partition_of(&remote).get();
+        let p_remote = mesh_node::domain::ids::partition_of(&remote).get();
         let creates = named(&spans, "n1", "dsm.v1.OrderGateway/CreateOrder");
         let edge = creates
             .iter()
@@ -500,7 +500,7 @@ async fn metrics_of_nodes_that_served_traffic_pass_promtool_with_bounded_labels(
 
         let methods: BTreeSet<&str> = Method::ALL.iter().map(|m| m.as_str()).collect();
         let codes: BTreeSet<&str> = (0..=16)
-            .map(|c| mesh_node::metrics::code_name(tonic::Code::from(c)))
+            .map(|c| mesh_node::error::code_name(tonic::Code::from(c)))
             .collect();
         for node in &mesh.nodes {
             let (status, text) = node.ops_get("/metrics");

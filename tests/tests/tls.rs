@@ -2,10 +2,10 @@
 //! from another CA, an expired certificate, and a client that offers only TLS 1.2. A valid
 //! certificate through the same code path is the control.
 
-use mesh_node::identity::Identity;
-use mesh_node::pki::LeafSpec;
-use mesh_node::policy::Role;
-use mesh_node::tls::TlsMaterial;
+use mesh_node::security::identity::Identity;
+use mesh_node::security::pki::LeafSpec;
+use mesh_node::access::policy::Role;
+use mesh_node::security::tls::TlsMaterial;
 use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
 use mesh_tests::{Credentials, NodeProcess, Pki, sample_order, within};
 use rustls::RootCertStore;
@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 fn roots(pki: &Pki) -> RootCertStore {
     let mut store = RootCertStore::empty();
-    for c in mesh_node::tls::load_certs(&pki.ca_cert()).expect("CA") {
+    for c in mesh_node::security::tls::load_certs(&pki.ca_cert()).expect("CA") {
         store.add(c).expect("root");
     }
     store
@@ -21,7 +21,7 @@ fn roots(pki: &Pki) -> RootCertStore {
 
 /// Tries a CreateOrder with `tls`; returns the error text if it was refused.
 async fn attempt(node: &NodeProcess, tls: Arc<rustls::ClientConfig>) -> Result<(), String> {
-    let channel = mesh_node::client::connect(node.gateway, "localhost", tls)
+    let channel = mesh_node::api::client::connect(node.gateway, "localhost", tls)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     OrderGatewayClient::new(channel)
@@ -45,7 +45,7 @@ fn tls13_with(
     creds: Option<&Credentials>,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Arc<rustls::ClientConfig> {
-    let builder = rustls::ClientConfig::builder_with_provider(mesh_node::tls::provider())
+    let builder = rustls::ClientConfig::builder_with_provider(mesh_node::security::tls::provider())
         .with_protocol_versions(versions)
         .expect("versions")
         .with_root_certificates(roots(pki));

@@ -17,9 +17,9 @@ use crate::Output;
 use crate::control::{MeshDir, admin, all_members, write_atomic};
 use crate::rotation;
 use anyhow::{Context as _, bail};
-use mesh_node::identity::Identity;
-use mesh_node::layout::Member;
-use mesh_node::pki::{CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority, LeafSpec};
+use mesh_node::security::identity::Identity;
+use mesh_node::cluster::layout::Member;
+use mesh_node::security::pki::{CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority, LeafSpec};
 use mesh_proto::v1::ReloadTlsRequest;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -295,7 +295,7 @@ async fn finish(
         );
     }
     if let Some(path) = renew_admin {
-        let identity = mesh_node::tls::load_certs(&path)
+        let identity = mesh_node::security::tls::load_certs(&path)
             .ok()
             .and_then(|c| Identity::from_certificate(&c[0]).ok())
             .with_context(|| format!("reading {}", path.display()))?;

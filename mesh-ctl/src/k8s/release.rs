@@ -4,7 +4,7 @@
 //! directory belongs to.
 
 use anyhow::{Context as _, bail};
-use mesh_node::layout::Member;
+use mesh_node::cluster::layout::Member;
 use std::collections::BTreeSet;
 use std::path::Path;
 

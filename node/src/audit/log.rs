@@ -10,7 +10,8 @@
 //! append was never acknowledged).
 
 use super::chain::{self, Checkpoint, Record, ZERO_HASH};
-use crate::proof::{Signer, now_ms};
+use crate::domain::clock::now_ms;
+use crate::security::proof::Signer;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use std::io::{BufRead as _, Seek as _, Write as _};
@@ -47,8 +48,6 @@ const GATHER_PAUSE: Duration = Duration::from_micros(100);
 const PRUNE_EVERY: Duration = Duration::from_secs(5);
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 const CHECKPOINTS_FILE: &str = "checkpoints.jsonl";
-/// Test-only fault injection: `DSM_TEST_FAILPOINTS=audit-append` makes every append fail.
-pub const FAILPOINT_ENV: &str = "DSM_TEST_FAILPOINTS";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AuditError {
@@ -99,12 +98,12 @@ pub struct CheckpointSigner {
     pub cert_der: Vec<u8>,
     /// When set, the signer follows the node's live credentials: after a certificate rotation the
     /// next checkpoint is signed with the new key and carries the new certificate.
-    pub live: Option<(std::sync::Arc<crate::trust::Trust>, u64)>,
+    pub live: Option<(std::sync::Arc<crate::security::trust::Trust>, u64)>,
 }
 
 impl CheckpointSigner {
     /// A signer that follows `trust` from its current generation on.
-    pub fn live(trust: std::sync::Arc<crate::trust::Trust>) -> Result<CheckpointSigner, String> {
+    pub fn live(trust: std::sync::Arc<crate::security::trust::Trust>) -> Result<CheckpointSigner, String> {
         let g = trust.current();
         Ok(CheckpointSigner {
             signer: Signer::from_pem(g.key_pem())?,
@@ -261,8 +260,8 @@ impl Writer {
             .open(&path)
             .map_err(io)?;
         let segment_len = segment.seek(std::io::SeekFrom::End(0)).map_err(io)?;
-        let fail =
-            std::env::var(FAILPOINT_ENV).is_ok_and(|v| v.split(',').any(|f| f == "audit-append"));
+        // Test builds only (`fault`): every append fails, so accesses must be refused.
+        let fail = crate::fault::fails("audit-append");
         Ok(Writer {
             retention,
             last_prune: std::time::Instant::now(),

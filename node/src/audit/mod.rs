@@ -3,10 +3,13 @@
 //!
 //! - `chain`: the record and checkpoint format and its verification (pure; the spec for auditors).
 //! - `log`: the on-disk log: group-committed appends, recovery, checkpoints, live tail, scans.
+//! - `recorder`: the one fail-closed recorder every service records its requests through.
+//!
+//! The gRPC service that reads the trail is `api::audit`; see ARCHITECTURE.md, "The audit chain".
 
 pub mod chain;
 pub mod log;
-pub mod service;
+pub mod recorder;
 
 #[cfg(test)]
 mod tests;

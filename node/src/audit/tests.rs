@@ -2,8 +2,8 @@
 
 use super::chain::{self, ChainError, Checkpoint};
 use super::log::{self, AuditLog, CheckpointSigner, Entry};
-use crate::pki::{CertificateAuthority, LeafSpec};
-use crate::proof::Signer;
+use crate::security::pki::{CertificateAuthority, LeafSpec};
+use crate::security::proof::Signer;
 use aws_lc_rs::signature;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 fn node_signer(dir: &Path) -> (CheckpointSigner, Vec<u8>) {
     let ca = CertificateAuthority::create("mesh.test", Duration::from_secs(3600)).unwrap();
-    let id = crate::identity::Identity::Node {
+    let id = crate::security::identity::Identity::Node {
         trust_domain: "mesh.test".into(),
         node_id: "n1".into(),
     };
@@ -21,7 +21,7 @@ fn node_signer(dir: &Path) -> (CheckpointSigner, Vec<u8>) {
         .unwrap()
         .write(dir, "n1")
         .unwrap();
-    let der = crate::tls::load_certs(&cert).unwrap()[0].to_vec();
+    let der = crate::security::tls::load_certs(&cert).unwrap()[0].to_vec();
     (
         CheckpointSigner {
             signer: Signer::from_pem_file(&key).unwrap(),

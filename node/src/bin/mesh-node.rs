@@ -4,8 +4,8 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use mesh_node::config::{Config, Env, LogFormat};
-use mesh_node::telemetry;
+use mesh_node::ops::config::{Config, Env, LogFormat};
+use mesh_node::telemetry::trace;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,8 +61,8 @@ enum Output {
 }
 
 /// Logs to stderr and, with `[telemetry] otlp_endpoint`, exports spans over OTLP (see
-/// `mesh_node::telemetry`). Returns the exporter, to be shut down once the node has drained.
-fn init_logging(config: &Config) -> anyhow::Result<Option<telemetry::Exporter>> {
+/// `mesh_node::telemetry::trace`). Returns the exporter, to be shut down once the node has drained.
+fn init_logging(config: &Config) -> anyhow::Result<Option<trace::Exporter>> {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
@@ -71,7 +71,7 @@ fn init_logging(config: &Config) -> anyhow::Result<Option<telemetry::Exporter>> 
     let filter = tracing_subscriber::EnvFilter::try_new(format!(
         "{},h2=warn,hyper=warn,tower=warn,rustls=warn,{}=off",
         config.log_level,
-        telemetry::TARGET
+        trace::TARGET
     ))
     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt::layer()
@@ -81,7 +81,7 @@ fn init_logging(config: &Config) -> anyhow::Result<Option<telemetry::Exporter>> 
         LogFormat::Json => fmt.json().boxed(),
         LogFormat::Text => fmt.boxed(),
     };
-    let (otel, exporter) = telemetry::layer(&config.telemetry, &config.node_id)?.unzip();
+    let (otel, exporter) = trace::layer(&config.telemetry, &config.node_id)?.unzip();
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
         .with(otel)
@@ -101,7 +101,7 @@ async fn wait_for_signal() {
 async fn run(config: Option<PathBuf>, ready_file: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config.as_deref(), &Env).map_err(|e| anyhow::anyhow!("{e}"))?;
     let exporter = init_logging(&config)?;
-    let node = mesh_node::server::start(&config)
+    let node = mesh_node::ops::server::start(&config)
         .await
         .context("starting the node")?;
     if let Some(path) = ready_file {
@@ -127,7 +127,7 @@ async fn run(config: Option<PathBuf>, ready_file: Option<PathBuf>) -> anyhow::Re
 }
 
 async fn inspect(data_dir: PathBuf, key_file: PathBuf, output: Output) -> anyhow::Result<bool> {
-    let keys = mesh_node::crypto::NodeKeys::load(&key_file)?;
+    let keys = mesh_node::security::crypto::NodeKeys::load(&key_file)?;
     anyhow::ensure!(
         data_dir.is_dir(),
         "{} is not a data directory",

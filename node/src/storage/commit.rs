@@ -80,3 +80,11 @@ impl GroupCommit {
             .map_err(|_| Arc::new(sled::Error::ReportableBug("committer stopped".into())))?
     }
 }
+
+impl FlushObserver for crate::telemetry::metrics::Metrics {
+    fn flushed(&self, batch: usize, seconds: f64) {
+        self.flushes.inc();
+        self.flush_batch.observe(batch as f64);
+        self.flush_duration.observe(seconds);
+    }
+}

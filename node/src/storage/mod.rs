@@ -10,8 +10,8 @@ pub mod commit;
 pub mod handoff;
 pub mod keys;
 
-use crate::crypto::{CryptoError, DataKey, NodeKeys};
-use crate::ids::{ContactHandle, OrderId, Partition, partition_of};
+use crate::security::crypto::{CryptoError, DataKey, NodeKeys};
+use crate::domain::ids::{ContactHandle, OrderId, Partition, partition_of};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use commit::{FlushObserver, GroupCommit};
@@ -52,6 +52,28 @@ pub enum StorageError {
     NotFound,
     #[error("{0}")]
     Rejected(String),
+}
+
+/// What a caller learns of a storage failure: the code and what to do; the internals stay in the
+/// node's log (they name no customer, only keys' hashes and I/O errors).
+impl From<StorageError> for crate::error::Error {
+    fn from(e: StorageError) -> crate::error::Error {
+        use crate::error::Error;
+        match e {
+            StorageError::Flush(_) => {
+                tracing::warn!(error = %e, "write not made durable");
+                Error::Unavailable(
+                    "the write could not be made durable; it was not acknowledged, retry".into(),
+                )
+            }
+            StorageError::NotFound => Error::NotFound("order not found".into()),
+            StorageError::Rejected(why) => Error::FailedPrecondition(why),
+            other => {
+                tracing::error!(error = %other, "storage error");
+                Error::Internal("internal storage error; see the node's log".into())
+            }
+        }
+    }
 }
 
 /// Prefix of an audit note sealed under a customer's data key.
@@ -121,7 +143,7 @@ fn pending_without(stored: Option<&[u8]>, p: Partition) -> Vec<u8> {
 }
 
 fn pending_bits(pending: &[Partition]) -> Vec<u8> {
-    let mut bits = vec![0u8; usize::from(crate::ids::PARTITIONS / 8)];
+    let mut bits = vec![0u8; usize::from(crate::domain::ids::PARTITIONS / 8)];
     for p in pending {
         bits[usize::from(p.get() / 8)] |= 1 << (p.get() % 8);
     }
@@ -557,7 +579,7 @@ impl Store {
         };
         let pending = match self.meta.get("pending")? {
             None => Vec::new(),
-            Some(bits) => (0..crate::ids::PARTITIONS)
+            Some(bits) => (0..crate::domain::ids::PARTITIONS)
                 .filter(|p| {
                     bits.get(usize::from(p / 8))
                         .is_some_and(|b| b & (1 << (p % 8)) != 0)
@@ -589,7 +611,7 @@ impl Store {
     /// The partitions this store holds any record of (one seek per partition).
     pub fn partitions_present(&self) -> Result<Vec<Partition>, StorageError> {
         let mut out = Vec::new();
-        for p in (0..crate::ids::PARTITIONS).filter_map(Partition::new) {
+        for p in (0..crate::domain::ids::PARTITIONS).filter_map(Partition::new) {
             if self
                 .data
                 .scan_prefix(p.to_be_bytes())
@@ -627,7 +649,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::generate_key_file;
+    use crate::security::crypto::generate_key_file;
     use mesh_proto::v1::Customer;
 
     fn order(customer: &str) -> Order {

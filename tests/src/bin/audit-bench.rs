@@ -8,7 +8,7 @@
 //! `cargo run --release -p mesh-tests --bin audit-bench -- [--seconds 5] [--rounds 2]`
 
 use clap::Parser;
-use mesh_node::policy::Role;
+use mesh_node::access::policy::Role;
 use mesh_proto::v1::audit_client::AuditClient;
 use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
 use mesh_proto::v1::{AuditQueryRequest, GetOrderRequest};
@@ -104,12 +104,12 @@ async fn target(pki: &Pki, id: &str, audit_off: bool) -> Target {
     let mut get = Vec::new();
     for _ in 0..4 {
         create.push(
-            mesh_node::client::connect(node.gateway, "localhost", sf.tls())
+            mesh_node::api::client::connect(node.gateway, "localhost", sf.tls())
                 .await
                 .expect("connect"),
         );
         get.push(
-            mesh_node::client::connect(node.gateway, "localhost", oms.tls())
+            mesh_node::api::client::connect(node.gateway, "localhost", oms.tls())
                 .await
                 .expect("connect"),
         );

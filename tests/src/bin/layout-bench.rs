@@ -7,8 +7,8 @@
 //! `cargo run --release -p mesh-tests --bin layout-bench -- [--keys 200000]`
 
 use clap::Parser;
-use mesh_node::ids::partition_of;
-use mesh_node::layout::{Layout, Member};
+use mesh_node::domain::ids::partition_of;
+use mesh_node::cluster::layout::{Layout, Member};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -118,7 +118,7 @@ fn main() {
             id[1..].parse::<usize>().expect("index")
         };
         let dsm = measure(&keys, n, &|k| idx(&before, k), &|k| idx(&after, k));
-        let h = |k: &str| mesh_node::layout::assign::hash_bytes(k.as_bytes());
+        let h = |k: &str| mesh_node::domain::hash::hash_bytes(k.as_bytes());
         let jmp = measure(&keys, n, &|k| jump(h(k), n as i64) as usize, &|k| {
             jump(h(k), n as i64 + 1) as usize
         });

@@ -8,7 +8,7 @@
 //! `cargo run --release -p mesh-tests --bin mesh-bench -- [--seconds 5] [--concurrency 1,16,64]`
 
 use clap::Parser;
-use mesh_node::policy::Role;
+use mesh_node::access::policy::Role;
 use mesh_proto::dsm::bench::v1::EchoMessage;
 use mesh_proto::dsm::bench::v1::echo_client::EchoClient;
 use mesh_proto::dsm::bench::v1::echo_server::{Echo, EchoServer};
@@ -63,12 +63,12 @@ impl Echo for EchoService {
 }
 
 async fn serve_echo(ca: PathBuf, cert: PathBuf, key: PathBuf) -> anyhow::Result<()> {
-    let material = mesh_node::tls::TlsMaterial::load(&ca, &cert, &key)?;
-    let tls = mesh_node::tls::server_config(&material, &[b"h2"])?;
+    let material = mesh_node::security::tls::TlsMaterial::load(&ca, &cert, &key)?;
+    let tls = mesh_node::security::tls::server_config(&material, &[b"h2"])?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("{}", listener.local_addr()?);
-    let metrics = Arc::new(mesh_node::metrics::Metrics::new("echo"));
-    let incoming = mesh_node::listener::incoming(
+    let metrics = Arc::new(mesh_node::telemetry::metrics::Metrics::new("echo"));
+    let incoming = mesh_node::api::listener::incoming(
         listener,
         tokio_rustls::TlsAcceptor::from(tls),
         Duration::from_secs(5),
@@ -202,7 +202,7 @@ async fn channels(
 ) -> anyhow::Result<Vec<Channel>> {
     let mut out = Vec::new();
     for _ in 0..n {
-        out.push(mesh_node::client::connect(addr, "localhost", creds.tls()).await?);
+        out.push(mesh_node::api::client::connect(addr, "localhost", creds.tls()).await?);
     }
     Ok(out)
 }

@@ -11,8 +11,8 @@
 //! `cargo run --release -p mesh-tests --bin rebalance-bench -- [--orders 200000] [--workers 16]`
 
 use clap::Parser;
-use mesh_node::policy::{Method, Role};
-use mesh_node::proof::Signer;
+use mesh_node::access::policy::{Method, Role};
+use mesh_node::security::proof::Signer;
 use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
 use mesh_proto::v1::{GetOrderRequest, GetRebalanceRequest, OrderStatus, UpdateOrderStatusRequest};
 use mesh_tests::{TestMesh, mesh_ctl, sample_order};

@@ -7,9 +7,9 @@
 //! `cargo run --release -p mesh-tests --bin route-bench -- [--seconds 5] [--concurrency 64]`
 
 use clap::Parser;
-use mesh_node::gateway::CREATE_ORDER;
-use mesh_node::policy::Role;
-use mesh_node::proof::Signer;
+use mesh_node::api::gateway::CREATE_ORDER;
+use mesh_node::access::policy::Role;
+use mesh_node::security::proof::Signer;
 use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
 use mesh_tests::{Credentials, NodeProcess, Pki, TestMesh, sample_order};
 use std::net::SocketAddr;
@@ -55,7 +55,7 @@ async fn channels(
     for _ in 0..per_gateway {
         for g in gateways {
             out.push(
-                mesh_node::client::connect(*g, "localhost", creds.tls())
+                mesh_node::api::client::connect(*g, "localhost", creds.tls())
                     .await
                     .expect("connect"),
             );

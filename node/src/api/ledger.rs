@@ -1,0 +1,117 @@
+//! The reveal ledger: each principal's allowance of reveals, one for the whole mesh.
+//!
+//! The allowance of a principal is kept by the owner of the principal's home partition
+//! (`partition_of(principal)`), so spreading reveals over shards does not multiply the limit. A
+//! reveal on any node takes one from it there (a `Charge` peer message, registered here). Fails
+//! closed: if the home node cannot be asked, the reveal is refused.
+
+use crate::access::windows::{Exhausted, RevealLimiter};
+use crate::cluster::dispatch::{Dispatch, Kind, PeerService};
+use crate::cluster::routing::Mesh;
+use crate::domain::clock::Clock;
+use crate::domain::ids::partition_of;
+use crate::error::Error;
+use mesh_proto::v1::RevealAllowance;
+use mesh_proto::v1::peer_request::Body;
+use mesh_proto::v1::peer_response::Result as PeerResult;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+pub struct RevealLedger {
+    mesh: Arc<Mesh>,
+    /// The allowances of the principals homed on this node.
+    limiter: RevealLimiter,
+    clock: Clock,
+    /// How long asking the home node may take.
+    timeout: Duration,
+}
+
+impl RevealLedger {
+    pub fn new(
+        mesh: Arc<Mesh>,
+        limiter: RevealLimiter,
+        clock: Clock,
+        timeout: Duration,
+    ) -> RevealLedger {
+        RevealLedger {
+            mesh,
+            limiter,
+            clock,
+            timeout,
+        }
+    }
+
+    /// Registers the `Charge` peer message.
+    pub fn register(self: &Arc<Self>, dispatch: &Dispatch) {
+        dispatch.register(Kind::Charge, self.clone());
+    }
+
+    /// Takes one reveal from `principal`'s allowance; the reveals left.
+    pub async fn charge(&self, principal: &str) -> Result<u32, Error> {
+        let allowance = match self.mesh.owner_elsewhere(partition_of(principal)) {
+            None => self.limiter.take(principal, self.clock.now()),
+            Some(home) => {
+                let deadline = Instant::now() + self.timeout;
+                match self.mesh.peers.charge(&home, principal, deadline).await {
+                    Ok(a) if a.granted => Ok(a.remaining),
+                    Ok(a) => Err(Exhausted {
+                        limit: a.limit,
+                        window: Duration::from_millis(a.window_ms),
+                        retry_after: Duration::from_millis(a.retry_after_ms),
+                    }),
+                    Err(e) => {
+                        tracing::warn!(node = %home.node_id, error = %e, "reveal ledger unreachable");
+                        return Err(Error::Unavailable(format!(
+                            "the reveal ledger for this principal (node {}) is unreachable, so the reveal was refused; retry",
+                            home.node_id
+                        )));
+                    }
+                }
+            }
+        };
+        allowance.map_err(|e| {
+            Error::ResourceExhausted(format!(
+                "reveal limit reached: {} per {} for this principal across the mesh; the next reveal is possible in {}",
+                e.limit,
+                humantime::format_duration(e.window),
+                humantime::format_duration(Duration::from_secs(e.retry_after.as_secs().max(1)))
+            ))
+        })
+    }
+
+    /// Answers a peer's charge for a principal homed here.
+    fn take(&self, principal: &str) -> RevealAllowance {
+        match self.limiter.take(principal, self.clock.now()) {
+            Ok(remaining) => RevealAllowance {
+                granted: true,
+                remaining,
+                ..RevealAllowance::default()
+            },
+            Err(e) => RevealAllowance {
+                granted: false,
+                remaining: 0,
+                retry_after_ms: u64::try_from(e.retry_after.as_millis()).unwrap_or(u64::MAX),
+                limit: e.limit,
+                window_ms: u64::try_from(e.window.as_millis()).unwrap_or(u64::MAX),
+            },
+        }
+    }
+}
+
+impl PeerService for RevealLedger {
+    fn serve(
+        self: Arc<Self>,
+        _from: String,
+        body: Body,
+    ) -> Pin<Box<dyn Future<Output = Result<PeerResult, Error>> + Send>> {
+        Box::pin(async move {
+            match body {
+                Body::Charge(charge) => Ok(PeerResult::Allowance(self.take(&charge.principal))),
+                _ => Err(Error::Unavailable("the ledger does not serve that message".into())),
+            }
+        })
+    }
+}
