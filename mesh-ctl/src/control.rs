@@ -168,15 +168,15 @@ impl MeshDir {
                 role: Role::Admin,
                 name: "mesh-ctl".into(),
             };
-            let issued = crate::rotation::issue(
+            let issued = crate::pki::rotation::issue(
                 &self.ca_dir,
                 &ca,
                 &LeafSpec::new(identity, Duration::from_secs(86_400)),
             )?;
-            crate::rotation::write_issued(&issued, &clients, "admin")?;
+            crate::pki::rotation::write_issued(&issued, &clients, "admin")?;
         }
         // The trust bundle (both CAs during a CA rotation), or the CA of an older directory.
-        let roots = crate::rotation::trust_path(&self.ca_dir);
+        let roots = crate::pki::rotation::trust_path(&self.ca_dir);
         let roots = if roots.exists() {
             roots
         } else {

@@ -3,33 +3,36 @@
 //! Noun-verb subcommands; data on stdout (`-o table|json`), logs and progress on stderr; exit codes:
 //! 0 success, 1 the operation ran and found a problem, 2 usage or input error.
 //!
-//! | module | commands                                              |
-//! |--------|-------------------------------------------------------|
-//! | `pki`  | `ca init`, `cert issue node|client|admin`, `key init` |
-//! | `rotation` | `cert rotate`, `cert revoke`, `ca rotate [--finish]`: trust bundle, CRLs, pushes |
-//! | `up`   | `up`: a local mesh of real node processes             |
-//! | `k8s`  | `k8s init|secrets|layout|kek|ca-rotate`: the manifests the Helm chart mounts |
-//! | `control` | the mesh directory: CA, control key, signed layouts, admin calls |
+//! Modules by subject (folders), then the commands each serves:
+//!
+//! | module | commands |
+//! |---|---|
+//! | `pki` | `ca init`, `cert issue node|client|admin`, `key init` |
+//! | `pki::rotation` | `cert rotate`, `cert revoke`, `ca rotate [--finish]`: trust bundle, CRLs, pushes |
+//! | `local::up` | `up`: a local mesh of real node processes |
+//! | `local::status` | `status`: members, partitions, layout and health |
+//! | `local::check` | `check`: certificates, reachability, layout agreement, audit chains |
 //! | `layout` | `layout show|stage|apply|revert`: staged, signed layout changes |
-//! | `rebalance` | `rebalance status`: progress of a layout change, and the wait |
-//! | `scale` | `scale --nodes N`: stage + apply + wait, starting/stopping local nodes |
-//! | `status` | `status`: members, partitions, layout and health    |
-//! | `check` | `check`: certificates, reachability, layout agreement, audit chains |
-//! | `audit` | `audit query`, `audit verify`                        |
-//! | `access` | `access show`: the role table as nodes enforce it   |
+//! | `layout::rebalance` | `rebalance status`: progress of a layout change, and the wait |
+//! | `layout::scale` | `scale --nodes N`: stage + apply + wait, starting/stopping local nodes |
+//! | `k8s` | `k8s init|secrets|layout|kek|ca-rotate`: the manifests the Helm chart mounts |
+//! | `audit` | `audit query|watch|verify` |
+//! | `audit::access` | `access show`: the role table as nodes enforce it |
+//! | `control` | the mesh directory shared by all: CA, control key, signed layouts, admin calls |
+//! | `output` | what goes to stdout (`-o table|json`) |
 
-mod access;
 mod audit;
-mod check;
 mod control;
 mod k8s;
 mod layout;
+mod local;
+mod output;
 mod pki;
-mod rebalance;
-mod rotation;
-mod scale;
-mod status;
-mod up;
+
+use audit::access;
+use layout::{rebalance, scale};
+use local::{check, status, up};
+use pki::rotation;
 
 use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;

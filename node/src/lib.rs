@@ -9,11 +9,11 @@
 //! | `fault` | fault injection for tests (compiled in only with `fault-injection`) |
 //! | `domain` | ids and partitions (`partition_of`), the placement hash, order lifecycle, validation, clock |
 //! | `access` | the role table (`policy`), projections and masks, time windows and the reveal limiter |
-//! | `telemetry` | metric families and the exported trace spans (allow-listed, no PII) |
-//! | `security` | identities, PKI, TLS configs, live trust and CRLs, end-to-end proofs, node and data keys |
-//! | `storage` | sealed records under keyed-hash keys, group commit, partition export/import |
 //! | `error` | the node error type and its one mapping to gRPC status |
-//! | `cluster` | layouts (the ring maths), the routing answer, QUIC transport, peer client and dispatch, rebalance |
+//! | `telemetry` | metric families and the exported trace spans (allow-listed, no PII) |
+//! | `security` | identities, PKI, TLS configs, live trust and CRLs, end-to-end proofs, the control key, node and data keys |
+//! | `storage` | sealed records under keyed-hash keys, group commit, partition export/import |
+//! | `cluster` | layouts (the ring maths), the routing answer, QUIC transport and its test link filter, peer client and dispatch, rebalance |
 //! | `audit` | the hash-chained audit log, its checkpoints and the fail-closed recorder |
 //! | `api` | the gRPC services: gateway, admin, audit; TLS listener; the client channel |
 //! | `ops` | configuration, start-up and shutdown, the plaintext ops port |

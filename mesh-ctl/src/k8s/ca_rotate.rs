@@ -15,7 +15,7 @@
 
 use crate::Output;
 use crate::control::{MeshDir, admin, all_members, write_atomic};
-use crate::rotation;
+use crate::pki::rotation;
 use anyhow::{Context as _, bail};
 use mesh_node::security::identity::Identity;
 use mesh_node::cluster::layout::Member;
@@ -133,7 +133,7 @@ fn start(
             "mesh-ctl k8s ca-rotate --finish --dir {d}, then load the CA Secret again (the first step)"
         ),
     ];
-    crate::pki::print(
+    crate::output::print(
         output,
         &serde_json::json!({
             "old_ca": old.serial(),
@@ -318,7 +318,7 @@ async fn finish(
     rotation::write_crls(ca_dir)?;
 
     let next = format!("mesh-ctl k8s secrets --dir {d} | kubectl -n {ns} apply -f -");
-    crate::pki::print(
+    crate::output::print(
         output,
         &serde_json::json!({ "retired_ca": old.serial(), "ca": new_ca, "next": [next] }),
         || {

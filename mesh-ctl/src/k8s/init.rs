@@ -6,7 +6,7 @@
 
 use crate::Output;
 use crate::control::MeshDir;
-use crate::rotation;
+use crate::pki::rotation;
 use anyhow::{Context as _, bail};
 use mesh_node::security::identity::is_valid_trust_domain;
 use mesh_node::cluster::layout::Layout;
@@ -187,7 +187,7 @@ pub fn run(args: InitArgs, output: Output) -> anyhow::Result<()> {
             sets.iter().map(|s| format!(" {s}")).collect::<String>()
         ),
     ];
-    crate::pki::print(
+    crate::output::print(
         output,
         &serde_json::json!({
             "dir": dir,

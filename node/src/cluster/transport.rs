@@ -14,6 +14,7 @@
 //! - A peer that fails is retried with exponential backoff (100 ms doubling to 5 s); until then
 //!   requests for it fail fast with `Unavailable` instead of hanging to their deadline.
 
+use crate::cluster::link_filter::{LinkFilter, Verdict};
 use crate::security::identity::Identity;
 use crate::cluster::layout::Member;
 use crate::security::tls::{self, TlsError};
@@ -86,6 +87,8 @@ pub struct PeerTransport {
     /// Re-checks open connections; `None` only for test endpoints with fixed TLS configs.
     trust: Option<Arc<Trust>>,
     peers: Mutex<HashMap<String, PeerState>>,
+    /// Cuts or delays links in tests (`link_filter`); passes everything in shipped builds.
+    filter: LinkFilter,
 }
 
 impl std::fmt::Debug for PeerTransport {
@@ -127,6 +130,7 @@ impl PeerTransport {
         addr: SocketAddr,
         trust: &Arc<Trust>,
         trust_domain: &str,
+        node_id: &str,
     ) -> Result<PeerTransport, TransportError> {
         let mut transport = PeerTransport::bind_with(
             addr,
@@ -135,6 +139,7 @@ impl PeerTransport {
             trust_domain,
         )?;
         transport.trust = Some(trust.clone());
+        transport.filter = LinkFilter::from_env(node_id);
         Ok(transport)
     }
 
@@ -178,6 +183,8 @@ impl PeerTransport {
             trust_domain: trust_domain.to_owned(),
             trust: None,
             peers: Mutex::new(HashMap::new()),
+            // Test endpoints name no node of their own: nothing to filter.
+            filter: LinkFilter::from_env(""),
         })
     }
 
@@ -290,6 +297,16 @@ impl PeerTransport {
         mut req: PeerRequest,
         deadline: Instant,
     ) -> Result<PeerResponse, TransportError> {
+        match self.filter.verdict(&peer.node_id) {
+            Verdict::Pass => {}
+            Verdict::Cut => {
+                return Err(TransportError::Unavailable {
+                    node: peer.node_id.clone(),
+                    reason: "the link is cut by the test link filter".into(),
+                });
+            }
+            Verdict::Delay(d) => tokio::time::sleep(d).await,
+        }
         let remaining = deadline.saturating_duration_since(Instant::now());
         req.deadline_unix_ms = crate::domain::clock::now_ms() + remaining.as_millis() as i64;
         let conn = self.connection(peer, deadline).await?;
@@ -404,7 +421,15 @@ impl PeerTransport {
                             break;
                         }
                         let (handler, from) = (handler.clone(), from.clone());
+                        let verdict = this.filter.verdict(&from);
+                        if verdict == Verdict::Cut {
+                            // Behind a partition the request never arrives: no answer at all.
+                            continue;
+                        }
                         tokio::spawn(async move {
+                            if let Verdict::Delay(d) = verdict {
+                                tokio::time::sleep(d).await;
+                            }
                             let Ok(bytes) = recv.read_to_end(MAX_MESSAGE).await else {
                                 return;
                             };

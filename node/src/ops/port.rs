@@ -96,3 +96,19 @@ pub async fn serve(listener: TcpListener, state: Arc<OpsState>, shutdown: Cancel
         });
     }
 }
+
+/// A loopback port that is free for TCP and UDP alike right now (a node's gateway and ops ports
+/// are TCP, its peer port UDP; `mesh-ctl up --base-port 0` and the test harness give one number to
+/// both). Bound and released, so another process can still take it before it is used: callers that
+/// bind it later retry on "address in use".
+pub fn free_loopback_port() -> u16 {
+    loop {
+        let Ok(tcp) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(addr) = tcp.local_addr() else { continue };
+        if std::net::UdpSocket::bind(("127.0.0.1", addr.port())).is_ok() {
+            return addr.port();
+        }
+    }
+}

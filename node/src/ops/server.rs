@@ -259,6 +259,7 @@ async fn join_mesh(
         config.peer_listen,
         trust,
         &config.trust_domain,
+        &config.node_id,
     )?);
     let peer_addr = transport.local_addr().map_err(|source| StartError::Bind {
         what: "peer",

@@ -109,8 +109,8 @@ pub async fn run(args: CheckArgs, output: Output) -> anyhow::Result<bool> {
 
     // Audit chains of the local nodes, first: the admin calls below add records of their own.
     if let Ok(text) = std::fs::read_to_string(mesh.dir.join("mesh.json")) {
-        let file: crate::up::MeshFile = serde_json::from_str(&text)?;
-        let roots = crate::rotation::history_path(&mesh.ca_dir);
+        let file: crate::local::up::MeshFile = serde_json::from_str(&text)?;
+        let roots = crate::pki::rotation::history_path(&mesh.ca_dir);
         for n in &file.nodes {
             let dir = n.data_dir.join("audit");
             let mut verified = crate::audit::verify_dir(&dir, &roots, Some(&n.id));
@@ -137,7 +137,7 @@ pub async fn run(args: CheckArgs, output: Output) -> anyhow::Result<bool> {
     }
 
     // Certificates in the mesh directory.
-    let bundle = crate::rotation::trust_path(&mesh.ca_dir);
+    let bundle = crate::pki::rotation::trust_path(&mesh.ca_dir);
     let bundle = if bundle.exists() {
         bundle
     } else {

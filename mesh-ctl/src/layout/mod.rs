@@ -2,9 +2,12 @@
 //! layout version and pushed to every node (garage's model: stage, review, `apply --version
 //! current+1`, and nodes refuse anything else).
 
+pub mod rebalance;
+pub mod scale;
+
 use crate::Output;
 use crate::control::{MeshDir, Staged, StagedMember, admin, all_members};
-use crate::pki::print;
+use crate::output::print;
 use anyhow::{Context as _, bail};
 use mesh_node::cluster::layout::Layout;
 use mesh_proto::v1::{ApplyLayoutRequest, GetLayoutRequest, SignedLayout};
@@ -83,7 +86,7 @@ pub async fn apply(dir: &MeshDir, version: u64) -> anyhow::Result<Layout> {
     } else if version == current.version + 1 {
         let staged = dir.staged()?;
         let next = next_layout(&current, &staged)?;
-        let p = crate::rebalance::progress(dir).await?;
+        let p = crate::layout::rebalance::progress(dir).await?;
         if !p.complete {
             bail!(
                 "layout v{} is still being rolled out ({}/{} partitions moved, {} old copies to shred{}); wait for `mesh-ctl rebalance status --wait` before applying v{version}",
@@ -254,7 +257,7 @@ pub async fn run(command: LayoutCommand, output: Output) -> anyhow::Result<bool>
             let dir = MeshDir::open(&dir.dir)?;
             let layout = apply(&dir, version).await?;
             let progress = if wait {
-                Some(crate::rebalance::wait(&dir, timeout).await?)
+                Some(crate::layout::rebalance::wait(&dir, timeout).await?)
             } else {
                 None
             };

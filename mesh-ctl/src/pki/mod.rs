@@ -1,6 +1,9 @@
 //! `mesh-ctl ca init`, `mesh-ctl cert issue (node|client|admin)`, `mesh-ctl key init`.
 
+pub mod rotation;
+
 use crate::Output;
+use crate::output::print;
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
 use mesh_node::security::identity::Identity;
@@ -23,7 +26,7 @@ pub enum CaCommand {
     },
     /// Rotate the CA of a mesh with an overlap: trust a new CA beside the old one everywhere;
     /// then `cert rotate`; then `ca rotate --finish` stops trusting the old one. No restarts.
-    Rotate(crate::rotation::CaRotateArgs),
+    Rotate(crate::pki::rotation::CaRotateArgs),
 }
 
 #[derive(Subcommand)]
@@ -35,10 +38,10 @@ pub enum CertCommand {
     },
     /// New certificates and keys for every node and client of a mesh directory; each node
     /// reloads them without a restart and must report the new serial.
-    Rotate(crate::rotation::RotateArgs),
+    Rotate(crate::pki::rotation::RotateArgs),
     /// Revoke a node's or a client's certificate: a CRL signed by the CA, pushed to every node,
     /// enforced on new handshakes and on the next request of open connections.
-    Revoke(crate::rotation::RevokeArgs),
+    Revoke(crate::pki::rotation::RevokeArgs),
 }
 
 #[derive(clap::Args)]
@@ -237,18 +240,6 @@ pub fn key(cmd: KeyCommand, output: Output) -> anyhow::Result<()> {
     })
 }
 
-/// Prints `json` for `-o json`, else the human text.
-pub fn print(
-    output: Output,
-    json: &serde_json::Value,
-    text: impl FnOnce() -> String,
-) -> anyhow::Result<()> {
-    match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(json)?),
-        Output::Table => println!("{}", text()),
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {

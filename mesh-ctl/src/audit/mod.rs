@@ -1,8 +1,10 @@
 //! `mesh-ctl audit query` (the mesh-wide trail through any gateway, as an auditor) and
 //! `mesh-ctl audit verify` (each node's chain and checkpoint signatures, offline).
 
+pub mod access;
+
 use crate::Output;
-use crate::up::MeshFile;
+use crate::local::up::MeshFile;
 use anyhow::Context as _;
 use base64::Engine as _;
 use mesh_node::audit::chain::{self, Checkpoint};
@@ -195,7 +197,7 @@ pub async fn run(cmd: AuditCommand, output: Output) -> anyhow::Result<bool> {
                                 n.data_dir.join("audit"),
                                 // Every CA the mesh has had: checkpoints signed before a CA
                                 // rotation carry certificates from the old one.
-                                crate::rotation::history_path(&dir.join("ca")),
+                                crate::pki::rotation::history_path(&dir.join("ca")),
                                 Some(n.id.clone()),
                             )
                         })
@@ -310,7 +312,7 @@ pub async fn run(cmd: AuditCommand, output: Output) -> anyhow::Result<bool> {
 fn auditor_tls(
     mesh: &MeshFile,
 ) -> anyhow::Result<(
-    &crate::up::ClientEntry,
+    &crate::local::up::ClientEntry,
     std::sync::Arc<rustls::ClientConfig>,
 )> {
     let auditor = mesh

@@ -4,7 +4,7 @@
 
 use crate::Output;
 use crate::control::{MeshDir, admin, all_members};
-use crate::pki::print;
+use crate::output::print;
 use mesh_node::cluster::layout::Layout;
 use mesh_proto::v1::{GetRebalanceRequest, RebalanceStatus};
 use std::io::{IsTerminal as _, Write as _};

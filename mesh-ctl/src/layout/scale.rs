@@ -5,8 +5,8 @@
 
 use crate::Output;
 use crate::control::{MeshDir, Staged, StagedMember};
-use crate::pki::print;
-use crate::up::{MeshFile, NodeEntry, node_command, port, prepare_node, wait_gone, wait_ready};
+use crate::output::print;
+use crate::local::up::{MeshFile, NodeEntry, node_command, port, prepare_node, wait_gone, wait_ready};
 use anyhow::{Context as _, bail};
 use mesh_node::cluster::layout::{Layout, Member};
 use mesh_node::security::pki::CertificateAuthority;
@@ -76,7 +76,7 @@ pub async fn run(args: ScaleArgs, output: Output) -> anyhow::Result<bool> {
     // Finish whatever change is under way: push the newest layout again (a no-op on nodes that
     // have it) and wait for its rebalance.
     crate::layout::push(&dir, &current, &signed).await?;
-    crate::rebalance::wait(&dir, args.timeout).await?;
+    crate::layout::rebalance::wait(&dir, args.timeout).await?;
     let from = current.members.len();
 
     if current.members.len() != args.nodes {
@@ -84,7 +84,7 @@ pub async fn run(args: ScaleArgs, output: Output) -> anyhow::Result<bool> {
         dir.save_staged(&staged)?;
         // Joining nodes start on the current layout, so they learn which partitions they gain
         // (and from whom) when the next one is applied.
-        let node_bin = crate::up::node_binary(args.node_bin.clone())?;
+        let node_bin = crate::local::up::node_binary(args.node_bin.clone())?;
         let ca = CertificateAuthority::load(&dir.ca_dir)?;
         for add in &staged.add {
             if mesh
@@ -146,7 +146,7 @@ pub async fn run(args: ScaleArgs, output: Output) -> anyhow::Result<bool> {
             from,
             current.members.len()
         );
-        crate::rebalance::wait(&dir, args.timeout).await?;
+        crate::layout::rebalance::wait(&dir, args.timeout).await?;
     }
 
     // Stop the nodes that left: they have handed over and shredded everything.

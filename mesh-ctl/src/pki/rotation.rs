@@ -283,7 +283,7 @@ async fn push_all(
 }
 
 fn report(output: Output, rows: &[serde_json::Value], title: &str) -> anyhow::Result<()> {
-    crate::pki::print(output, &serde_json::Value::Array(rows.to_vec()), || {
+    crate::output::print(output, &serde_json::Value::Array(rows.to_vec()), || {
         let mut s = format!("{title}\n");
         for r in rows {
             let ok = r["ok"].as_bool().unwrap_or(false);

@@ -2,7 +2,7 @@
 //! every node of a local mesh (from its `mesh.json`) with the admin client certificate.
 
 use crate::Output;
-use crate::up::MeshFile;
+use crate::local::up::MeshFile;
 use anyhow::Context as _;
 use mesh_proto::v1::GetStatusRequest;
 use mesh_proto::v1::admin_client::AdminClient;

@@ -6,7 +6,7 @@
 //! certificate, key file, `node.toml`, `data/`), and `mesh.json` while the mesh is up.
 
 use crate::Output;
-use crate::pki::print;
+use crate::output::print;
 use anyhow::{Context as _, bail};
 use mesh_node::security::identity::Identity;
 use mesh_node::cluster::layout::{Layout, Member};
@@ -40,18 +40,6 @@ pub struct UpArgs {
     node_bin: Option<PathBuf>,
 }
 
-/// A free loopback port for TCP and UDP alike.
-fn free_port() -> u16 {
-    loop {
-        let Ok(tcp) = std::net::TcpListener::bind("127.0.0.1:0") else {
-            continue;
-        };
-        let Ok(addr) = tcp.local_addr() else { continue };
-        if std::net::UdpSocket::bind(("127.0.0.1", addr.port())).is_ok() {
-            return addr.port();
-        }
-    }
-}
 
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub struct MeshFile {
@@ -144,7 +132,7 @@ pub fn prepare_node(
     let td = ca.trust_domain().to_owned();
     let node_dir = dir.join("nodes").join(id);
     std::fs::create_dir_all(&node_dir)?;
-    let issued = crate::rotation::issue(
+    let issued = crate::pki::rotation::issue(
         &dir.join("ca"),
         ca,
         &LeafSpec::new(
@@ -155,14 +143,14 @@ pub fn prepare_node(
             Duration::from_secs(86_400),
         ),
     )?;
-    let (cert, key) = crate::rotation::write_issued(&issued, &node_dir, "node")?;
+    let (cert, key) = crate::pki::rotation::write_issued(&issued, &node_dir, "node")?;
     let key_file = node_dir.join("node.kek");
     if !key_file.exists() {
         mesh_node::security::pki::write_secret(&key_file, mesh_node::security::crypto::generate_key_file().as_bytes())?;
     }
     let ca_dir = dir.join("ca");
     let data_dir = node_dir.join("data");
-    let crl = crate::rotation::crl_path(&ca_dir);
+    let crl = crate::pki::rotation::crl_path(&ca_dir);
     let config = format!(
         "node_id = {id:?}\ntrust_domain = {td:?}\ndata_dir = {data:?}\nkey_file = {kek:?}\n\
          gateway_listen = {gw:?}\nops_listen = \"127.0.0.1:{ops_port}\"\npeer_listen = {peer:?}\n\
@@ -177,7 +165,7 @@ pub fn prepare_node(
             .display()
             .to_string(),
         layout = dir.join("layout.bin").display().to_string(),
-        ca = crate::rotation::trust_path(&ca_dir).display().to_string(),
+        ca = crate::pki::rotation::trust_path(&ca_dir).display().to_string(),
         crl = crl.display().to_string(),
         cert = cert.display().to_string(),
         key = key.display().to_string(),
@@ -230,7 +218,7 @@ pub async fn wait_ready(
 /// Port `offset` of node number `i` (0-based) for a mesh started with `base_port`.
 pub fn port(base_port: u16, i: usize, offset: u16) -> u16 {
     if base_port == 0 {
-        free_port()
+        mesh_node::ops::port::free_loopback_port()
     } else {
         base_port + offset + i as u16
     }
@@ -250,9 +238,9 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
         ca
     };
     let td = ca.trust_domain().to_owned();
-    crate::rotation::ensure_trust_files(&ca_dir)?;
+    crate::pki::rotation::ensure_trust_files(&ca_dir)?;
     // Clients trust the bundle: both CAs while a CA rotation is under way.
-    let ca_cert = crate::rotation::trust_path(&ca_dir);
+    let ca_cert = crate::pki::rotation::trust_path(&ca_dir);
     let day = Duration::from_secs(86_400);
 
     let mut clients = BTreeMap::new();
@@ -262,9 +250,9 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
             role,
             name: format!("local-{role}"),
         };
-        let issued = crate::rotation::issue(&ca_dir, &ca, &LeafSpec::new(identity.clone(), day))?;
+        let issued = crate::pki::rotation::issue(&ca_dir, &ca, &LeafSpec::new(identity.clone(), day))?;
         let (cert, key) =
-            crate::rotation::write_issued(&issued, &dir.join("clients"), role.as_str())?;
+            crate::pki::rotation::write_issued(&issued, &dir.join("clients"), role.as_str())?;
         clients.insert(
             role.to_string(),
             ClientEntry {

@@ -33,7 +33,7 @@ mod release;
 
 use crate::Output;
 use crate::control::MeshDir;
-use crate::rotation;
+use crate::pki::rotation;
 use anyhow::{Context as _, bail};
 use manifest::{Component, Manifest};
 use mesh_node::security::identity::Identity;
