@@ -9,11 +9,11 @@
 //! - `clients/admin.pem|.key`: the admin certificate mesh-ctl calls nodes with (issued on first use).
 
 use anyhow::{Context as _, bail};
-use mesh_node::security::identity::Identity;
+use mesh_node::access::policy::Role;
 use mesh_node::cluster::layout::{Layout, Member};
 use mesh_node::security::control_key::ControlKey;
+use mesh_node::security::identity::Identity;
 use mesh_node::security::pki::{CertificateAuthority, LeafSpec};
-use mesh_node::access::policy::Role;
 use mesh_proto::v1::SignedLayout;
 use mesh_proto::v1::admin_client::AdminClient;
 use prost::Message as _;

@@ -3,8 +3,8 @@
 //!
 //! `cargo bench -p mesh-node --bench store`
 
-use mesh_node::security::crypto::{NodeKeys, generate_key_file};
 use mesh_node::domain::ids::{OrderId, partition_of};
+use mesh_node::security::crypto::{NodeKeys, generate_key_file};
 use mesh_node::storage::Store;
 use mesh_node::storage::commit::FlushObserver;
 use mesh_proto::v1::{Address, Customer, LineItem, Order};

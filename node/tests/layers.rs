@@ -6,8 +6,17 @@ use std::path::{Path, PathBuf};
 
 /// The layers, bottom first: the order of the table in ARCHITECTURE.md.
 const LAYERS: [&str; 11] = [
-    "fault", "domain", "access", "error", "telemetry", "security", "storage", "cluster", "audit",
-    "api", "ops",
+    "fault",
+    "domain",
+    "access",
+    "error",
+    "telemetry",
+    "security",
+    "storage",
+    "cluster",
+    "audit",
+    "api",
+    "ops",
 ];
 
 fn rank(layer: &str) -> Option<usize> {
@@ -73,7 +82,10 @@ fn no_module_uses_a_layer_above_its_own() {
             }
         }
     }
-    assert!(checked > 200, "found only {checked} crate paths: is the source tree where the test looks?");
+    assert!(
+        checked > 200,
+        "found only {checked} crate paths: is the source tree where the test looks?"
+    );
     assert!(
         upward.is_empty(),
         "edges that point up the layer table of ARCHITECTURE.md:\n{}",

@@ -15,7 +15,7 @@ Steps, for the default values and for tests/chart/values-custom.yaml:
 2. `helm lint --strict`, through helm-python-sdk: Helm v4's Go SDK in a shared library, no binary.
 3. Render (`helm template`) and check what the chart promises: restricted pod security, node ids
    from pod names, node Secrets mounted per pod, probes, standard labels, NetworkPolicy, PDB, HPA,
-   and a node.toml that the node's config loader (node/src/config.rs) accepts key by key.
+   and a node.toml that the node's config loader (node/src/ops/config/) accepts key by key.
 4. kubernetes-validate --strict on every manifest, against the oldest Kubernetes the chart supports
    and the newest the installed kubernetes-validate ships schemas for (both offline).
 5. checkov on the rendered manifests (and on ./Dockerfile when it exists), with
@@ -45,7 +45,7 @@ HERE = Path(__file__).resolve().parent
 CUSTOM_VALUES = HERE / "values-custom.yaml"
 CHECKOV_CONFIG = HERE / ".checkov.yaml"
 DOCKERFILE = ROOT / "Dockerfile"
-CONFIG_RS = ROOT / "node" / "src" / "config.rs"
+CONFIG_DIR = ROOT / "node" / "src" / "ops" / "config"
 
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest one the pinned
 # kubernetes-validate has schemas for.
@@ -183,15 +183,18 @@ def split(rendered: dict[str, str]) -> tuple[list[dict], str]:
 
 def config_rs_keys() -> tuple[dict[str, set[str]], set[str]]:
     """The keys node.toml may hold, by section ('' is the top level), and the DSM_* variables,
-    read from node/src/config.rs (its file structs deny unknown fields)."""
-    src = CONFIG_RS.read_text()
+    read from the node's config loader, node/src/ops/config/ (its file structs deny unknown
+    fields; the unit tests are left out)."""
+    src = "\n".join(
+        f.read_text() for f in sorted(CONFIG_DIR.glob("*.rs")) if f.name != "tests.rs"
+    )
 
     def fields(struct: str) -> dict[str, str]:
         m = re.search(r"struct\s+" + struct + r"\s*\{(.*?)\n\}", src, re.DOTALL)
         if not m:
-            raise ValueError(f"struct {struct} not found in {CONFIG_RS}")
+            raise ValueError(f"struct {struct} not found in {CONFIG_DIR}")
         body = re.sub(r"#\[[^\]]*\]", "", m.group(1))
-        return dict(re.findall(r"^\s*(?:pub\s+)?(\w+)\s*:\s*([^,\n]+),", body, re.MULTILINE))
+        return dict(re.findall(r"^\s*(?:pub(?:\([^)]*\))?\s+)?(\w+)\s*:\s*([^,\n]+),", body, re.MULTILINE))
 
     top = fields("FileConfig")
     sections = {"": {k for k, t in top.items() if not t.strip().startswith("File")}}
@@ -277,7 +280,7 @@ def check_rendered(label: str, docs: list[dict], notes: str, merged: dict) -> No
     )
     _, known_env = config_rs_keys()
     unknown_env = sorted(k for k in env if k.startswith("DSM_") and k not in known_env)
-    R.check(not unknown_env, f"[{label}] every DSM_* variable set is one config.rs reads", ", ".join(unknown_env))
+    R.check(not unknown_env, f"[{label}] every DSM_* variable set is one the config loader reads", ", ".join(unknown_env))
 
     # Probes on the ops port.
     ops_port = {p["name"]: p for p in c["ports"]}.get("ops", {})
@@ -350,7 +353,7 @@ def check_rendered(label: str, docs: list[dict], notes: str, merged: dict) -> No
     for sect, keys in sections.items():
         if sect and isinstance(toml.get(sect), dict):
             unknown += [f"{sect}.{k}" for k in toml[sect] if k not in keys]
-    R.check(not unknown, f"[{label}] node.toml uses only keys node/src/config.rs accepts", ", ".join(unknown))
+    R.check(not unknown, f"[{label}] node.toml uses only keys node/src/ops/config/ accepts", ", ".join(unknown))
     R.check("node_id" not in toml, f"[{label}] node.toml leaves node_id to DSM_NODE_ID")
     unset = [k for k in sorted(sections[""]) if k not in toml and k != "node_id"] + [
         f"{sect}.{k}"

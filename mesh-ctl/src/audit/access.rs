@@ -5,8 +5,8 @@
 
 use crate::Output;
 use anyhow::Context as _;
-use mesh_node::access::windows::AccessRules;
 use mesh_node::access::policy::{Field, Method, ROLE_TABLE, Visibility};
+use mesh_node::access::windows::AccessRules;
 use serde_json::json;
 use std::path::PathBuf;
 

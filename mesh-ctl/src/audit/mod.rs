@@ -255,10 +255,13 @@ pub async fn run(cmd: AuditCommand, output: Output) -> anyhow::Result<bool> {
             let (auditor, tls) = auditor_tls(&mesh)?;
             let node = mesh.nodes.first().context("mesh.json lists no node")?;
             let channel =
-                mesh_node::api::client::connect(node.gateway.parse()?, &mesh.server_name, tls).await?;
+                mesh_node::api::client::connect(node.gateway.parse()?, &mesh.server_name, tls)
+                    .await?;
             let signer = mesh_node::security::proof::Signer::from_pem_file(&auditor.key)
                 .map_err(anyhow::Error::msg)?;
-            let from = since.map_or(0, |d| mesh_node::domain::clock::now_ms() - d.as_millis() as i64);
+            let from = since.map_or(0, |d| {
+                mesh_node::domain::clock::now_ms() - d.as_millis() as i64
+            });
             let q = AuditQueryRequest {
                 from_unix_ms: from,
                 principal,

@@ -5,8 +5,10 @@
 
 use crate::Output;
 use crate::control::{MeshDir, Staged, StagedMember};
+use crate::local::up::{
+    MeshFile, NodeEntry, node_command, port, prepare_node, wait_gone, wait_ready,
+};
 use crate::output::print;
-use crate::local::up::{MeshFile, NodeEntry, node_command, port, prepare_node, wait_gone, wait_ready};
 use anyhow::{Context as _, bail};
 use mesh_node::cluster::layout::{Layout, Member};
 use mesh_node::security::pki::CertificateAuthority;

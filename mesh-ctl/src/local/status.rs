@@ -51,9 +51,12 @@ pub async fn run(args: StatusArgs, output: Output) -> anyhow::Result<bool> {
             error: None,
         };
         let asked = async {
-            let channel =
-                mesh_node::api::client::connect(node.gateway.parse()?, &mesh.server_name, tls.clone())
-                    .await?;
+            let channel = mesh_node::api::client::connect(
+                node.gateway.parse()?,
+                &mesh.server_name,
+                tls.clone(),
+            )
+            .await?;
             anyhow::Ok(
                 AdminClient::new(channel)
                     .get_status(GetStatusRequest {})

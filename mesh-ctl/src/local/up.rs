@@ -8,10 +8,10 @@
 use crate::Output;
 use crate::output::print;
 use anyhow::{Context as _, bail};
-use mesh_node::security::identity::Identity;
-use mesh_node::cluster::layout::{Layout, Member};
-use mesh_node::security::pki::{CertificateAuthority, LeafSpec};
 use mesh_node::access::policy::Role;
+use mesh_node::cluster::layout::{Layout, Member};
+use mesh_node::security::identity::Identity;
+use mesh_node::security::pki::{CertificateAuthority, LeafSpec};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -39,7 +39,6 @@ pub struct UpArgs {
     #[arg(long, env = "DSM_MESH_NODE_BIN")]
     node_bin: Option<PathBuf>,
 }
-
 
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub struct MeshFile {
@@ -146,7 +145,10 @@ pub fn prepare_node(
     let (cert, key) = crate::pki::rotation::write_issued(&issued, &node_dir, "node")?;
     let key_file = node_dir.join("node.kek");
     if !key_file.exists() {
-        mesh_node::security::pki::write_secret(&key_file, mesh_node::security::crypto::generate_key_file().as_bytes())?;
+        mesh_node::security::pki::write_secret(
+            &key_file,
+            mesh_node::security::crypto::generate_key_file().as_bytes(),
+        )?;
     }
     let ca_dir = dir.join("ca");
     let data_dir = node_dir.join("data");
@@ -165,7 +167,9 @@ pub fn prepare_node(
             .display()
             .to_string(),
         layout = dir.join("layout.bin").display().to_string(),
-        ca = crate::pki::rotation::trust_path(&ca_dir).display().to_string(),
+        ca = crate::pki::rotation::trust_path(&ca_dir)
+            .display()
+            .to_string(),
         crl = crl.display().to_string(),
         cert = cert.display().to_string(),
         key = key.display().to_string(),
@@ -250,7 +254,8 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
             role,
             name: format!("local-{role}"),
         };
-        let issued = crate::pki::rotation::issue(&ca_dir, &ca, &LeafSpec::new(identity.clone(), day))?;
+        let issued =
+            crate::pki::rotation::issue(&ca_dir, &ca, &LeafSpec::new(identity.clone(), day))?;
         let (cert, key) =
             crate::pki::rotation::write_issued(&issued, &dir.join("clients"), role.as_str())?;
         clients.insert(

@@ -6,9 +6,9 @@ use crate::Output;
 use crate::output::print;
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
+use mesh_node::access::policy::Role;
 use mesh_node::security::identity::Identity;
 use mesh_node::security::pki::{CertificateAuthority, IssuedCert, LeafSpec};
-use mesh_node::access::policy::Role;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -234,12 +234,14 @@ pub fn key(cmd: KeyCommand, output: Output) -> anyhow::Result<()> {
             out.display()
         );
     }
-    mesh_node::security::pki::write_secret(&out, mesh_node::security::crypto::generate_key_file().as_bytes())?;
+    mesh_node::security::pki::write_secret(
+        &out,
+        mesh_node::security::crypto::generate_key_file().as_bytes(),
+    )?;
     print(output, &serde_json::json!({ "key_file": out }), || {
         format!("wrote node key {}", out.display())
     })
 }
-
 
 #[cfg(test)]
 mod tests {

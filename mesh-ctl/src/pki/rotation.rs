@@ -17,9 +17,11 @@
 use crate::Output;
 use crate::control::{MeshDir, admin, all_members, write_atomic};
 use anyhow::{Context as _, bail};
-use mesh_node::security::identity::Identity;
 use mesh_node::cluster::layout::Member;
-use mesh_node::security::pki::{CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority, IssuedCert, LeafSpec};
+use mesh_node::security::identity::Identity;
+use mesh_node::security::pki::{
+    CA_CERT_FILE, CA_KEY_FILE, CertificateAuthority, IssuedCert, LeafSpec,
+};
 use mesh_proto::v1::{ReloadTlsRequest, TlsStatus};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -367,9 +369,10 @@ pub async fn rotate(args: RotateArgs, output: Output) -> anyhow::Result<bool> {
         .unwrap_or_default();
     stems.sort();
     for stem in stems {
-        let Some(identity) = mesh_node::security::tls::load_certs(&clients.join(format!("{stem}.pem")))
-            .ok()
-            .and_then(|c| Identity::from_certificate(&c[0]).ok())
+        let Some(identity) =
+            mesh_node::security::tls::load_certs(&clients.join(format!("{stem}.pem")))
+                .ok()
+                .and_then(|c| Identity::from_certificate(&c[0]).ok())
         else {
             continue;
         };

@@ -5,9 +5,9 @@
 //! to the proto later is withheld from everyone until the role table names it. Outside the role's
 //! window (`policy::window`, judged by `windows::in_window`) every buyer field is withheld.
 
-use crate::access::windows;
 use crate::access::mask;
 use crate::access::policy::{self, Field, Role, Visibility};
+use crate::access::windows;
 use mesh_proto::v1::{Address, Courier, Customer, LineItem, Order, OrderView, Payment};
 use std::time::{Duration, SystemTime};
 

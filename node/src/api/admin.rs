@@ -93,14 +93,17 @@ impl Admin for AdminService {
     ) -> Result<Response<ApplyLayoutResponse>, Status> {
         let signed = req.get_ref().layout.clone();
         let apply = async {
-            let signed = signed.ok_or_else(|| Error::InvalidArgument("layout: is required".into()))?;
+            let signed =
+                signed.ok_or_else(|| Error::InvalidArgument("layout: is required".into()))?;
             // Verified, persisted, then installed (so a restart never comes back to an older
             // layout than the one acknowledged), then passed on to every other member.
             // Detached: a caller that gives up must not cut the change off between disk and memory.
             let rebalance = self.rebalance.clone();
             let version = tokio::spawn(async move { rebalance.apply(&signed).await })
                 .await
-                .map_err(|_| Error::Internal("applying the layout failed; see the node's log".into()))??;
+                .map_err(|_| {
+                    Error::Internal("applying the layout failed; see the node's log".into())
+                })??;
             self.rebalance.announce();
             Ok(version)
         };
@@ -127,8 +130,7 @@ impl Admin for AdminService {
         let loads = layout.loads();
         let mut members = Vec::new();
         for m in &layout.members {
-            let reachable = m.node_id == self.mesh.node_id
-                || self.mesh.peers.ping(m).await.is_ok();
+            let reachable = m.node_id == self.mesh.node_id || self.mesh.peers.ping(m).await.is_ok();
             members.push(MemberStatus {
                 node_id: m.node_id.clone(),
                 gateway_addr: m.gateway_addr.clone(),
@@ -185,7 +187,9 @@ impl Admin for AdminService {
         };
         let generation = || self.trust.current().status.generation;
         let changed = self
-            .run(&req, RELOAD_TLS, reload, |_| format!("tls generation {}", generation()))
+            .run(&req, RELOAD_TLS, reload, |_| {
+                format!("tls generation {}", generation())
+            })
             .await?;
         Ok(Response::new(self.tls_status(changed)))
     }

@@ -199,7 +199,9 @@ impl PeerService for AuditService {
         Box::pin(async move {
             match body {
                 Body::Call(call) => Ok(PeerResult::Response(self.forwarded(&from, call).await?)),
-                _ => Err(Error::Unavailable("the audit service does not serve that message".into())),
+                _ => Err(Error::Unavailable(
+                    "the audit service does not serve that message".into(),
+                )),
             }
         })
     }

@@ -110,7 +110,9 @@ impl PeerService for RevealLedger {
         Box::pin(async move {
             match body {
                 Body::Charge(charge) => Ok(PeerResult::Allowance(self.take(&charge.principal))),
-                _ => Err(Error::Unavailable("the ledger does not serve that message".into())),
+                _ => Err(Error::Unavailable(
+                    "the ledger does not serve that message".into(),
+                )),
             }
         })
     }

@@ -9,8 +9,8 @@
 //! - `client`: the mTLS client channel used by `mesh-ctl`, tests and benchmarks.
 
 pub mod admin;
-pub mod authz;
 pub mod audit;
+pub mod authz;
 pub mod client;
 pub mod gateway;
 pub mod ledger;

@@ -103,7 +103,9 @@ pub struct CheckpointSigner {
 
 impl CheckpointSigner {
     /// A signer that follows `trust` from its current generation on.
-    pub fn live(trust: std::sync::Arc<crate::security::trust::Trust>) -> Result<CheckpointSigner, String> {
+    pub fn live(
+        trust: std::sync::Arc<crate::security::trust::Trust>,
+    ) -> Result<CheckpointSigner, String> {
         let g = trust.current();
         Ok(CheckpointSigner {
             signer: Signer::from_pem(g.key_pem())?,
@@ -281,8 +283,10 @@ impl Writer {
 
     fn append_batch(&mut self, entries: &[Entry]) -> Result<Vec<u64>, AuditError> {
         if self.fail {
+            // Set by an earlier batch that could not be cut back (logged then), or by a test's
+            // failure point (`fault`).
             return Err(AuditError::Io(
-                "injected failure (audit-append failpoint)".into(),
+                "the audit log refuses appends after an earlier write failure".into(),
             ));
         }
         if self.segment_len > self.retention.segment_bytes {

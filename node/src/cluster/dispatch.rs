@@ -94,10 +94,9 @@ impl Dispatch {
             .find(|(kind, _)| wanted(kind))
             .map(|(_, service)| service.clone())
             .ok_or_else(|| match body {
-                Body::Call(call) => Error::PermissionDenied(format!(
-                    "method {} cannot be forwarded",
-                    call.method
-                )),
+                Body::Call(call) => {
+                    Error::PermissionDenied(format!("method {} cannot be forwarded", call.method))
+                }
                 _ => Error::Unavailable("this node does not serve that peer message".into()),
             })
     }
@@ -108,9 +107,9 @@ impl Dispatch {
             return Ok(PeerResult::Pong(Ping {}));
         }
         let service = self.handler(&body)?;
-        tokio::spawn(service.serve(from, body))
-            .await
-            .map_err(|_| Error::Internal("the peer request handler failed; see the node's log".into()))?
+        tokio::spawn(service.serve(from, body)).await.map_err(|_| {
+            Error::Internal("the peer request handler failed; see the node's log".into())
+        })?
     }
 }
 

@@ -130,7 +130,10 @@ mod tests {
         let file = "cut n1 n2\ndelay n3 n1 250\ndelay n1 n4 soon\ncut n2 n3\nnonsense\n";
         let rules = parse("n1", file);
         assert_eq!(rules.get("n2"), Some(&Verdict::Cut));
-        assert_eq!(rules.get("n3"), Some(&Verdict::Delay(Duration::from_millis(250))));
+        assert_eq!(
+            rules.get("n3"),
+            Some(&Verdict::Delay(Duration::from_millis(250)))
+        );
         assert_eq!(rules.get("n4"), None);
         assert_eq!(rules.len(), 2, "only the links n1 is an end of");
         assert_eq!(parse("n2", file).get("n1"), Some(&Verdict::Cut));

@@ -102,7 +102,13 @@ impl PeerClient {
         p: Partition,
     ) -> Result<Vec<u8>, Error> {
         let what = format!("the shard holding partition {p}");
-        trace::hop(Hop::Forward, &to.node_id, p, self.call(to, call, deadline, &what)).await
+        trace::hop(
+            Hop::Forward,
+            &to.node_id,
+            p,
+            self.call(to, call, deadline, &what),
+        )
+        .await
     }
 
     /// Passes a forwarded call on, unchanged (its proof is the client's, not this node's), to the
@@ -115,13 +121,20 @@ impl PeerClient {
         p: Partition,
     ) -> Result<Vec<u8>, Error> {
         let what = format!("the shard holding partition {p}");
-        trace::hop(Hop::Relay, &to.node_id, p, self.call(to, call, deadline, &what)).await
+        trace::hop(
+            Hop::Relay,
+            &to.node_id,
+            p,
+            self.call(to, call, deadline, &what),
+        )
+        .await
     }
 
     /// Sends an auditor's query (with the auditor's proof) to one member; its encoded records.
     pub async fn audit_query(&self, to: &Member, call: ForwardedCall) -> Result<Vec<u8>, Error> {
         let deadline = Instant::now() + AUDIT_QUERY_TIMEOUT;
-        self.call(to, call, deadline, "the audit query").await
+        self.call(to, call, deadline, "the audit query")
+            .await
             .map_err(|e| match e {
                 Error::Remote(code, message) => {
                     Error::Remote(code, format!("node {}: {message}", to.node_id))
@@ -140,7 +153,10 @@ impl PeerClient {
         let body = Body::Charge(RevealCharge {
             principal: principal.to_owned(),
         });
-        match self.exchange(to, body, deadline, "the reveal ledger").await? {
+        match self
+            .exchange(to, body, deadline, "the reveal ledger")
+            .await?
+        {
             PeerResult::Allowance(a) => Ok(a),
             PeerResult::Status(s) => Err(Error::Remote(tonic::Code::from(s.code), s.message)),
             _ => Err(unexpected(to)),
@@ -160,7 +176,10 @@ impl PeerClient {
             layout: Some(layout),
         });
         let what = format!("the previous owner of partition {p}");
-        match self.exchange(from, body, Instant::now() + PULL_TIMEOUT, &what).await? {
+        match self
+            .exchange(from, body, Instant::now() + PULL_TIMEOUT, &what)
+            .await?
+        {
             PeerResult::Partition(data) => Ok(data),
             PeerResult::Status(s) if s.moved => Err(Error::Moved(s.message)),
             PeerResult::Status(s) => Err(Error::Remote(tonic::Code::from(s.code), s.message)),
@@ -199,7 +218,10 @@ impl PeerClient {
     /// Whether `to` answers at all.
     pub async fn ping(&self, to: &Member) -> Result<(), Error> {
         let deadline = Instant::now() + PING_TIMEOUT;
-        match self.exchange(to, Body::Ping(Ping {}), deadline, "a member").await? {
+        match self
+            .exchange(to, Body::Ping(Ping {}), deadline, "a member")
+            .await?
+        {
             PeerResult::Pong(_) => Ok(()),
             _ => Err(unexpected(to)),
         }

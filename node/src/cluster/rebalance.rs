@@ -728,7 +728,9 @@ impl PeerService for Rebalance {
                         Err(e) => Err(e.into()),
                     }
                 }
-                _ => Err(Error::Unavailable("rebalance does not serve that message".into())),
+                _ => Err(Error::Unavailable(
+                    "rebalance does not serve that message".into(),
+                )),
             }
         })
     }

@@ -13,9 +13,9 @@
 //! are made by `rebalance`, which persists them first and keeps [`Moving`] up to date.
 
 use crate::cluster::layout::{Layout, LayoutError, Member};
-use crate::security::control_key::ControlPublicKey;
 use crate::cluster::peer::PeerClient;
 use crate::domain::ids::Partition;
+use crate::security::control_key::ControlPublicKey;
 use crate::security::proof::ProofVerifier;
 use mesh_proto::v1::SignedLayout;
 use std::collections::BTreeSet;

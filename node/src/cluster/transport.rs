@@ -14,9 +14,9 @@
 //! - A peer that fails is retried with exponential backoff (100 ms doubling to 5 s); until then
 //!   requests for it fail fast with `Unavailable` instead of hanging to their deadline.
 
+use crate::cluster::layout::Member;
 use crate::cluster::link_filter::{LinkFilter, Verdict};
 use crate::security::identity::Identity;
-use crate::cluster::layout::Member;
 use crate::security::tls::{self, TlsError};
 use crate::security::trust::Trust;
 use mesh_proto::v1::{PeerRequest, PeerResponse};

@@ -70,9 +70,7 @@ impl ControlPublicKey {
             .ok_or_else(|| KeyFileError("missing prefix".into()))?;
         let bytes = hex::decode(h).map_err(|_| KeyFileError("not hex".into()))?;
         if bytes.len() != 32 {
-            return Err(KeyFileError(
-                "an Ed25519 public key has 32 bytes".into(),
-            ));
+            return Err(KeyFileError("an Ed25519 public key has 32 bytes".into()));
         }
         Ok(ControlPublicKey(bytes))
     }
@@ -84,4 +82,3 @@ impl ControlPublicKey {
             .is_ok()
     }
 }
-

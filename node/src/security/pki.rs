@@ -277,7 +277,9 @@ impl CertificateAuthority {
     }
 
     /// The control key saved beside this CA in `dir`.
-    pub fn load_control_key(dir: &Path) -> Result<crate::security::control_key::ControlKey, PkiError> {
+    pub fn load_control_key(
+        dir: &Path,
+    ) -> Result<crate::security::control_key::ControlKey, PkiError> {
         let path = dir.join(CONTROL_KEY_FILE);
         let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
         crate::security::control_key::ControlKey::parse(&text).map_err(|e| PkiError::Io {

@@ -15,6 +15,7 @@
 //! identity. A forwarding node therefore cannot invent a request, change one, or change its role;
 //! holding only its own node key it cannot sign as any client.
 
+use crate::domain::clock::now_ms;
 use crate::security::identity::{Identity, IdentityError};
 use aws_lc_rs::{digest, rand, signature};
 use base64::Engine as _;
@@ -25,7 +26,6 @@ use rustls_pki_types::{CertificateDer, UnixTime, pem::PemObject as _};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use crate::domain::clock::now_ms;
 use std::time::Duration;
 
 /// gRPC metadata key carrying the proof.
@@ -227,8 +227,8 @@ impl ProofVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::security::pki::{CertificateAuthority, LeafSpec};
     use crate::access::policy::Role;
+    use crate::security::pki::{CertificateAuthority, LeafSpec};
 
     fn setup() -> (ProofVerifier, Signer, Vec<u8>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
@@ -244,7 +244,8 @@ mod tests {
             .write(dir.path(), "c")
             .unwrap();
         std::fs::write(dir.path().join("ca.pem"), ca.cert_pem()).unwrap();
-        let m = crate::security::tls::TlsMaterial::load(&dir.path().join("ca.pem"), &cert, &key).unwrap();
+        let m = crate::security::tls::TlsMaterial::load(&dir.path().join("ca.pem"), &cert, &key)
+            .unwrap();
         let verifier = crate::security::tls::client_verifier(&m.roots).unwrap();
         (
             ProofVerifier::new(verifier),

@@ -22,8 +22,8 @@
 //! expired, or not matching the key) is refused as a whole and the running generation stays.
 
 use crate::security::identity::Identity;
-use crate::telemetry::metrics::TlsMetrics;
 use crate::security::tls::{self, TlsError};
+use crate::telemetry::metrics::TlsMetrics;
 use rustls::client::ResolvesClientCert;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -310,7 +310,13 @@ impl Trust {
         let generation = Trust::build(&files, &node, &inputs, 1)?;
         if let Some(m) = &metrics {
             let s = &generation.status;
-            m.observe(s.cert_not_after, s.ca_not_after, s.trusted_cas, s.revoked, true);
+            m.observe(
+                s.cert_not_after,
+                s.ca_not_after,
+                s.trusted_cas,
+                s.revoked,
+                true,
+            );
         }
         Ok(Arc::new(Trust {
             files,
@@ -356,7 +362,13 @@ impl Trust {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = error;
         if let Some(m) = &self.metrics {
             let s = &self.current().status;
-            m.observe(s.cert_not_after, s.ca_not_after, s.trusted_cas, s.revoked, result.is_ok());
+            m.observe(
+                s.cert_not_after,
+                s.ca_not_after,
+                s.trusted_cas,
+                s.revoked,
+                result.is_ok(),
+            );
         }
         result
     }

@@ -15,8 +15,8 @@
 //!   clear, and the node's KEK can no longer find them).
 
 use super::{Hash, StorageError, Store, body, keys, versioned};
-use crate::security::crypto::TransferKey;
 use crate::domain::ids::{OrderId, Partition, partition_of};
+use crate::security::crypto::TransferKey;
 use mesh_proto::v1::Order;
 use prost::Message as _;
 use std::collections::BTreeMap;
@@ -233,8 +233,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::security::crypto::{NodeKeys, generate_key_file};
     use crate::domain::ids::ContactHandle;
+    use crate::security::crypto::{NodeKeys, generate_key_file};
     use mesh_proto::v1::Customer;
     use std::sync::Arc;
 
@@ -415,7 +415,8 @@ mod tests {
         assert_eq!(b.inventory().expect("inv").orders, 0);
 
         let mut export = a.export_partition(p).expect("export");
-        export.partition = Partition::new((p.get() + 1) % crate::domain::ids::PARTITIONS).expect("p");
+        export.partition =
+            Partition::new((p.get() + 1) % crate::domain::ids::PARTITIONS).expect("p");
         assert!(matches!(
             b.import_partition(&export, false).await,
             Err(StorageError::Rejected(_))

@@ -13,8 +13,8 @@
 //! `H` is HMAC-SHA256 under the node's index key, with a domain per kind of value. The separate
 //! `meta` tree holds the format version and the key check.
 
-use crate::security::crypto::NodeKeys;
 use crate::domain::ids::Partition;
+use crate::security::crypto::NodeKeys;
 
 pub const HASH_LEN: usize = 32;
 pub type Hash = [u8; HASH_LEN];

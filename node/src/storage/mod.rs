@@ -10,8 +10,8 @@ pub mod commit;
 pub mod handoff;
 pub mod keys;
 
-use crate::security::crypto::{CryptoError, DataKey, NodeKeys};
 use crate::domain::ids::{ContactHandle, OrderId, Partition, partition_of};
+use crate::security::crypto::{CryptoError, DataKey, NodeKeys};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use commit::{FlushObserver, GroupCommit};

@@ -42,7 +42,6 @@ pub struct MethodLabels {
     pub method: &'static str,
 }
 
-
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InfoLabels {
     node_id: String,
@@ -326,7 +325,6 @@ pub fn prometheus_text(openmetrics: &str) -> String {
     flush_help(&mut out, &mut help);
     out
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -21,9 +21,9 @@
 //! recorded either (only their code). `tests/tests/telemetry.rs` sends known PII through a real
 //! mesh and searches everything the collector receives for it.
 
-use crate::error::Error;
-use crate::domain::ids::Partition;
 use crate::access::policy::{Method, Role};
+use crate::domain::ids::Partition;
+use crate::error::Error;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;

@@ -248,9 +248,7 @@ impl Gateway {
     async fn entry<C: Call>(&self, req: Request<C::Req>) -> Result<C::Resp, Error> {
         let mut access = Access::default();
         let result = self.entry_routed::<C>(req, &mut access).await;
-        self.recorder
-            .record(C::METHOD.path(), access, result)
-            .await
+        self.recorder.record(C::METHOD.path(), access, result).await
     }
 
     async fn entry_routed<C: Call>(
@@ -339,7 +337,8 @@ impl Gateway {
     /// A request forwarded by a peer. The owner keeps its one audit record, refusals included.
     async fn forwarded(&self, from: &str, call: ForwardedCall) -> Result<Vec<u8>, Error> {
         // Only known method names reach the trail: a peer cannot write arbitrary strings into it.
-        let method = Method::from_path(&call.method).map_or("unknown-forwarded-method", |m| m.path());
+        let method =
+            Method::from_path(&call.method).map_or("unknown-forwarded-method", |m| m.path());
         let mut access = Access::default();
         let result = self.forwarded_inner(from, call, &mut access).await;
         // Sent back unopened because its partition is moving: nothing was touched, no caller was
@@ -390,7 +389,12 @@ impl Gateway {
             if let Route::Relay(previous) = self.mesh.route(p, true) {
                 // Anything but a definite refusal may have run there, so it must not run here too.
                 let deadline = Instant::now() + self.forward_timeout;
-                match self.mesh.peers.relay(&previous, call.clone(), deadline, p).await {
+                match self
+                    .mesh
+                    .peers
+                    .relay(&previous, call.clone(), deadline, p)
+                    .await
+                {
                     Err(Error::Moved(_)) => {}
                     answer => {
                         access.forwarded = matches!(answer, Ok(_) | Err(Error::Remote(..)));
@@ -434,7 +438,9 @@ impl PeerService for Gateway {
         Box::pin(async move {
             match body {
                 Body::Call(call) => Ok(PeerResult::Response(self.forwarded(&from, call).await?)),
-                _ => Err(Error::Unavailable("the gateway does not serve that message".into())),
+                _ => Err(Error::Unavailable(
+                    "the gateway does not serve that message".into(),
+                )),
             }
         })
     }

@@ -11,9 +11,9 @@
 
 pub mod assign;
 
-use crate::security::identity::is_valid_name;
 use crate::domain::ids::{PARTITIONS, Partition};
 use crate::security::control_key::{ControlKey, ControlPublicKey, KeyFileError};
+use crate::security::identity::is_valid_name;
 use mesh_proto::v1 as pb;
 use prost::Message as _;
 use std::collections::BTreeMap;
@@ -288,7 +288,10 @@ impl Layout {
         signed: &pb::SignedLayout,
         key: &ControlPublicKey,
     ) -> Result<Layout, LayoutError> {
-        if !key.verifies(&[SIGNING_CONTEXT, &signed.layout].concat(), &signed.signature) {
+        if !key.verifies(
+            &[SIGNING_CONTEXT, &signed.layout].concat(),
+            &signed.signature,
+        ) {
             return Err(LayoutError::BadSignature);
         }
         let proto =

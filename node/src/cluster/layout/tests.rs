@@ -132,7 +132,10 @@ fn partition_hash_is_pinned() {
     // A change to these values re-homes every customer of every mesh: it needs a migration.
     // Values computed independently (FNV-1a 64 then the murmur3 finaliser, in Python).
     assert_eq!(crate::domain::hash::hash_bytes(b""), 0xefd0_1f60_ba99_2926);
-    assert_eq!(crate::domain::hash::hash_bytes(b"n1"), 0xf5c0_8557_ac1e_5104);
+    assert_eq!(
+        crate::domain::hash::hash_bytes(b"n1"),
+        0xf5c0_8557_ac1e_5104
+    );
 }
 
 proptest! {

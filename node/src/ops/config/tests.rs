@@ -1,5 +1,8 @@
 //! Unit tests of `config`.
 
+use super::collect::Collect;
+use super::file::{FileAccess, FileTelemetry};
+use super::sections::{access_rules, telemetry_settings};
 use super::*;
 
 #[test]
@@ -49,7 +52,10 @@ fn access_settings_are_checked_and_named() {
         errors: Vec::new(),
     };
     let rules = access_rules(&mut c, FileAccess::default());
-    assert_eq!(rules.require_purpose, vec![crate::access::policy::Role::Support]);
+    assert_eq!(
+        rules.require_purpose,
+        vec![crate::access::policy::Role::Support]
+    );
     for needle in [
         "access.contact_grace",
         "access.reveal_limit",
