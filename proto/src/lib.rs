@@ -2,7 +2,8 @@
 //!
 //! - [`dsm::v1`]: the public gateway API (`OrderGateway`) and the order data model.
 //! - [`dsm::bench::v1`]: an echo service used only by the benchmark as a transport ceiling.
-//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, served by gRPC server reflection.
+//! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors of what a node serves (`dsm.v1` only), for
+//!   gRPC server reflection.
 
 #![allow(missing_docs, clippy::all, missing_debug_implementations)]
 
@@ -17,7 +18,8 @@ pub mod dsm {
     }
 }
 
-/// Every message and service of this crate, encoded, for `tonic-reflection`.
+/// The `dsm.v1` messages and services, encoded, for `tonic-reflection` (the bench echo is left out:
+/// no node serves it).
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("dsm_descriptor");
 
 pub use dsm::v1;

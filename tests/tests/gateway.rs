@@ -589,6 +589,14 @@ async fn health_reflection_and_ops_port() {
             names.contains(&"dsm.v1.OrderGateway".to_owned()),
             "{names:?}"
         );
+        // Reflection lists only what the node serves: no benchmark service, no internal protocol.
+        let served = ["dsm.v1.OrderGateway", "dsm.v1.Admin", "dsm.v1.Audit"];
+        for name in &names {
+            assert!(
+                served.contains(&name.as_str()) || name.starts_with("grpc."),
+                "reflection lists `{name}`, which this node does not serve: {names:?}"
+            );
+        }
 
         assert_eq!(node.ops_get("/healthz").0, 200);
         assert_eq!(node.ops_get("/readyz").0, 200);
