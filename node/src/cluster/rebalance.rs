@@ -32,25 +32,24 @@
 //! [`Error::Moved`], which the gateway retries after routing again, within the request's deadline.
 
 use crate::cluster::dispatch::{Kind, PeerService};
-use crate::cluster::layout::{Layout, LayoutError, Member};
+use crate::cluster::layout::{LayoutError, Member};
 use crate::cluster::routing::{Mesh, Moving, Route};
 use crate::domain::ids::{PARTITIONS, Partition};
 use crate::error::Error;
-use crate::storage::handoff::{CustomerExport, PartitionExport};
 use crate::storage::{SavedLayout, StorageError, Store};
 use crate::telemetry::metrics::RebalanceMetrics;
 use mesh_proto::v1::peer_request::Body;
 use mesh_proto::v1::peer_response::Result as PeerResult;
 use mesh_proto::v1::{
     HandoffAnswer, HandoffPull, HandoffQuery, Holding, PartitionData, PartitionHolding, Ping,
-    RebalanceStatus, SealedOrder, SignedLayout, TransferredCustomer,
+    RebalanceStatus, SignedLayout,
 };
 use prost::Message as _;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 use tokio_util::sync::CancellationToken;
 /// How often the background task looks for work when nothing wakes it.
@@ -82,80 +81,6 @@ impl From<ApplyError> for Error {
     }
 }
 
-/// What a node does with a new layout: the partitions it gains (pending until received).
-/// `pending_now` is how many partitions of the current change it has yet to receive or shred.
-pub fn plan(
-    node_id: &str,
-    current: Option<&Layout>,
-    next: &Layout,
-    pending_now: usize,
-) -> Result<Vec<Partition>, LayoutError> {
-    next.may_replace(current)?;
-    if pending_now > 0 {
-        return Err(LayoutError::InTransition {
-            offered: next.version,
-            current: current.map_or(0, |c| c.version),
-            pending: pending_now,
-        });
-    }
-    match current {
-        Some(c) => Ok(next
-            .moves_from(c)
-            .filter(|p| next.owner_of(*p).node_id == node_id)
-            .collect()),
-        // A mesh's first layout moves nothing. A node with no history that a later layout gives
-        // partitions cannot know where their data is, so it must not serve them empty.
-        None if next.version > 1 && !next.partitions_of(node_id).is_empty() => {
-            Err(LayoutError::NoHistory {
-                offered: next.version,
-            })
-        }
-        None => Ok(Vec::new()),
-    }
-}
-
-/// A token bucket over bytes: background pulls wait for tokens, pulls a request needs take them
-/// without waiting (they may drive the balance negative, delaying the background).
-#[derive(Debug)]
-struct Throttle {
-    rate: f64,
-    state: Mutex<(f64, Instant)>,
-}
-
-impl Throttle {
-    fn new(rate: u64) -> Throttle {
-        Throttle {
-            rate: rate as f64,
-            state: Mutex::new((rate as f64, Instant::now())),
-        }
-    }
-
-    fn balance(&self, spend: f64) -> f64 {
-        let mut s = self
-            .state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Instant::now();
-        s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * self.rate).min(self.rate) - spend;
-        s.1 = now;
-        s.0
-    }
-
-    fn charge(&self, bytes: usize) {
-        self.balance(bytes as f64);
-    }
-
-    async fn ready(&self) {
-        loop {
-            let balance = self.balance(0.0);
-            if balance >= 0.0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_secs_f64(-balance / self.rate)).await;
-        }
-    }
-}
-
 /// This node's side of every rebalance.
 #[derive(Debug)]
 pub struct Rebalance {
@@ -171,89 +96,6 @@ pub struct Rebalance {
     throttle: Throttle,
     rate: u64,
     wake: tokio::sync::Notify,
-}
-
-/// The layout state a node starts with: its stored layouts, moved on to the configured layout file
-/// if that is newer (by the same rule as a runtime apply).
-pub async fn initial_layouts(
-    node_id: &str,
-    store: &Store,
-    key: Option<&crate::security::control_key::ControlPublicKey>,
-    configured: Option<&SignedLayout>,
-) -> Result<(Option<crate::cluster::routing::Layouts>, Vec<Partition>), LayoutError> {
-    let decode = |bytes: &[u8]| -> Result<(Layout, SignedLayout), LayoutError> {
-        let signed = SignedLayout::decode(bytes).map_err(|_| LayoutError::Decode)?;
-        let key = key.ok_or_else(|| {
-            LayoutError::Invalid(
-                "a layout is stored but no control_public_key is configured".into(),
-            )
-        })?;
-        Ok((Layout::verify(&signed, key)?, signed))
-    };
-    let saved = store
-        .saved_layout()
-        .map_err(|e| LayoutError::Invalid(format!("reading the stored layout: {e}")))?;
-    let (mut layouts, mut pending) = match saved {
-        None => (None, Vec::new()),
-        Some(saved) => {
-            let (current, signed) = decode(&saved.current)?;
-            let previous = match &saved.previous {
-                Some(bytes) => Some(Arc::new(decode(bytes)?.0)),
-                None => None,
-            };
-            (
-                Some(crate::cluster::routing::Layouts {
-                    current: Arc::new(current),
-                    signed,
-                    previous,
-                }),
-                saved.pending,
-            )
-        }
-    };
-    if let Some(signed) = configured {
-        let key = key.ok_or_else(|| {
-            LayoutError::Invalid("layout_file needs control_public_key to verify it".into())
-        })?;
-        let next = Layout::verify(signed, key)?;
-        let mut current = layouts.as_ref().map(|l| l.current.clone());
-        // A node that left the mesh (it owns nothing in its stored layout, holds no data and
-        // expects none) may come back on a layout any number of versions later: it has nothing to
-        // reconcile, so it starts as a node without history.
-        let gone = current.as_ref().is_some_and(|c| {
-            next.version > c.version + 1
-                && c.partitions_of(node_id).is_empty()
-                && pending.is_empty()
-        });
-        if gone
-            && store
-                .partitions_present()
-                .map_err(|e| LayoutError::Invalid(format!("reading the store: {e}")))?
-                .is_empty()
-        {
-            current = None;
-            layouts = None;
-        }
-        if current.as_ref().is_none_or(|c| next.version > c.version) {
-            let gained = plan(node_id, current.as_deref(), &next, pending.len())?;
-            let saved = SavedLayout {
-                current: signed.encode_to_vec(),
-                previous: layouts.as_ref().map(|l| l.signed.encode_to_vec()),
-                pending: gained.clone(),
-            };
-            store
-                .save_layout(&saved)
-                .await
-                .map_err(|e| LayoutError::Invalid(format!("persisting the layout: {e}")))?;
-            layouts = Some(crate::cluster::routing::Layouts {
-                current: Arc::new(next),
-                signed: signed.clone(),
-                previous: current,
-            });
-            pending = gained;
-        }
-    }
-    Ok((layouts, pending))
 }
 
 fn moved(p: Partition, owner: &Member) -> Error {
@@ -736,57 +578,13 @@ impl PeerService for Rebalance {
     }
 }
 
-fn to_wire(export: &PartitionExport) -> PartitionData {
-    PartitionData {
-        partition: u32::from(export.partition.get()),
-        customers: export
-            .customers
-            .iter()
-            .map(|c| TransferredCustomer {
-                data_key: c.data_key.to_wire(),
-                orders: c
-                    .orders
-                    .iter()
-                    .map(|(storage_key, sealed)| SealedOrder {
-                        storage_key: storage_key.clone(),
-                        sealed: sealed.clone(),
-                    })
-                    .collect(),
-            })
-            .collect(),
-    }
-}
+mod plan;
+mod throttle;
+mod wire;
 
-/// The export in a handoff message, which must be for partition `p`. The raw key bytes in the
-/// message are wiped as they are taken.
-fn from_wire(p: Partition, mut data: PartitionData) -> Result<PartitionExport, Error> {
-    if data.partition != u32::from(p.get()) {
-        return Err(Error::Unavailable(format!(
-            "asked for partition {p}, received partition {}",
-            data.partition
-        )));
-    }
-    let mut customers = Vec::with_capacity(data.customers.len());
-    for c in &mut data.customers {
-        let key = crate::security::crypto::TransferKey::from_bytes(&c.data_key);
-        c.data_key.fill(0);
-        std::hint::black_box(&c.data_key);
-        let data_key = key.ok_or_else(|| {
-            Error::Unavailable(format!("partition {p} arrived with a malformed data key"))
-        })?;
-        customers.push(CustomerExport {
-            data_key,
-            orders: std::mem::take(&mut c.orders)
-                .into_iter()
-                .map(|o| (o.storage_key, o.sealed))
-                .collect(),
-        });
-    }
-    Ok(PartitionExport {
-        partition: p,
-        customers,
-    })
-}
+pub use plan::{initial_layouts, plan};
+use throttle::Throttle;
+use wire::{from_wire, to_wire};
 
 #[cfg(test)]
 mod tests;

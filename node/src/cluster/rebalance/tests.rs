@@ -1,7 +1,9 @@
 //! Unit tests of `rebalance`.
 
 use super::*;
+use crate::cluster::layout::Layout;
 use crate::cluster::layout::Member;
+use std::time::Instant;
 
 fn members(n: usize) -> Vec<Member> {
     (1..=n)
