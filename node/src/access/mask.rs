@@ -41,7 +41,7 @@ pub fn name(name: &str) -> String {
 }
 
 /// `Ravi Kumar` -> `Ravi`: enough to greet the buyer in a message, not to identify them.
-pub fn first_name(name: &str) -> String {
+pub(crate) fn first_name(name: &str) -> String {
     name.split_whitespace()
         .next()
         .unwrap_or_default()

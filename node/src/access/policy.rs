@@ -132,7 +132,7 @@ impl Method {
         }
     }
 
-    pub fn from_path(path: &str) -> Option<Method> {
+    pub(crate) fn from_path(path: &str) -> Option<Method> {
         Method::ALL.into_iter().find(|m| m.path() == path)
     }
 }
@@ -227,7 +227,7 @@ impl Field {
         }
     }
 
-    pub fn from_path(path: &str) -> Option<Field> {
+    pub(crate) fn from_path(path: &str) -> Option<Field> {
         Field::ALL.into_iter().find(|f| f.path() == path)
     }
 
@@ -244,7 +244,7 @@ impl Field {
 
     /// Whether the field identifies or reaches the buyer (the fields sealed as PII, and the
     /// handle that stands in for the phone).
-    pub fn is_buyer_field(self) -> bool {
+    pub(crate) fn is_buyer_field(self) -> bool {
         matches!(
             self,
             Field::CustomerId
@@ -603,7 +603,7 @@ pub static ROLE_TABLE: &[RolePolicy] = &[
 ];
 
 /// The row of `role`. Every role has exactly one row (checked by a unit test).
-pub fn policy_of(role: Role) -> &'static RolePolicy {
+pub(crate) fn policy_of(role: Role) -> &'static RolePolicy {
     ROLE_TABLE
         .iter()
         .find(|p| p.role == role)
@@ -640,18 +640,18 @@ pub fn window(role: Role) -> Window {
 }
 
 /// Whether `role` may reveal `field` with `RevealField`.
-pub fn may_reveal(role: Role, field: Field) -> bool {
+pub(crate) fn may_reveal(role: Role, field: Field) -> bool {
     policy_of(role).reveal.contains(&field)
 }
 
 /// Whether `role` may move an order to `status`.
-pub fn may_set_status(role: Role, status: OrderStatus) -> bool {
+pub(crate) fn may_set_status(role: Role, status: OrderStatus) -> bool {
     policy_of(role).statuses.contains(&status)
 }
 
 /// Roles that see no buyer field at all must not send one either: a request from them that
 /// carries or asks for a buyer field is refused at the interface.
-pub fn sees_no_buyer_field(role: Role) -> bool {
+pub(crate) fn sees_no_buyer_field(role: Role) -> bool {
     Field::ALL
         .into_iter()
         .filter(|f| f.is_buyer_field())

@@ -25,7 +25,7 @@ pub fn project(order: &Order, role: Role, at: At) -> Order {
 
 /// As [`project`], restricted to `only` when given (a client's field mask): other fields are
 /// withheld. The caller has checked that `role` may see every field in `only`.
-pub fn project_fields(order: &Order, role: Role, at: At, only: Option<&[Field]>) -> Order {
+pub(crate) fn project_fields(order: &Order, role: Role, at: At, only: Option<&[Field]>) -> Order {
     let mut out = Order {
         order_id: order.order_id.clone(),
         created_at: order.created_at,
@@ -98,7 +98,11 @@ fn items<'a>(src: &Order, o: &'a mut Order) -> &'a mut [LineItem] {
 
 /// The text of a buyer field, given the order's customer id and customer; `None` for fields that
 /// are not buyer text. The one place that maps buyer fields to where they live in the proto.
-pub fn buyer_text<'a>(customer_id: &'a str, c: &'a Customer, field: Field) -> Option<&'a str> {
+pub(crate) fn buyer_text<'a>(
+    customer_id: &'a str,
+    c: &'a Customer,
+    field: Field,
+) -> Option<&'a str> {
     let a = c.address.as_ref();
     let line = |pick: fn(&Address) -> &String| a.map_or("", |a| pick(a).as_str());
     Some(match field {
@@ -193,7 +197,7 @@ fn copy(field: Field, src: &Source<'_>, out: &mut Order) {
 }
 
 /// The stored value of one buyer field, unmasked (for `RevealField`); empty for other fields.
-pub fn value_of(order: &Order, field: Field) -> String {
+pub(crate) fn value_of(order: &Order, field: Field) -> String {
     let empty = Customer::default();
     let c = order.customer.as_ref().unwrap_or(&empty);
     buyer_text(&order.customer_id, c, field)

@@ -62,7 +62,7 @@ fn before_grace_end(order: &Order, now: SystemTime, grace: Duration) -> bool {
 }
 
 /// Whether a role with `window` sees this order's buyer fields at `now`.
-pub fn in_window(order: &Order, window: Window, now: SystemTime, grace: Duration) -> bool {
+pub(crate) fn in_window(order: &Order, window: Window, now: SystemTime, grace: Duration) -> bool {
     match window {
         Window::Always => true,
         Window::UntilClosed => before_grace_end(order, now, grace),
@@ -77,12 +77,12 @@ pub fn in_window(order: &Order, window: Window, now: SystemTime, grace: Duration
 }
 
 /// Until when the order's contact handle resolves: `None` while the order is open.
-pub fn handle_valid_until(order: &Order, grace: Duration) -> Option<SystemTime> {
+pub(crate) fn handle_valid_until(order: &Order, grace: Duration) -> Option<SystemTime> {
     closed_at(order).map(|closed| closed + grace)
 }
 
 /// Whether the order's contact handle still resolves at `now`.
-pub fn handle_resolves(order: &Order, now: SystemTime, grace: Duration) -> bool {
+pub(crate) fn handle_resolves(order: &Order, now: SystemTime, grace: Duration) -> bool {
     before_grace_end(order, now, grace)
 }
 
@@ -97,7 +97,7 @@ pub fn closes(status: OrderStatus) -> bool {
 /// A sliding-window limit on reveals per principal. Each principal keeps at most `limit`
 /// timestamps; principals with nothing inside the window are dropped as the map grows.
 #[derive(Debug)]
-pub struct RevealLimiter {
+pub(crate) struct RevealLimiter {
     limit: u32,
     window: Duration,
     seen: Mutex<HashMap<String, VecDeque<SystemTime>>>,
@@ -105,7 +105,7 @@ pub struct RevealLimiter {
 
 /// The limit is reached; the next reveal is possible after `retry_after`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Exhausted {
+pub(crate) struct Exhausted {
     pub limit: u32,
     pub window: Duration,
     pub retry_after: Duration,

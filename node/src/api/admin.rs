@@ -19,7 +19,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 #[derive(Debug, Clone)]
-pub struct AdminService {
+pub(crate) struct AdminService {
     mesh: Arc<Mesh>,
     rebalance: Arc<Rebalance>,
     recorder: Recorder,
@@ -27,10 +27,10 @@ pub struct AdminService {
 }
 
 pub const APPLY_LAYOUT: &str = "/dsm.v1.Admin/ApplyLayout";
-pub const GET_STATUS: &str = "/dsm.v1.Admin/GetStatus";
-pub const GET_LAYOUT: &str = "/dsm.v1.Admin/GetLayout";
-pub const GET_REBALANCE: &str = "/dsm.v1.Admin/GetRebalance";
-pub const RELOAD_TLS: &str = "/dsm.v1.Admin/ReloadTls";
+pub(crate) const GET_STATUS: &str = "/dsm.v1.Admin/GetStatus";
+pub(crate) const GET_LAYOUT: &str = "/dsm.v1.Admin/GetLayout";
+pub(crate) const GET_REBALANCE: &str = "/dsm.v1.Admin/GetRebalance";
+pub(crate) const RELOAD_TLS: &str = "/dsm.v1.Admin/ReloadTls";
 
 impl AdminService {
     pub fn new(

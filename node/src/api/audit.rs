@@ -29,10 +29,10 @@ pub const QUERY: &str = "/dsm.v1.Audit/Query";
 pub const WATCH: &str = "/dsm.v1.Audit/Watch";
 /// Every audit method's path starts with this (the forwarded calls registered with `dispatch`).
 const SERVICE_PREFIX: &str = "/dsm.v1.Audit/";
-pub const MAX_RESULTS: u32 = 100_000;
+pub(crate) const MAX_RESULTS: u32 = 100_000;
 
 #[derive(Debug, Clone)]
-pub struct AuditService {
+pub(crate) struct AuditService {
     /// The node's trail: read by queries, and where each query is itself recorded.
     recorder: Recorder,
     mesh: Arc<Mesh>,
@@ -90,7 +90,7 @@ impl AuditService {
     }
 
     /// Registers the audit calls other nodes forward (a mesh-wide query's part on this node).
-    pub fn register(&self, dispatch: &Dispatch) {
+    pub(crate) fn register(&self, dispatch: &Dispatch) {
         dispatch.register(Kind::Call(SERVICE_PREFIX), Arc::new(self.clone()));
     }
 

@@ -21,7 +21,7 @@ use tonic::Request;
 
 /// What a caller asks to do.
 #[derive(Debug, Clone, Copy)]
-pub enum Action<'a> {
+pub(crate) enum Action<'a> {
     /// Call a gateway method with a request carrying or asking for these buyer fields.
     Gateway(Method, &'a [Field]),
     /// Operate the mesh (`dsm.v1.Admin`).
@@ -32,14 +32,17 @@ pub enum Action<'a> {
 
 /// The authenticated, authorised caller of one request.
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub(crate) struct Caller {
     pub identity: Arc<Identity>,
     pub role: Role,
 }
 
 /// The certificate identity of a request that arrived on this node's TLS listener, noted in the
 /// request's audit record.
-pub fn tls_identity<T>(req: &Request<T>, access: &mut Access) -> Result<Arc<Identity>, Error> {
+pub(crate) fn tls_identity<T>(
+    req: &Request<T>,
+    access: &mut Access,
+) -> Result<Arc<Identity>, Error> {
     let info = req.extensions().get::<PeerInfo>().ok_or_else(|| {
         Error::Unauthenticated("no verified client certificate on this connection".into())
     })?;
@@ -54,7 +57,7 @@ pub fn tls_identity<T>(req: &Request<T>, access: &mut Access) -> Result<Arc<Iden
 
 /// The client behind a request forwarded by node `from`, from its end-to-end proof (which spends
 /// its nonce), noted in the request's audit record.
-pub fn proof_identity(
+pub(crate) fn proof_identity(
     mesh: &Mesh,
     from: &str,
     call: &ForwardedCall,
@@ -74,7 +77,7 @@ pub fn proof_identity(
 }
 
 /// May `identity` do `action` in the mesh of `trust_domain`?
-pub fn authorize(
+pub(crate) fn authorize(
     trust_domain: &str,
     identity: Arc<Identity>,
     action: Action<'_>,
@@ -123,7 +126,7 @@ pub fn authorize(
 
 /// Authenticates a request on this node's TLS listener and authorises `action`: the one entry
 /// check of every service. The caller is noted in `access` even when refused.
-pub fn admit<T>(
+pub(crate) fn admit<T>(
     mesh: &Mesh,
     req: &Request<T>,
     action: Action<'_>,
@@ -136,7 +139,7 @@ pub fn admit<T>(
 /// A request of this node's client, made ready to be served by another node: its method, its
 /// encoded body, and the client's end-to-end proof (header `x-dsm-proof`) with the certificate
 /// chain the client presented here. `missing` says why a request without a proof cannot go.
-pub fn forwarded_call<T: prost::Message>(
+pub(crate) fn forwarded_call<T: prost::Message>(
     req: &Request<T>,
     method: &str,
     missing: impl FnOnce() -> Error,

@@ -39,7 +39,7 @@ pub async fn connect(
     connect_with(addr, server_name, tls).await
 }
 
-pub async fn connect_with(
+pub(crate) async fn connect_with(
     addr: SocketAddr,
     server_name: &str,
     tls: Arc<ClientConfig>,

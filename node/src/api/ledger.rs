@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug)]
-pub struct RevealLedger {
+pub(crate) struct RevealLedger {
     mesh: Arc<Mesh>,
     /// The allowances of the principals homed on this node.
     limiter: RevealLimiter,
@@ -45,12 +45,12 @@ impl RevealLedger {
     }
 
     /// Registers the `Charge` peer message.
-    pub fn register(self: &Arc<Self>, dispatch: &Dispatch) {
+    pub(crate) fn register(self: &Arc<Self>, dispatch: &Dispatch) {
         dispatch.register(Kind::Charge, self.clone());
     }
 
     /// Takes one reveal from `principal`'s allowance; the reveals left.
-    pub async fn charge(&self, principal: &str) -> Result<u32, Error> {
+    pub(crate) async fn charge(&self, principal: &str) -> Result<u32, Error> {
         let allowance = match self.mesh.owner_elsewhere(partition_of(principal)) {
             None => self.limiter.take(principal, self.clock.now()),
             Some(home) => {

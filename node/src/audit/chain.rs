@@ -26,7 +26,8 @@ use aws_lc_rs::digest;
 use serde::{Deserialize, Serialize};
 
 pub const FORMAT: u32 = 1;
-pub const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub(crate) const ZERO_HASH: &str =
+    "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// One audit record. Field order here is the order on disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -63,7 +63,7 @@ fn io(e: impl std::fmt::Display) -> AuditError {
 
 /// What a caller records; the writer adds seq, time, node and chain link.
 #[derive(Debug, Clone, Default)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub principal: String,
     pub role: String,
     pub action: String,
@@ -84,7 +84,7 @@ enum Cmd {
 
 /// Handle to a node's audit log.
 #[derive(Debug, Clone)]
-pub struct AuditLog {
+pub(crate) struct AuditLog {
     /// Benchmarks only (`DSM_BENCH_AUDIT_OFF=1`): appends succeed without writing anything.
     off: bool,
     tx: mpsc::UnboundedSender<Cmd>,
@@ -93,7 +93,7 @@ pub struct AuditLog {
 }
 
 /// Signs checkpoints with the node's key and names the node's certificate.
-pub struct CheckpointSigner {
+pub(crate) struct CheckpointSigner {
     pub signer: Signer,
     pub cert_der: Vec<u8>,
     /// When set, the signer follows the node's live credentials: after a certificate rotation the
@@ -196,7 +196,7 @@ pub fn segments(dir: &Path) -> Result<Vec<u64>, AuditError> {
 }
 
 /// Complete lines of a file (a torn last line without its newline is left out).
-pub fn read_lines(path: &Path) -> Result<Vec<Vec<u8>>, AuditError> {
+pub(crate) fn read_lines(path: &Path) -> Result<Vec<Vec<u8>>, AuditError> {
     let bytes = std::fs::read(path).map_err(io)?;
     let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
     Ok(bytes[..complete]
@@ -529,7 +529,7 @@ impl AuditLog {
     /// Turns recording off, for measuring what audit costs. Only in builds with the
     /// `bench-switches` feature (benchmarks); shipped binaries cannot do this.
     #[cfg(feature = "bench-switches")]
-    pub fn disable_for_benchmarks(&mut self) {
+    pub(crate) fn disable_for_benchmarks(&mut self) {
         tracing::warn!(
             "AUDIT IS OFF (DSM_BENCH_AUDIT_OFF=1): accesses are not recorded; benchmarks only"
         );
@@ -569,7 +569,7 @@ impl AuditLog {
 
 /// Records of the log in `dir` that match `keep`, oldest first, each with its line exactly as
 /// stored (a sequential scan).
-pub fn scan(
+pub(crate) fn scan(
     dir: &Path,
     mut keep: impl FnMut(&Record) -> bool,
 ) -> Result<Vec<(Record, String)>, AuditError> {

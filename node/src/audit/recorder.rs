@@ -57,7 +57,7 @@ impl Access {
 
 /// Records accesses in the node's audit log, fail closed.
 #[derive(Debug, Clone)]
-pub struct Recorder {
+pub(crate) struct Recorder {
     log: AuditLog,
 }
 

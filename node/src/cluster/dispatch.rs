@@ -21,7 +21,7 @@ use std::sync::{Arc, RwLock};
 
 /// The kinds of peer message, one per `PeerRequest.body` case a component can own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// A partition pull (`HandoffPull`).
     Pull,
     /// Which partitions a node holds (`HandoffQuery`).
@@ -36,7 +36,7 @@ pub enum Kind {
 }
 
 /// A component's handler for the peer messages it registered for.
-pub trait PeerService: Send + Sync + 'static {
+pub(crate) trait PeerService: Send + Sync + 'static {
     /// Answers `body` from the verified member `from`.
     fn serve(
         self: Arc<Self>,
@@ -49,7 +49,7 @@ type Handlers = Vec<(Kind, Arc<dyn PeerService>)>;
 
 /// The registry of peer-message handlers; the transport's one [`PeerHandler`].
 #[derive(Default)]
-pub struct Dispatch {
+pub(crate) struct Dispatch {
     handlers: RwLock<Handlers>,
 }
 
@@ -72,7 +72,7 @@ impl Dispatch {
     }
 
     /// Sends messages of `kind` to `service` from now on.
-    pub fn register(&self, kind: Kind, service: Arc<dyn PeerService>) {
+    pub(crate) fn register(&self, kind: Kind, service: Arc<dyn PeerService>) {
         self.handlers
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -5,7 +5,7 @@
 //! Built only with the `fault-injection` feature (like `fault`); without it [`LinkFilter`] is an
 //! empty type whose verdict is always [`Verdict::Pass`], and the variable's name is not in the
 //! binary. With it, `DSM_FAULT_LINKS=<file>` names a file the test writes and every node re-reads
-//! at most every `REREAD`: one rule a line for the link between two nodes, `cut <a> <b>` or
+//! at most every `armed::REREAD`: one rule a line for the link between two nodes, `cut <a> <b>` or
 //! `delay <a> <b> <ms>`; each node applies the rules it is one end of, so one file serves a whole
 //! mesh. An absent or empty file passes everything, so a test heals the partition by emptying it.
 //!
@@ -32,10 +32,10 @@ mod armed {
     use std::time::{Duration, Instant};
 
     /// How often the rules file is read again.
-    pub const REREAD: Duration = Duration::from_millis(50);
+    pub(crate) const REREAD: Duration = Duration::from_millis(50);
 
     #[derive(Debug, Default)]
-    pub struct LinkFilter {
+    pub(crate) struct LinkFilter {
         /// This node's id: rules name links by both ends.
         own: String,
         /// The rules file (`DSM_FAULT_LINKS`); `None`: no filter.
@@ -45,7 +45,7 @@ mod armed {
     }
 
     impl LinkFilter {
-        pub fn from_env(own: &str) -> LinkFilter {
+        pub(crate) fn from_env(own: &str) -> LinkFilter {
             LinkFilter {
                 own: own.to_owned(),
                 path: std::env::var_os("DSM_FAULT_LINKS").map(PathBuf::from),
@@ -100,16 +100,16 @@ mod armed {
 }
 
 #[cfg(feature = "fault-injection")]
-pub use armed::{LinkFilter, REREAD};
+pub(crate) use armed::LinkFilter;
 
 /// Without `fault-injection`: no filter at all.
 #[cfg(not(feature = "fault-injection"))]
 #[derive(Debug, Default)]
-pub struct LinkFilter;
+pub(crate) struct LinkFilter;
 
 #[cfg(not(feature = "fault-injection"))]
 impl LinkFilter {
-    pub fn from_env(_own: &str) -> LinkFilter {
+    pub(crate) fn from_env(_own: &str) -> LinkFilter {
         LinkFilter
     }
 

@@ -21,15 +21,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long a liveness probe (`mesh-ctl status`) waits for a peer.
-pub const PING_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long passing a new layout on to a member may take (best effort; pulls carry it too).
-pub const LAYOUT_PUSH_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const LAYOUT_PUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long asking a new owner which partitions it holds may take.
-pub const HOLDINGS_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const HOLDINGS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one member may take to answer its part of a mesh-wide audit query.
-pub const AUDIT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const AUDIT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one pull may take (export, transfer and answer of one partition).
-pub const PULL_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const PULL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Calls other nodes over the peer transport.
 #[derive(Debug, Clone)]
@@ -113,7 +113,7 @@ impl PeerClient {
 
     /// Passes a forwarded call on, unchanged (its proof is the client's, not this node's), to the
     /// previous owner of partition `p`, which serves it until it hands `p` over.
-    pub async fn relay(
+    pub(crate) async fn relay(
         &self,
         to: &Member,
         call: ForwardedCall,
@@ -144,7 +144,7 @@ impl PeerClient {
     }
 
     /// Takes one reveal from `principal`'s mesh-wide allowance, kept by `to`.
-    pub async fn charge(
+    pub(crate) async fn charge(
         &self,
         to: &Member,
         principal: &str,
@@ -188,7 +188,7 @@ impl PeerClient {
     }
 
     /// Asks the owner of some partitions whether it holds them yet.
-    pub async fn holdings(
+    pub(crate) async fn holdings(
         &self,
         to: &Member,
         partitions: Vec<u32>,
@@ -203,7 +203,7 @@ impl PeerClient {
     }
 
     /// Passes a signed layout on to a member.
-    pub async fn push_layout(&self, to: &Member, layout: SignedLayout) -> Result<(), Error> {
+    pub(crate) async fn push_layout(&self, to: &Member, layout: SignedLayout) -> Result<(), Error> {
         let body = Body::Layout(LayoutPush {
             layout: Some(layout),
         });

@@ -150,7 +150,7 @@ impl Rebalance {
     }
 
     /// Registers this component's peer messages: pulls, holdings queries and layouts.
-    pub fn register(self: &Arc<Self>, dispatch: &crate::cluster::dispatch::Dispatch) {
+    pub(crate) fn register(self: &Arc<Self>, dispatch: &crate::cluster::dispatch::Dispatch) {
         for kind in [Kind::Pull, Kind::Holdings, Kind::Layout] {
             dispatch.register(kind, self.clone());
         }
@@ -226,7 +226,7 @@ impl Rebalance {
 
     /// Passes the current layout on to every member of it and of the one before (best effort; a
     /// node that misses it gets it with the next pull or the next `mesh-ctl layout apply`).
-    pub fn announce(self: &Arc<Self>) {
+    pub(crate) fn announce(self: &Arc<Self>) {
         let Some(layouts) = self.mesh.layouts() else {
             return;
         };
@@ -271,7 +271,7 @@ impl Rebalance {
 
     /// Admits one request for partition `p`: the returned guard keeps the partition from being
     /// exported until the request is done.
-    pub async fn admit(&self, p: Partition) -> Result<OwnedRwLockReadGuard<()>, Error> {
+    pub(crate) async fn admit(&self, p: Partition) -> Result<OwnedRwLockReadGuard<()>, Error> {
         loop {
             self.ready(p).await?;
             let guard = self.gate(p).read_owned().await;
@@ -347,7 +347,11 @@ impl Rebalance {
     }
 
     /// Serves a pull from `from`, the partition's owner under the layout the pull carries.
-    pub async fn serve_pull(&self, from: &str, pull: HandoffPull) -> Result<PartitionData, Error> {
+    pub(crate) async fn serve_pull(
+        &self,
+        from: &str,
+        pull: HandoffPull,
+    ) -> Result<PartitionData, Error> {
         let p = u16::try_from(pull.partition)
             .ok()
             .and_then(Partition::new)
@@ -409,7 +413,7 @@ impl Rebalance {
     }
 
     /// Whether this node holds the partitions asked about (see [`Holding`]).
-    pub fn holdings(&self, query: &HandoffQuery) -> HandoffAnswer {
+    pub(crate) fn holdings(&self, query: &HandoffQuery) -> HandoffAnswer {
         let layouts = self.mesh.layouts();
         let holdings = query
             .partitions
@@ -442,7 +446,7 @@ impl Rebalance {
     }
 
     /// Deletes the copies this node no longer owns whose owners confirm they hold them.
-    pub async fn shred_leftovers(&self) {
+    pub(crate) async fn shred_leftovers(&self) {
         let Some(layout) = self.mesh.layout() else {
             return;
         };
@@ -582,7 +586,7 @@ mod plan;
 mod throttle;
 mod wire;
 
-pub use plan::{initial_layouts, plan};
+pub(crate) use plan::{initial_layouts, plan};
 use throttle::Throttle;
 use wire::{from_wire, to_wire};
 

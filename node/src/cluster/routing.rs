@@ -132,7 +132,7 @@ impl Mesh {
 
     /// The owner of partition `p` under the current layout, unless it is this node (or there is no
     /// layout, when every partition is this node's).
-    pub fn owner_elsewhere(&self, p: Partition) -> Option<Member> {
+    pub(crate) fn owner_elsewhere(&self, p: Partition) -> Option<Member> {
         let layout = self.layout()?;
         let owner = layout.owner_of(p);
         (owner.node_id != self.node_id).then(|| owner.clone())

@@ -67,7 +67,7 @@ pub trait PeerHandler: Send + Sync + 'static {
 }
 
 /// Decides whether a verified node id may talk to us (membership of the current layout).
-pub type Membership = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+pub(crate) type Membership = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 struct PeerState {
     connection: Option<quinn::Connection>,
@@ -120,7 +120,7 @@ fn peer_chain(
 }
 
 /// The node identity a QUIC connection's peer proved.
-pub fn peer_node(conn: &quinn::Connection) -> Option<Identity> {
+pub(crate) fn peer_node(conn: &quinn::Connection) -> Option<Identity> {
     Identity::from_certificate(peer_chain(conn)?.first()?).ok()
 }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch of `at` (0 before it, saturating far after it).
-pub fn unix_ms(at: SystemTime) -> i64 {
+pub(crate) fn unix_ms(at: SystemTime) -> i64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
@@ -20,7 +20,7 @@ pub fn now_ms() -> i64 {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct Clock {
+pub(crate) struct Clock {
     /// `None`: the system clock. `Some`: milliseconds since the epoch, moved by `advance`.
     manual: Option<Arc<AtomicI64>>,
 }
@@ -31,7 +31,8 @@ impl Clock {
     }
 
     /// A clock that stands still at `at` until moved.
-    pub fn manual(at: SystemTime) -> Clock {
+    #[cfg(test)]
+    pub(crate) fn manual(at: SystemTime) -> Clock {
         Clock {
             manual: Some(Arc::new(AtomicI64::new(unix_ms(at)))),
         }
@@ -48,7 +49,8 @@ impl Clock {
     }
 
     /// Moves a manual clock forward; a no-op on the system clock.
-    pub fn advance(&self, by: Duration) {
+    #[cfg(test)]
+    pub(crate) fn advance(&self, by: Duration) {
         if let Some(ms) = &self.manual {
             ms.fetch_add(
                 i64::try_from(by.as_millis()).unwrap_or(i64::MAX),

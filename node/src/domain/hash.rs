@@ -4,7 +4,7 @@
 //! protects anything (keyed hashes for storage keys and audit subjects are in `security::crypto`).
 
 /// A stable 64-bit mix (the murmur3 finaliser): good avalanche, no allocation.
-pub fn mix64(mut x: u64) -> u64 {
+pub(crate) fn mix64(mut x: u64) -> u64 {
     x ^= x >> 33;
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;

@@ -27,7 +27,7 @@ impl Partition {
         self.0
     }
     /// Big-endian bytes: the prefix of every storage key in this partition.
-    pub fn to_be_bytes(self) -> [u8; 2] {
+    pub(crate) fn to_be_bytes(self) -> [u8; 2] {
         self.0.to_be_bytes()
     }
 }

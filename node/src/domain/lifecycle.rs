@@ -7,7 +7,7 @@
 
 use mesh_proto::v1::OrderStatus;
 
-pub fn can_transition(from: OrderStatus, to: OrderStatus) -> bool {
+pub(crate) fn can_transition(from: OrderStatus, to: OrderStatus) -> bool {
     use OrderStatus::*;
     from == to
         || matches!(

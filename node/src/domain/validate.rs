@@ -10,19 +10,19 @@ use mesh_proto::v1::{
 };
 use std::fmt;
 
-pub const MAX_ID_LEN: usize = 64;
-pub const MAX_NAME_CHARS: usize = 100;
-pub const MAX_LINE_CHARS: usize = 200;
-pub const MAX_PLACE_CHARS: usize = 64;
-pub const MAX_EMAIL_LEN: usize = 254;
-pub const MAX_ITEMS: usize = 100;
-pub const MAX_QUANTITY: i32 = 10_000;
+pub(crate) const MAX_ID_LEN: usize = 64;
+pub(crate) const MAX_NAME_CHARS: usize = 100;
+pub(crate) const MAX_LINE_CHARS: usize = 200;
+pub(crate) const MAX_PLACE_CHARS: usize = 64;
+pub(crate) const MAX_EMAIL_LEN: usize = 254;
+pub(crate) const MAX_ITEMS: usize = 100;
+pub(crate) const MAX_QUANTITY: i32 = 10_000;
 /// ₹1 crore per unit.
-pub const MAX_UNIT_PRICE_PAISE: i64 = 1_000_000_000;
+pub(crate) const MAX_UNIT_PRICE_PAISE: i64 = 1_000_000_000;
 /// ₹100 crore per order.
-pub const MAX_TOTAL_PAISE: i64 = 100_000_000_000;
-pub const MAX_PURPOSE_LEN: usize = 64;
-pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+pub(crate) const MAX_TOTAL_PAISE: i64 = 100_000_000_000;
+pub(crate) const MAX_PURPOSE_LEN: usize = 64;
+pub(crate) const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 
 /// One thing wrong with one field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +79,7 @@ fn text(v: &mut Violations, field: &str, s: &str, required: bool, max_chars: usi
     v.check(no_control(s), field, "must not contain control characters");
 }
 
-pub fn is_valid_customer_id(s: &str) -> bool {
+pub(crate) fn is_valid_customer_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_ID_LEN
         && s.bytes()
@@ -87,7 +87,7 @@ pub fn is_valid_customer_id(s: &str) -> bool {
 }
 
 /// E.164 Indian mobile number: `+91` and ten digits, the first 6-9.
-pub fn is_valid_indian_phone(s: &str) -> bool {
+pub(crate) fn is_valid_indian_phone(s: &str) -> bool {
     let Some(rest) = s.strip_prefix("+91") else {
         return false;
     };
@@ -97,12 +97,12 @@ pub fn is_valid_indian_phone(s: &str) -> bool {
 }
 
 /// Six digits, not starting with 0.
-pub fn is_valid_pincode(s: &str) -> bool {
+pub(crate) fn is_valid_pincode(s: &str) -> bool {
     s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit()) && s.as_bytes()[0] != b'0'
 }
 
 /// A pragmatic address check: one `@`, a sane local part and a dotted domain of DNS labels.
-pub fn is_valid_email(s: &str) -> bool {
+pub(crate) fn is_valid_email(s: &str) -> bool {
     if s.len() > MAX_EMAIL_LEN {
         return false;
     }
@@ -307,7 +307,7 @@ pub fn customer_id(s: &str) -> Result<(), Violations> {
 /// A purpose is a short code (`ndr-callback`, `fulfilment`), not free text: it is recorded in the
 /// audit trail in the clear, which must never hold PII, so it has no digits (no phone number,
 /// pincode or order number can hide in it) and no `@`.
-pub fn is_valid_purpose(s: &str) -> bool {
+pub(crate) fn is_valid_purpose(s: &str) -> bool {
     s.len() <= MAX_PURPOSE_LEN
         && s.bytes().next().is_none_or(|b| b.is_ascii_lowercase())
         && s.bytes()
@@ -324,7 +324,7 @@ pub fn purpose(s: &str) -> Result<(), Violations> {
     v.into_result()
 }
 
-pub const MAX_REASON_TEXT_CHARS: usize = 200;
+pub(crate) const MAX_REASON_TEXT_CHARS: usize = 200;
 /// Six digits, even spread out, could be most of a phone number or a pincode.
 const MAX_DIGITS: usize = 5;
 
@@ -347,7 +347,7 @@ fn looks_like_contact(s: &str) -> bool {
 /// A reveal's reason: a code (like a purpose, but required) and words. The words go into the
 /// audit trail (sealed under the customer's key), and a reason explains why, it never quotes the
 /// buyer: text that looks like contact details (an `@`, more than five digits) is refused.
-pub fn reveal_reason(code: &str, text_: &str) -> Result<(), Violations> {
+pub(crate) fn reveal_reason(code: &str, text_: &str) -> Result<(), Violations> {
     let mut v = Violations::default();
     v.check(!code.is_empty(), "reason_code", "is required");
     v.check(
@@ -366,13 +366,13 @@ pub fn reveal_reason(code: &str, text_: &str) -> Result<(), Violations> {
 
 /// A checked status update.
 #[derive(Debug)]
-pub struct StatusUpdate {
+pub(crate) struct StatusUpdate {
     pub order_id: OrderId,
     pub status: OrderStatus,
     pub payment_status: Option<PaymentStatus>,
 }
 
-pub fn update_status(req: &UpdateOrderStatusRequest) -> Result<StatusUpdate, Violations> {
+pub(crate) fn update_status(req: &UpdateOrderStatusRequest) -> Result<StatusUpdate, Violations> {
     let mut v = Violations::default();
     let id = order_id(&req.order_id).map_err(|e| v.0.extend(e.0)).ok();
     let status = OrderStatus::try_from(req.status)

@@ -59,7 +59,7 @@ impl ControlKey {
 pub struct ControlPublicKey(Vec<u8>);
 
 impl ControlPublicKey {
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         format!("{CONTROL_PUB_PREFIX}{}\n", hex::encode(&self.0))
     }
 

@@ -100,7 +100,7 @@ impl NodeKeys {
     }
 
     /// Keyed hash for storage keys and audit subjects: `HMAC(index key, domain || 0 || value)`.
-    pub fn keyed_hash(&self, domain: &[u8], value: &[u8]) -> [u8; 32] {
+    pub(crate) fn keyed_hash(&self, domain: &[u8], value: &[u8]) -> [u8; 32] {
         let mut ctx = hmac::Context::with_key(&self.index);
         ctx.update(domain);
         ctx.update(&[0]);
@@ -111,7 +111,7 @@ impl NodeKeys {
     }
 
     /// A fresh data key, returned with its wrapped form (bound to `aad`) for storage.
-    pub fn new_data_key(&self, aad: &[u8]) -> (DataKey, Vec<u8>) {
+    pub(crate) fn new_data_key(&self, aad: &[u8]) -> (DataKey, Vec<u8>) {
         let mut raw = [0u8; 32];
         rand::fill(&mut raw).expect("system CSPRNG is available");
         let wrapped = seal(&self.kek, &raw, aad);
@@ -119,7 +119,11 @@ impl NodeKeys {
     }
 
     /// Unwraps a stored data key.
-    pub fn unwrap_data_key(&self, wrapped: &[u8], aad: &[u8]) -> Result<DataKey, CryptoError> {
+    pub(crate) fn unwrap_data_key(
+        &self,
+        wrapped: &[u8],
+        aad: &[u8],
+    ) -> Result<DataKey, CryptoError> {
         let raw = open(&self.kek, wrapped, aad)?;
         if raw.len() != 32 {
             return Err(CryptoError::Open);
@@ -128,11 +132,11 @@ impl NodeKeys {
     }
 
     /// Seals a small node-level value (for example the key check) under the KEK.
-    pub fn seal_with_kek(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+    pub(crate) fn seal_with_kek(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
         seal(&self.kek, plaintext, aad)
     }
 
-    pub fn open_with_kek(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    pub(crate) fn open_with_kek(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
         open(&self.kek, sealed, aad)
     }
 }
@@ -140,7 +144,7 @@ impl NodeKeys {
 /// A customer's data key in the clear, for handing a partition to its new owner over the
 /// mutually authenticated peer transport (see `storage::handoff`). It never touches a disk:
 /// the receiver wraps it under its own KEK at once. Zeroed when dropped; Debug prints nothing.
-pub struct TransferKey([u8; 32]);
+pub(crate) struct TransferKey([u8; 32]);
 
 impl fmt::Debug for TransferKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -157,24 +161,28 @@ impl Drop for TransferKey {
 }
 
 impl TransferKey {
-    pub fn from_bytes(bytes: &[u8]) -> Option<TransferKey> {
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<TransferKey> {
         Some(TransferKey(bytes.try_into().ok()?))
     }
 
-    pub fn data_key(&self) -> DataKey {
+    pub(crate) fn data_key(&self) -> DataKey {
         DataKey::from_raw(&self.0)
     }
 
     /// The raw key for the handoff message. It must only travel inside the peer TLS; the caller
     /// wipes the copy once it is encoded.
-    pub fn to_wire(&self) -> Vec<u8> {
+    pub(crate) fn to_wire(&self) -> Vec<u8> {
         self.0.to_vec()
     }
 }
 
 impl NodeKeys {
     /// Unwraps a stored data key for transfer to a partition's new owner.
-    pub fn export_data_key(&self, wrapped: &[u8], aad: &[u8]) -> Result<TransferKey, CryptoError> {
+    pub(crate) fn export_data_key(
+        &self,
+        wrapped: &[u8],
+        aad: &[u8],
+    ) -> Result<TransferKey, CryptoError> {
         let mut raw = open(&self.kek, wrapped, aad)?;
         let key = TransferKey::from_bytes(&raw).ok_or(CryptoError::Open);
         raw.fill(0);
@@ -183,13 +191,13 @@ impl NodeKeys {
     }
 
     /// Wraps a received data key under this node's KEK, bound to `aad` (its new storage key).
-    pub fn import_data_key(&self, key: &TransferKey, aad: &[u8]) -> Vec<u8> {
+    pub(crate) fn import_data_key(&self, key: &TransferKey, aad: &[u8]) -> Vec<u8> {
         seal(&self.kek, &key.0, aad)
     }
 }
 
 /// A customer's data key, unwrapped in memory only for the duration of one operation.
-pub struct DataKey(aead::LessSafeKey);
+pub(crate) struct DataKey(aead::LessSafeKey);
 
 impl fmt::Debug for DataKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -203,7 +211,7 @@ impl DataKey {
             aead::UnboundKey::new(&aead::AES_256_GCM, raw).expect("32-byte AES key"),
         ))
     }
-    pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+    pub(crate) fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
         seal(&self.0, plaintext, aad)
     }
     pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {

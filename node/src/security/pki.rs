@@ -17,7 +17,7 @@ use time::{Duration, OffsetDateTime};
 pub const CA_CERT_FILE: &str = "ca.pem";
 pub const CA_KEY_FILE: &str = "ca.key";
 /// The control key signs layouts; it lives beside the CA key, never on nodes.
-pub const CONTROL_KEY_FILE: &str = "control.key";
+pub(crate) const CONTROL_KEY_FILE: &str = "control.key";
 /// Its public half, given to every node (`control_public_key`).
 pub const CONTROL_PUB_FILE: &str = "control.pub";
 
@@ -65,7 +65,7 @@ pub fn write_secret(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
     f.sync_all().map_err(io_err(path))
 }
 
-pub fn write_public(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
+pub(crate) fn write_public(path: &Path, contents: &[u8]) -> Result<(), PkiError> {
     std::fs::write(path, contents).map_err(io_err(path))
 }
 
@@ -348,7 +348,7 @@ impl CertificateAuthority {
 }
 
 /// The trust domain a mesh CA certificate names in its `spiffe://<td>` URI SAN.
-pub fn ca_trust_domain(cert_pem: &str) -> Option<String> {
+pub(crate) fn ca_trust_domain(cert_pem: &str) -> Option<String> {
     use rustls_pki_types::{CertificateDer, pem::PemObject as _};
     use x509_parser::prelude::*;
     let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).ok()?;

@@ -29,9 +29,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// gRPC metadata key carrying the proof.
-pub const PROOF_HEADER: &str = "x-dsm-proof";
+pub(crate) const PROOF_HEADER: &str = "x-dsm-proof";
 /// How far a proof's timestamp may be from the owner's clock.
-pub const FRESHNESS: Duration = Duration::from_secs(60);
+pub(crate) const FRESHNESS: Duration = Duration::from_secs(60);
 const NONCE_LEN: usize = 16;
 /// Beyond this many remembered nonces, expired ones are pruned.
 const PRUNE_AT: usize = 100_000;
@@ -57,7 +57,12 @@ pub enum ProofError {
 }
 
 /// The bytes a client signs.
-pub fn signing_payload(method: &str, timestamp_ms: i64, nonce: &[u8], request: &[u8]) -> Vec<u8> {
+pub(crate) fn signing_payload(
+    method: &str,
+    timestamp_ms: i64,
+    nonce: &[u8],
+    request: &[u8],
+) -> Vec<u8> {
     let digest = digest::digest(&digest::SHA256, request);
     format!(
         "dsm-req-v1\n{method}\n{timestamp_ms}\n{}\n{}",
@@ -86,7 +91,7 @@ impl Signer {
     }
 
     /// The same from PEM bytes.
-    pub fn from_pem(pem: &[u8]) -> Result<Signer, String> {
+    pub(crate) fn from_pem(pem: &[u8]) -> Result<Signer, String> {
         let der =
             rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(pem).map_err(|e| e.to_string())?;
         let key = signature::EcdsaKeyPair::from_pkcs8(

@@ -70,7 +70,10 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 }
 
 /// PEM certificates from `bytes` (read from `path`, which errors name); at least one.
-pub fn parse_certs(bytes: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn parse_certs(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::File {
@@ -132,7 +135,10 @@ pub fn server_config(m: &TlsMaterial, alpn: &[&[u8]]) -> Result<Arc<ServerConfig
 /// Every connection makes a full handshake (no resumption), so it is verified against the trust in
 /// force. Generic so that this module, the one place TLS configs are built, does not depend on
 /// where the live credentials come from.
-pub fn live_server_config<T>(trust: &Arc<T>, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError>
+pub(crate) fn live_server_config<T>(
+    trust: &Arc<T>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, TlsError>
 where
     T: ClientCertVerifier + rustls::server::ResolvesServerCert + 'static,
 {
@@ -149,7 +155,10 @@ where
 }
 
 /// Client side backed by the node's live credentials (the peer transport dialling other nodes).
-pub fn live_client_config<T>(trust: &Arc<T>, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, TlsError>
+pub(crate) fn live_client_config<T>(
+    trust: &Arc<T>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, TlsError>
 where
     T: rustls::client::danger::ServerCertVerifier + rustls::client::ResolvesClientCert + 'static,
 {

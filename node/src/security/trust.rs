@@ -403,7 +403,7 @@ impl Trust {
 
     /// Stores CRLs pushed by an operator (only lists a trusted CA signed are accepted, and an
     /// older list never replaces a newer one), then reloads. The file is replaced atomically.
-    pub fn install_crls(&self, pem: &[u8]) -> Result<bool, TrustError> {
+    pub(crate) fn install_crls(&self, pem: &[u8]) -> Result<bool, TrustError> {
         let current = self.current();
         let roots = current.roots.clone();
         let pushed = verified_crls(pem, &roots, "pushed CRL")?;
@@ -529,7 +529,7 @@ impl Trust {
 
     /// Whether a certificate chain (DER, leaf first) that authenticated a connection is still
     /// acceptable now: chains to a trusted CA, unexpired, not revoked. Cached per generation.
-    pub fn admits(&self, chain: &[impl AsRef<[u8]>]) -> Result<(), String> {
+    pub(crate) fn admits(&self, chain: &[impl AsRef<[u8]>]) -> Result<(), String> {
         let Some((leaf, intermediates)) = chain.split_first() else {
             return Err("no client certificate".into());
         };
@@ -567,7 +567,7 @@ impl Trust {
     }
 
     /// Forgets cached verdicts (expiry moves on even when no file changes).
-    pub fn expire_verdicts(&self) {
+    pub(crate) fn expire_verdicts(&self) {
         self.current()
             .verdicts
             .write()

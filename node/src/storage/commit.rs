@@ -16,7 +16,7 @@ const GATHER_ROUNDS: usize = 8;
 
 /// Handle to the committer task. Cloning shares the same committer.
 #[derive(Debug, Clone)]
-pub struct GroupCommit {
+pub(crate) struct GroupCommit {
     requests: mpsc::UnboundedSender<Waiter>,
 }
 

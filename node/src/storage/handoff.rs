@@ -22,18 +22,18 @@ use prost::Message as _;
 use std::collections::BTreeMap;
 
 /// An order as stored: the storage key it was sealed against, and the sealed bytes.
-pub type SealedOrder = (Vec<u8>, Vec<u8>);
+pub(crate) type SealedOrder = (Vec<u8>, Vec<u8>);
 
 /// One customer of an exported partition.
 #[derive(Debug)]
-pub struct CustomerExport {
+pub(crate) struct CustomerExport {
     pub data_key: TransferKey,
     pub orders: Vec<SealedOrder>,
 }
 
 /// Everything a partition's new owner needs.
 #[derive(Debug)]
-pub struct PartitionExport {
+pub(crate) struct PartitionExport {
     pub partition: Partition,
     pub customers: Vec<CustomerExport>,
 }
@@ -46,7 +46,7 @@ impl PartitionExport {
 
 /// What an import wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ImportStats {
+pub(crate) struct ImportStats {
     pub customers: u64,
     pub orders: u64,
 }
@@ -66,7 +66,7 @@ impl Store {
             dsm.partition = i64::from(p.get()),
         )
     )]
-    pub fn export_partition(&self, p: Partition) -> Result<PartitionExport, StorageError> {
+    pub(crate) fn export_partition(&self, p: Partition) -> Result<PartitionExport, StorageError> {
         let mut customers: BTreeMap<Vec<u8>, CustomerExport> = BTreeMap::new();
         let mut orders: BTreeMap<Vec<u8>, Vec<SealedOrder>> = BTreeMap::new();
         for kv in self.data.scan_prefix(partition_prefix(p)) {
@@ -123,7 +123,7 @@ impl Store {
             dsm.partition = i64::from(export.partition.get()),
         )
     )]
-    pub async fn import_partition(
+    pub(crate) async fn import_partition(
         &self,
         export: &PartitionExport,
         received: bool,
@@ -217,7 +217,7 @@ impl Store {
             dsm.partition = i64::from(p.get()),
         )
     )]
-    pub async fn drop_partition(&self, p: Partition) -> Result<u64, StorageError> {
+    pub(crate) async fn drop_partition(&self, p: Partition) -> Result<u64, StorageError> {
         let mut batch = sled::Batch::default();
         let mut n = 0;
         for kv in self.data.scan_prefix(partition_prefix(p)) {

@@ -16,28 +16,28 @@
 use crate::domain::ids::Partition;
 use crate::security::crypto::NodeKeys;
 
-pub const HASH_LEN: usize = 32;
+pub(crate) const HASH_LEN: usize = 32;
 pub type Hash = [u8; HASH_LEN];
 
-pub const CUSTOMER: u8 = b'C';
-pub const ORDER: u8 = b'O';
-pub const INDEX: u8 = b'I';
-pub const IDEMPOTENCY: u8 = b'D';
-pub const HANDLE: u8 = b'H';
+pub(crate) const CUSTOMER: u8 = b'C';
+pub(crate) const ORDER: u8 = b'O';
+pub(crate) const INDEX: u8 = b'I';
+pub(crate) const IDEMPOTENCY: u8 = b'D';
+pub(crate) const HANDLE: u8 = b'H';
 
-pub fn customer_hash(keys: &NodeKeys, customer_id: &str) -> Hash {
+pub(crate) fn customer_hash(keys: &NodeKeys, customer_id: &str) -> Hash {
     keys.keyed_hash(b"customer", customer_id.as_bytes())
 }
 
-pub fn order_hash(keys: &NodeKeys, order_id: &str) -> Hash {
+pub(crate) fn order_hash(keys: &NodeKeys, order_id: &str) -> Hash {
     keys.keyed_hash(b"order", order_id.as_bytes())
 }
 
-pub fn handle_hash(keys: &NodeKeys, handle: &str) -> Hash {
+pub(crate) fn handle_hash(keys: &NodeKeys, handle: &str) -> Hash {
     keys.keyed_hash(b"contact-handle", handle.as_bytes())
 }
 
-pub fn idempotency_hash(keys: &NodeKeys, key: &str) -> Hash {
+pub(crate) fn idempotency_hash(keys: &NodeKeys, key: &str) -> Hash {
     keys.keyed_hash(b"idempotency", key.as_bytes())
 }
 
@@ -51,24 +51,24 @@ fn key(p: Partition, kind: u8, parts: &[&Hash]) -> Vec<u8> {
     k
 }
 
-pub fn customer_key(p: Partition, customer: &Hash) -> Vec<u8> {
+pub(crate) fn customer_key(p: Partition, customer: &Hash) -> Vec<u8> {
     key(p, CUSTOMER, &[customer])
 }
 
 /// The prefix of every order of one customer.
-pub fn customer_orders_prefix(p: Partition, customer: &Hash) -> Vec<u8> {
+pub(crate) fn customer_orders_prefix(p: Partition, customer: &Hash) -> Vec<u8> {
     key(p, ORDER, &[customer])
 }
 
-pub fn order_key(p: Partition, customer: &Hash, order: &Hash) -> Vec<u8> {
+pub(crate) fn order_key(p: Partition, customer: &Hash, order: &Hash) -> Vec<u8> {
     key(p, ORDER, &[customer, order])
 }
 
-pub fn index_key(p: Partition, order: &Hash) -> Vec<u8> {
+pub(crate) fn index_key(p: Partition, order: &Hash) -> Vec<u8> {
     key(p, INDEX, &[order])
 }
 
-pub fn handle_key(p: Partition, handle: &Hash) -> Vec<u8> {
+pub(crate) fn handle_key(p: Partition, handle: &Hash) -> Vec<u8> {
     key(p, HANDLE, &[handle])
 }
 
@@ -83,7 +83,7 @@ pub fn parse(key: &[u8]) -> Option<(Partition, u8)> {
 }
 
 /// The customer key an order key belongs to.
-pub fn customer_key_of_order(order_key: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn customer_key_of_order(order_key: &[u8]) -> Option<Vec<u8>> {
     let (p, kind) = parse(order_key)?;
     (kind == ORDER && order_key.len() == 3 + 2 * HASH_LEN).then(|| {
         customer_key(

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 /// Version of the data directory layout. Bump it with a tested migration.
-pub const FORMAT_VERSION: u8 = 1;
+pub(crate) const FORMAT_VERSION: u8 = 1;
 /// Version byte in front of every stored value.
 const RECORD_V1: u8 = 1;
 const KEY_CHECK: &[u8] = b"dark-store-mesh key check";
@@ -77,7 +77,7 @@ impl From<StorageError> for crate::error::Error {
 }
 
 /// Prefix of an audit note sealed under a customer's data key.
-pub const SEALED_NOTE: &str = "sealed:v1:";
+pub(crate) const SEALED_NOTE: &str = "sealed:v1:";
 
 fn note_aad(customer_key: &[u8]) -> Vec<u8> {
     let mut aad = b"dsm-audit-note-v1".to_vec();
@@ -401,7 +401,10 @@ impl Store {
             dsm.partition = i64::from(handle.partition().get()),
         )
     )]
-    pub fn order_by_handle(&self, handle: &ContactHandle) -> Result<Option<Order>, StorageError> {
+    pub(crate) fn order_by_handle(
+        &self,
+        handle: &ContactHandle,
+    ) -> Result<Option<Order>, StorageError> {
         let p = handle.partition();
         let hh = keys::handle_hash(&self.keys, &handle.to_string());
         let Some(oh) = self.data.get(keys::handle_key(p, &hh))? else {
@@ -540,7 +543,7 @@ impl Store {
     /// Seals a caller's justification for the audit trail under the customer's data key, so the
     /// trail holds no readable free text and shredding the customer's key erases it too. The
     /// result is `sealed:v1:<base64url(partition ‖ nonce ‖ ciphertext)>`.
-    pub fn seal_note(&self, customer_id: &str, text: &str) -> Result<String, StorageError> {
+    pub(crate) fn seal_note(&self, customer_id: &str, text: &str) -> Result<String, StorageError> {
         let p = partition_of(customer_id);
         let ck = keys::customer_key(p, &keys::customer_hash(&self.keys, customer_id));
         let dek = self.data_key(&ck)?.ok_or(StorageError::NotFound)?;
@@ -552,7 +555,7 @@ impl Store {
     /// Opens a note sealed by [`Store::seal_note`] for the customer whose audit subject (hex keyed
     /// hash) is `customer_subject`. `None` if it is not a sealed note or cannot be opened here
     /// (another node's record, or the customer's key no longer exists).
-    pub fn open_note(&self, note: &str, customer_subject: &str) -> Option<String> {
+    pub(crate) fn open_note(&self, note: &str, customer_subject: &str) -> Option<String> {
         let blob = B64.decode(note.strip_prefix(SEALED_NOTE)?).ok()?;
         let (p, sealed) = blob.split_at_checked(2)?;
         let p = Partition::new(u16::from_be_bytes(p.try_into().ok()?))?;
@@ -563,17 +566,17 @@ impl Store {
     }
 
     /// The audit subject of a customer: the keyed hash its records are stored under, in hex.
-    pub fn customer_subject(&self, customer_id: &str) -> String {
+    pub(crate) fn customer_subject(&self, customer_id: &str) -> String {
         hex::encode(keys::customer_hash(&self.keys, customer_id))
     }
 
     /// The audit subject of an order, in hex.
-    pub fn order_subject(&self, order_id: &str) -> String {
+    pub(crate) fn order_subject(&self, order_id: &str) -> String {
         hex::encode(keys::order_hash(&self.keys, order_id))
     }
 
     /// The persisted layout state, if any.
-    pub fn saved_layout(&self) -> Result<Option<SavedLayout>, StorageError> {
+    pub(crate) fn saved_layout(&self) -> Result<Option<SavedLayout>, StorageError> {
         let Some(current) = self.meta.get("layout")? else {
             return Ok(None);
         };
@@ -609,7 +612,7 @@ impl Store {
     }
 
     /// The partitions this store holds any record of (one seek per partition).
-    pub fn partitions_present(&self) -> Result<Vec<Partition>, StorageError> {
+    pub(crate) fn partitions_present(&self) -> Result<Vec<Partition>, StorageError> {
         let mut out = Vec::new();
         for p in (0..crate::domain::ids::PARTITIONS).filter_map(Partition::new) {
             if self

@@ -80,7 +80,7 @@ pub struct ReloadLabels {
 impl TlsMetrics {
     /// Records the credentials in force after a load or reload attempt.
     /// (Plain values, so that instrumentation stays below the security layer that reports it.)
-    pub fn observe(
+    pub(crate) fn observe(
         &self,
         cert_not_after: i64,
         ca_not_after: i64,
@@ -269,11 +269,11 @@ impl Metrics {
     }
 
     /// The Prometheus text format (0.0.4), for scrapers and tools that do not ask for OpenMetrics.
-    pub fn render_prometheus(&self) -> String {
+    pub(crate) fn render_prometheus(&self) -> String {
         prometheus_text(&self.render())
     }
 
-    pub fn observe_request(&self, method: &'static str, code: tonic::Code, seconds: f64) {
+    pub(crate) fn observe_request(&self, method: &'static str, code: tonic::Code, seconds: f64) {
         self.requests
             .get_or_create(&RequestLabels {
                 method,
@@ -290,7 +290,7 @@ impl Metrics {
 /// format 0.0.4, which `promtool` and scrapers without OpenMetrics support read: a counter family
 /// is named after its samples (`x_total`, where OpenMetrics says `x`), OpenMetrics-only types
 /// become `untyped`, and `# UNIT` and `# EOF` lines go. Samples are the same in both formats.
-pub fn prometheus_text(openmetrics: &str) -> String {
+pub(crate) fn prometheus_text(openmetrics: &str) -> String {
     let mut out = String::with_capacity(openmetrics.len());
     // A family's `# HELP` comes before its `# TYPE`, which decides the family's name.
     let mut help: Option<(&str, &str)> = None;

@@ -158,7 +158,7 @@ pub fn request(method: Method, forwarded_by: Option<&str>) -> Span {
 
 /// Records the caller's role and the partition on the current span, when that is a request span
 /// (it is wherever the gateway calls this: inside [`request`], outside any storage or hop span).
-pub fn record_caller(role: Role, partition: Option<Partition>) {
+pub(crate) fn record_caller(role: Role, partition: Option<Partition>) {
     let span = Span::current();
     span.record("dsm.role", role.as_str());
     if let Some(p) = partition {
@@ -168,7 +168,7 @@ pub fn record_caller(role: Role, partition: Option<Partition>) {
 
 /// Records a request's outcome. Server-side faults mark the span as an error (OpenTelemetry's
 /// gRPC conventions); a refusal the caller caused (a denied role, a bad field) does not.
-pub fn finish_request(span: &Span, code: tonic::Code) {
+pub(crate) fn finish_request(span: &Span, code: tonic::Code) {
     use tonic::Code::*;
     span.record("rpc.grpc.status_code", code as i64);
     span.record("dsm.status", crate::error::code_name(code));

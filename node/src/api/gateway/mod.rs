@@ -63,7 +63,7 @@ const SERVICE_PREFIX: &str = "/dsm.v1.OrderGateway/";
 
 /// The gateway service of one node; also answers requests forwarded by peers.
 #[derive(Debug, Clone)]
-pub struct Gateway {
+pub(crate) struct Gateway {
     store: Arc<Store>,
     recorder: Recorder,
     metrics: Arc<Metrics>,
@@ -153,7 +153,7 @@ impl Gateway {
 
     /// Registers the peer messages the gateway owns: forwarded gateway calls, and the reveal
     /// ledger's charges.
-    pub fn register(&self, dispatch: &Dispatch) {
+    pub(crate) fn register(&self, dispatch: &Dispatch) {
         dispatch.register(Kind::Call(SERVICE_PREFIX), Arc::new(self.clone()));
         self.ledger.register(dispatch);
     }

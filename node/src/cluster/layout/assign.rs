@@ -22,14 +22,14 @@
 use crate::domain::hash::{hash_bytes, mix64};
 
 /// Rendezvous score of `partition` on the member whose id hashes to `member_hash`.
-pub fn score(partition: usize, member_hash: u64) -> u64 {
+pub(crate) fn score(partition: usize, member_hash: u64) -> u64 {
     mix64(member_hash ^ (partition as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
 /// Assigns `previous.len()` partitions to `members` (ids, in layout order). `previous[p]` is the
 /// index *in `members`* of the partition's current owner, or `None` if it has none (new layout, or
 /// its owner was removed). Returns the new owner index of every partition.
-pub fn assign(previous: &[Option<usize>], members: &[&str]) -> Vec<usize> {
+pub(crate) fn assign(previous: &[Option<usize>], members: &[&str]) -> Vec<usize> {
     let (p_count, n) = (previous.len(), members.len());
     assert!(n > 0, "a layout needs at least one member");
     let member_hash: Vec<u64> = members.iter().map(|m| hash_bytes(m.as_bytes())).collect();

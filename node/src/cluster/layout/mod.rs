@@ -19,7 +19,7 @@ use prost::Message as _;
 use std::collections::BTreeMap;
 
 /// Format of `dsm.v1.Layout` this binary reads and writes.
-pub const LAYOUT_FORMAT: u32 = 1;
+pub(crate) const LAYOUT_FORMAT: u32 = 1;
 const SIGNING_CONTEXT: &[u8] = b"dsm-layout-v1";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -301,7 +301,7 @@ impl Layout {
 
     /// Whether a node holding `current` may move to this layout: exactly the next version, so no
     /// node skips a change the others went through.
-    pub fn may_replace(&self, current: Option<&Layout>) -> Result<(), LayoutError> {
+    pub(crate) fn may_replace(&self, current: Option<&Layout>) -> Result<(), LayoutError> {
         match current {
             Some(c) if self.version <= c.version => Err(LayoutError::NotNewer {
                 offered: self.version,

@@ -45,7 +45,7 @@ pub fn plan(
 
 /// The layout state a node starts with: its stored layouts, moved on to the configured layout file
 /// if that is newer (by the same rule as a runtime apply).
-pub async fn initial_layouts(
+pub(crate) async fn initial_layouts(
     node_id: &str,
     store: &Store,
     key: Option<&ControlPublicKey>,

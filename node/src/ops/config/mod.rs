@@ -59,8 +59,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use sections::{DEFAULT_REBALANCE_RATE, parse_bytes};
-
 /// Where configuration values come from besides the file. Tests inject a map.
 pub trait Source {
     fn var(&self, key: &str) -> Option<String>;

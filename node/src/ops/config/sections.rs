@@ -336,10 +336,10 @@ pub(super) fn rebalance_rate(c: &mut Collect<'_>, fr: FileRebalance) -> u64 {
 }
 
 /// Default `rebalance.rate`: 32 MiB/s, a small share of a node's disk and network.
-pub const DEFAULT_REBALANCE_RATE: u64 = 32 << 20;
+pub(crate) const DEFAULT_REBALANCE_RATE: u64 = 32 << 20;
 
 /// Bytes as `123`, `64KiB`, `32MiB` or `1GiB` (binary units; `KB`/`MB`/`GB` are read the same).
-pub fn parse_bytes(raw: &str) -> Option<u64> {
+pub(crate) fn parse_bytes(raw: &str) -> Option<u64> {
     let raw = raw.trim();
     let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
     let (n, unit) = raw.split_at(split);
