@@ -1,5 +1,7 @@
-//! `mesh-ctl audit query` (the mesh-wide trail through any gateway, as an auditor) and
-//! `mesh-ctl audit verify` (each node's chain and checkpoint signatures, offline).
+//! `mesh-ctl audit query` (the mesh-wide trail through any gateway, as an auditor), `mesh-ctl audit
+//! watch` (records as they are written, on one node) and `mesh-ctl audit verify` (each node's chain
+//! and checkpoint signatures, offline). `access` (`mesh-ctl access show`) is here too: the role
+//! table is what the trail is read against.
 
 pub mod access;
 
@@ -10,8 +12,8 @@ use base64::Engine as _;
 use mesh_node::audit::chain::{self, Checkpoint};
 use mesh_node::audit::log;
 use mesh_node::security::identity::Identity;
-use mesh_proto::v1::AuditQueryRequest;
 use mesh_proto::v1::audit_client::AuditClient;
+use mesh_proto::v1::{AuditQueryRequest, AuditRecord};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -130,183 +132,218 @@ pub fn verify_dir(
 
 pub async fn run(cmd: AuditCommand, output: Output) -> anyhow::Result<bool> {
     match cmd {
-        AuditCommand::Watch {
+        AuditCommand::Query {
             dir,
-            filter:
-                Filter {
-                    principal,
-                    role,
-                    action,
-                    decision,
-                },
-        } => {
-            use futures::StreamExt as _;
-            let mesh = read_mesh(&dir)?;
-            let (_, tls) = auditor_tls(&mesh)?;
-            let w = mesh_proto::v1::AuditWatchRequest {
-                principal,
-                role,
-                action,
-                decision,
-            };
-            let mut streams = Vec::new();
-            for node in &mesh.nodes {
-                let channel = mesh_node::api::client::connect(
-                    node.gateway.parse()?,
-                    &mesh.server_name,
-                    tls.clone(),
-                )
-                .await?;
-                streams.push(
-                    AuditClient::new(channel)
-                        .watch(w.clone())
-                        .await?
-                        .into_inner(),
-                );
-            }
-            let mut merged = futures::stream::select_all(streams);
-            while let Some(r) = merged.next().await {
-                let r = r?;
-                match output {
-                    Output::Json => println!("{}", r.line),
-                    Output::Table => println!(
-                        "{:<6} {:>6} {:<8} {:<42} {:<6} {}",
-                        r.node, r.seq, r.role, r.action, r.decision, r.principal
-                    ),
-                }
-            }
-            Ok(true)
-        }
+            filter,
+            subject,
+            since,
+            limit,
+        } => query(&dir, filter, subject, since, limit, output).await,
+        AuditCommand::Watch { dir, filter } => watch(&dir, filter, output).await,
         AuditCommand::Verify {
             dir,
             audit_dir,
             ca,
             node,
-        } => {
-            // (name to report, audit directory, CA, the node the log must belong to)
-            let targets: Vec<(String, PathBuf, PathBuf, Option<String>)> = match (audit_dir, ca) {
-                (Some(a), Some(ca)) => vec![(a.display().to_string(), a, ca, node)],
-                (Some(_), None) => anyhow::bail!("--audit-dir needs --ca"),
-                _ => {
-                    let mesh = read_mesh(&dir)?;
-                    mesh.nodes
-                        .iter()
-                        .map(|n| {
-                            (
-                                n.id.clone(),
-                                n.data_dir.join("audit"),
-                                // Every CA the mesh has had: checkpoints signed before a CA
-                                // rotation carry certificates from the old one.
-                                crate::pki::rotation::history_path(&dir.join("ca")),
-                                Some(n.id.clone()),
-                            )
-                        })
-                        .collect()
-                }
-            };
-            let mut ok = true;
-            let mut report = Vec::new();
-            for (name, audit, ca, node) in targets {
-                match verify_dir(&audit, &ca, node.as_deref())? {
-                    Ok(v) => report.push(serde_json::json!({ "node": name, "ok": true, "records": v.records, "checkpoints": v.checkpoints, "last_seq": v.last_seq, "head": v.head })),
-                    Err(e) => {
-                        ok = false;
-                        report.push(serde_json::json!({ "node": name, "ok": false, "error": e.to_string() }));
-                    }
-                }
-            }
-            match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-                Output::Table => {
-                    for r in &report {
-                        match r["ok"].as_bool() {
-                            Some(true) => println!(
-                                "{:<8} ok   {} records, {} checkpoints, head {}",
-                                r["node"].as_str().unwrap_or("?"),
-                                r["records"],
-                                r["checkpoints"],
-                                r["head"].as_str().unwrap_or("")
-                            ),
-                            _ => println!(
-                                "{:<8} FAIL {}",
-                                r["node"].as_str().unwrap_or("?"),
-                                r["error"].as_str().unwrap_or("")
-                            ),
-                        }
-                    }
-                }
-            }
-            Ok(ok)
+        } => verify(&dir, audit_dir, ca, node, output),
+    }
+}
+
+/// `audit query`: one gateway answers for the whole mesh, so the first node listed is enough.
+async fn query(
+    dir: &Path,
+    filter: Filter,
+    subject: String,
+    since: Option<Duration>,
+    limit: u32,
+    output: Output,
+) -> anyhow::Result<bool> {
+    let Filter {
+        principal,
+        role,
+        action,
+        decision,
+    } = filter;
+    let mesh = read_mesh(dir)?;
+    let (auditor, tls) = auditor_tls(&mesh)?;
+    let node = mesh.nodes.first().context("mesh.json lists no node")?;
+    let channel =
+        mesh_node::api::client::connect(node.gateway.parse()?, &mesh.server_name, tls).await?;
+    // Signed with the auditor's key: the nodes the gateway forwards the query to check the proof.
+    let signer = mesh_node::security::proof::Signer::from_pem_file(&auditor.key)
+        .map_err(anyhow::Error::msg)?;
+    let from = since.map_or(0, |d| {
+        mesh_node::domain::clock::now_ms() - d.as_millis() as i64
+    });
+    let q = AuditQueryRequest {
+        from_unix_ms: from,
+        principal,
+        role,
+        action,
+        subject,
+        decision,
+        limit,
+        ..Default::default()
+    };
+    let mut stream = AuditClient::new(channel)
+        .query(signer.signed(mesh_node::api::audit::QUERY, q))
+        .await?
+        .into_inner();
+    if output == Output::Table {
+        println!(
+            "{:<6} {:>6} {:<24} {:<8} {:<42} {:<6} principal",
+            "node", "seq", "time", "role", "action", "result"
+        );
+    }
+    while let Some(r) = stream.message().await? {
+        match output {
+            Output::Json => println!("{}", r.line),
+            Output::Table => println!("{}", query_row(&r)),
         }
-        AuditCommand::Query {
-            dir,
-            filter:
-                Filter {
-                    principal,
-                    role,
-                    action,
-                    decision,
-                },
-            subject,
-            since,
-            limit,
-        } => {
-            let mesh = read_mesh(&dir)?;
-            let (auditor, tls) = auditor_tls(&mesh)?;
-            let node = mesh.nodes.first().context("mesh.json lists no node")?;
-            let channel =
-                mesh_node::api::client::connect(node.gateway.parse()?, &mesh.server_name, tls)
-                    .await?;
-            let signer = mesh_node::security::proof::Signer::from_pem_file(&auditor.key)
-                .map_err(anyhow::Error::msg)?;
-            let from = since.map_or(0, |d| {
-                mesh_node::domain::clock::now_ms() - d.as_millis() as i64
-            });
-            let q = AuditQueryRequest {
-                from_unix_ms: from,
-                principal,
-                role,
-                action,
-                subject,
-                decision,
-                limit,
-                ..Default::default()
-            };
-            let mut stream = AuditClient::new(channel)
-                .query(signer.signed(mesh_node::api::audit::QUERY, q))
+    }
+    Ok(true)
+}
+
+/// One `audit query` table row: time as RFC 3339, a denial with its reason.
+fn query_row(r: &AuditRecord) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(r.ts_unix_ms) * 1_000_000)
+        .map(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    let result = if r.decision == "allow" {
+        "allow".to_owned()
+    } else {
+        format!("deny:{}", r.reason)
+    };
+    format!(
+        "{:<6} {:>6} {:<24} {:<8} {:<42} {:<6} {}",
+        r.node, r.seq, t, r.role, r.action, result, r.principal
+    )
+}
+
+/// `audit watch`: each node streams only its own records, so one Watch per node, merged.
+async fn watch(dir: &Path, filter: Filter, output: Output) -> anyhow::Result<bool> {
+    use futures::StreamExt as _;
+    let Filter {
+        principal,
+        role,
+        action,
+        decision,
+    } = filter;
+    let mesh = read_mesh(dir)?;
+    let (_, tls) = auditor_tls(&mesh)?;
+    let w = mesh_proto::v1::AuditWatchRequest {
+        principal,
+        role,
+        action,
+        decision,
+    };
+    let mut streams = Vec::new();
+    for node in &mesh.nodes {
+        let channel =
+            mesh_node::api::client::connect(node.gateway.parse()?, &mesh.server_name, tls.clone())
+                .await?;
+        streams.push(
+            AuditClient::new(channel)
+                .watch(w.clone())
                 .await?
-                .into_inner();
-            if output == Output::Table {
-                println!(
-                    "{:<6} {:>6} {:<24} {:<8} {:<42} {:<6} principal",
-                    "node", "seq", "time", "role", "action", "result"
-                );
+                .into_inner(),
+        );
+    }
+    let mut merged = futures::stream::select_all(streams);
+    while let Some(r) = merged.next().await {
+        let r = r?;
+        match output {
+            Output::Json => println!("{}", r.line),
+            Output::Table => println!(
+                "{:<6} {:>6} {:<8} {:<42} {:<6} {}",
+                r.node, r.seq, r.role, r.action, r.decision, r.principal
+            ),
+        }
+    }
+    Ok(true)
+}
+
+/// One audit log to verify: the name to report, its directory, the CA bundle its checkpoints are
+/// checked against, and the node the log must belong to.
+type VerifyTarget = (String, PathBuf, PathBuf, Option<String>);
+
+/// `audit verify`: every node of the mesh in `dir`, or the one `--audit-dir`. Ok(false) when a
+/// chain is bad, so the command exits 1.
+fn verify(
+    dir: &Path,
+    audit_dir: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    node: Option<String>,
+    output: Output,
+) -> anyhow::Result<bool> {
+    let targets = verify_targets(dir, audit_dir, ca, node)?;
+    let mut ok = true;
+    let mut report = Vec::new();
+    for (name, audit, ca, node) in targets {
+        match verify_dir(&audit, &ca, node.as_deref())? {
+            Ok(v) => report.push(serde_json::json!({ "node": name, "ok": true, "records": v.records, "checkpoints": v.checkpoints, "last_seq": v.last_seq, "head": v.head })),
+            Err(e) => {
+                ok = false;
+                report.push(serde_json::json!({ "node": name, "ok": false, "error": e.to_string() }));
             }
-            while let Some(r) = stream.message().await? {
-                match output {
-                    Output::Json => println!("{}", r.line),
-                    Output::Table => {
-                        let t = time::OffsetDateTime::from_unix_timestamp_nanos(
-                            i128::from(r.ts_unix_ms) * 1_000_000,
-                        )
-                        .map(|t| {
-                            t.format(&time::format_description::well_known::Rfc3339)
-                                .unwrap_or_default()
-                        })
-                        .unwrap_or_default();
-                        let result = if r.decision == "allow" {
-                            "allow".to_owned()
-                        } else {
-                            format!("deny:{}", r.reason)
-                        };
-                        println!(
-                            "{:<6} {:>6} {:<24} {:<8} {:<42} {:<6} {}",
-                            r.node, r.seq, t, r.role, r.action, result, r.principal
-                        );
-                    }
-                }
-            }
-            Ok(true)
+        }
+    }
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Table => print_verify_table(&report),
+    }
+    Ok(ok)
+}
+
+/// The logs `audit verify` checks: the one given with `--audit-dir --ca`, else every node of the
+/// mesh in `dir`.
+fn verify_targets(
+    dir: &Path,
+    audit_dir: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    node: Option<String>,
+) -> anyhow::Result<Vec<VerifyTarget>> {
+    Ok(match (audit_dir, ca) {
+        (Some(a), Some(ca)) => vec![(a.display().to_string(), a, ca, node)],
+        (Some(_), None) => anyhow::bail!("--audit-dir needs --ca"),
+        _ => {
+            let mesh = read_mesh(dir)?;
+            mesh.nodes
+                .iter()
+                .map(|n| {
+                    (
+                        n.id.clone(),
+                        n.data_dir.join("audit"),
+                        // Every CA the mesh has had: checkpoints signed before a CA
+                        // rotation carry certificates from the old one.
+                        crate::pki::rotation::history_path(&dir.join("ca")),
+                        Some(n.id.clone()),
+                    )
+                })
+                .collect()
+        }
+    })
+}
+
+/// The `audit verify` report as a table, one line per log.
+fn print_verify_table(report: &[serde_json::Value]) {
+    for r in report {
+        match r["ok"].as_bool() {
+            Some(true) => println!(
+                "{:<8} ok   {} records, {} checkpoints, head {}",
+                r["node"].as_str().unwrap_or("?"),
+                r["records"],
+                r["checkpoints"],
+                r["head"].as_str().unwrap_or("")
+            ),
+            _ => println!(
+                "{:<8} FAIL {}",
+                r["node"].as_str().unwrap_or("?"),
+                r["error"].as_str().unwrap_or("")
+            ),
         }
     }
 }

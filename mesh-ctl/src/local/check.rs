@@ -12,9 +12,13 @@ use crate::Output;
 use crate::control::{MeshDir, admin, all_members};
 use anyhow::Context as _;
 use mesh_node::audit::chain::ChainError;
-use mesh_node::cluster::layout::Layout;
-use mesh_proto::v1::{GetLayoutRequest, GetStatusRequest};
+use mesh_node::cluster::layout::{Layout, Member};
+use mesh_node::security::control_key::ControlPublicKey;
+use mesh_proto::v1::{
+    GetLayoutRequest, GetStatusRequest, GetStatusResponse, MemberStatus, SignedLayout, TlsStatus,
+};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(clap::Args)]
@@ -106,37 +110,61 @@ pub async fn run(args: CheckArgs, output: Output) -> anyhow::Result<bool> {
         now: time::OffsetDateTime::now_utc().unix_timestamp(),
         warn_within: args.warn_within.as_secs() as i64,
     };
+    // Audit chains first: the admin calls of the member checks add records of their own.
+    check_audit_chains(&mut list, &mesh).await?;
+    let cas = check_cas(&mut list, &mesh);
+    check_client_certificates(&mut list, &mesh);
+    check_members(&mut list, &mesh, cas).await?;
 
-    // Audit chains of the local nodes, first: the admin calls below add records of their own.
-    if let Ok(text) = std::fs::read_to_string(mesh.dir.join("mesh.json")) {
-        let file: crate::local::up::MeshFile = serde_json::from_str(&text)?;
-        let roots = crate::pki::rotation::history_path(&mesh.ca_dir);
-        for n in &file.nodes {
-            let dir = n.data_dir.join("audit");
-            let mut verified = crate::audit::verify_dir(&dir, &roots, Some(&n.id));
-            if matches!(verified, Ok(Err(ChainError::NoCheckpoint))) {
-                // A young log: the node signs its first checkpoint within a second.
-                tokio::time::sleep(Duration::from_millis(1500)).await;
-                verified = crate::audit::verify_dir(&dir, &roots, Some(&n.id));
-            }
-            let (verdict, detail) = match verified {
-                Ok(Ok(v)) => (
-                    Verdict::Ok,
-                    format!("{} records, {} checkpoints", v.records, v.checkpoints),
-                ),
-                Ok(Err(e)) => (Verdict::Fail, e.to_string()),
-                Err(e) => (Verdict::Fail, format!("{e:#}")),
-            };
-            list.push(
-                "audit",
-                format!("node {} audit chain", n.id),
-                verdict,
-                detail,
-            );
+    // Shown by section, in this order; within a section in the order checked.
+    let order = |s: &str| {
+        ["certificates", "mesh", "audit"]
+            .iter()
+            .position(|x| *x == s)
+    };
+    list.items.sort_by_key(|i| order(i.section));
+    let ok = list.items.iter().all(|i| i.verdict != Verdict::Fail);
+    print_checklist(&list.items, ok, output)?;
+    Ok(ok)
+}
+
+/// Audit: each local node's chain (the nodes `mesh.json` lists) against the signed checkpoints,
+/// trusting every CA the mesh has had.
+async fn check_audit_chains(list: &mut Checklist, mesh: &MeshDir) -> anyhow::Result<()> {
+    let Ok(text) = std::fs::read_to_string(mesh.dir.join("mesh.json")) else {
+        return Ok(());
+    };
+    let file: crate::local::up::MeshFile = serde_json::from_str(&text)?;
+    let roots = crate::pki::rotation::history_path(&mesh.ca_dir);
+    for n in &file.nodes {
+        let dir = n.data_dir.join("audit");
+        let mut verified = crate::audit::verify_dir(&dir, &roots, Some(&n.id));
+        if matches!(verified, Ok(Err(ChainError::NoCheckpoint))) {
+            // A young log: the node signs its first checkpoint within a second.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            verified = crate::audit::verify_dir(&dir, &roots, Some(&n.id));
         }
+        let (verdict, detail) = match verified {
+            Ok(Ok(v)) => (
+                Verdict::Ok,
+                format!("{} records, {} checkpoints", v.records, v.checkpoints),
+            ),
+            Ok(Err(e)) => (Verdict::Fail, e.to_string()),
+            Err(e) => (Verdict::Fail, format!("{e:#}")),
+        };
+        list.push(
+            "audit",
+            format!("node {} audit chain", n.id),
+            verdict,
+            detail,
+        );
     }
+    Ok(())
+}
 
-    // Certificates in the mesh directory.
+/// Certificates: the CAs of the trust bundle (the CA certificate alone before any rotation).
+/// Returns how many there are, which every node must trust.
+fn check_cas(list: &mut Checklist, mesh: &MeshDir) -> usize {
     let bundle = crate::pki::rotation::trust_path(&mesh.ca_dir);
     let bundle = if bundle.exists() {
         bundle
@@ -160,6 +188,11 @@ pub async fn run(args: CheckArgs, output: Output) -> anyhow::Result<bool> {
         };
         list.expiry("certificates", label, not_after_of(ca).unwrap_or(0));
     }
+    cas.len()
+}
+
+/// Certificates: every client certificate in `DIR/clients`, by file name.
+fn check_client_certificates(list: &mut Checklist, mesh: &MeshDir) {
     let clients = mesh.dir.join("clients");
     let mut client_files: Vec<PathBuf> = std::fs::read_dir(&clients)
         .map(|d| {
@@ -185,43 +218,32 @@ pub async fn run(args: CheckArgs, output: Output) -> anyhow::Result<bool> {
             not_after,
         );
     }
+}
 
-    // Every node of the layout, asked over its admin API.
-    let (current, current_signed) = mesh.layout()?;
+/// What every member must run: the mesh directory's current layout, exactly as signed.
+struct AgreedLayout {
+    layout: Layout,
+    signed: SignedLayout,
+    control: ControlPublicKey,
+}
+
+/// Every member of the current and previous layout, asked once over its admin API; each answer
+/// feeds the node certificate checks and the mesh checks, in member order.
+async fn check_members(list: &mut Checklist, mesh: &MeshDir, cas: usize) -> anyhow::Result<()> {
+    let (layout, signed) = mesh.layout()?;
     let previous = mesh.previous_layout()?;
     let tls = mesh.admin_tls()?;
-    let control = mesh.control_key()?.public();
-    for m in all_members(&current, previous.as_ref()) {
+    let agreed = AgreedLayout {
+        layout,
+        signed,
+        control: mesh.control_key()?.public(),
+    };
+    for m in all_members(&agreed.layout, previous.as_ref()) {
         let id = m.node_id.clone();
-        let asked = async {
-            let mut c = admin(&m, tls.clone()).await?;
-            let status = c.get_status(GetStatusRequest {}).await?.into_inner();
-            let runs = c
-                .get_layout(GetLayoutRequest {})
-                .await?
-                .into_inner()
-                .layout
-                .context("runs no layout")?;
-            anyhow::Ok((status, runs))
-        };
-        let (status, runs) = match tokio::time::timeout(Duration::from_secs(10), asked).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => {
-                list.push(
-                    "mesh",
-                    format!("node {id} answers"),
-                    Verdict::Fail,
-                    format!("{e:#}"),
-                );
-                continue;
-            }
-            Err(_) => {
-                list.push(
-                    "mesh",
-                    format!("node {id} answers"),
-                    Verdict::Fail,
-                    "no answer within 10 s".into(),
-                );
+        let (status, runs) = match ask_member(&m, tls.clone()).await {
+            Ok(answer) => answer,
+            Err(detail) => {
+                list.push("mesh", format!("node {id} answers"), Verdict::Fail, detail);
                 continue;
             }
         };
@@ -232,103 +254,136 @@ pub async fn run(args: CheckArgs, output: Output) -> anyhow::Result<bool> {
             m.gateway_addr.clone(),
         );
         if let Some(t) = &status.tls {
-            list.expiry(
-                "certificates",
-                format!("node {id} certificate (serial {})", t.cert_serial),
-                t.cert_not_after_unix,
-            );
-            if t.last_error.is_empty() {
-                list.push(
-                    "certificates",
-                    format!("node {id} credentials"),
-                    Verdict::Ok,
-                    format!(
-                        "generation {}, {} CA(s) trusted, {} revoked",
-                        t.generation, t.trusted_cas, t.revoked
-                    ),
-                );
-            } else {
-                list.push(
-                    "certificates",
-                    format!("node {id} credentials"),
-                    Verdict::Fail,
-                    format!("last reload failed: {}", t.last_error),
-                );
-            }
-            if t.trusted_cas as usize != cas.len() {
-                list.push(
-                    "certificates",
-                    format!("node {id} trust bundle"),
-                    Verdict::Fail,
-                    format!(
-                        "trusts {} CA(s), the bundle has {}",
-                        t.trusted_cas,
-                        cas.len()
-                    ),
-                );
-            }
+            check_node_certificate(list, &id, t, cas);
         }
-        let unreachable: Vec<String> = status
-            .members
-            .iter()
-            .filter(|p| !p.reachable)
-            .map(|p| p.node_id.clone())
-            .collect();
-        if status.members.is_empty() {
-            // A node that left the mesh has no members to reach.
-        } else if unreachable.is_empty() {
-            list.push(
-                "mesh",
-                format!("node {id} reaches its peers"),
-                Verdict::Ok,
-                format!("{} member(s)", status.members.len()),
-            );
-        } else {
-            list.push(
-                "mesh",
-                format!("node {id} reaches its peers"),
-                Verdict::Fail,
-                format!("cannot reach {}", unreachable.join(", ")),
-            );
-        }
-        match Layout::verify(&runs, &control) {
-            Err(e) => list.push(
-                "mesh",
-                format!("node {id} layout"),
-                Verdict::Fail,
-                format!("runs a layout this control key did not sign: {e}"),
-            ),
-            Ok(l) if l.version == current.version && runs == current_signed => list.push(
-                "mesh",
-                format!("node {id} layout"),
-                Verdict::Ok,
-                format!("v{} agreed", l.version),
-            ),
-            Ok(l) => list.push(
-                "mesh",
-                format!("node {id} layout"),
-                Verdict::Fail,
-                format!("runs v{}, the mesh is at v{}", l.version, current.version),
-            ),
-        }
+        check_peers_reachable(list, &id, &status.members);
+        check_layout_agreed(list, &id, &runs, &agreed);
     }
+    Ok(())
+}
 
-    // Shown by section, in this order; within a section in the order checked.
-    let order = |s: &str| {
-        ["certificates", "mesh", "audit"]
-            .iter()
-            .position(|x| *x == s)
+/// A member's status and the layout it runs, or why it gave neither within 10 s.
+async fn ask_member(
+    m: &Member,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<(GetStatusResponse, SignedLayout), String> {
+    let asked = async {
+        let mut c = admin(m, tls).await?;
+        let status = c.get_status(GetStatusRequest {}).await?.into_inner();
+        let runs = c
+            .get_layout(GetLayoutRequest {})
+            .await?
+            .into_inner()
+            .layout
+            .context("runs no layout")?;
+        anyhow::Ok((status, runs))
     };
-    list.items.sort_by_key(|i| order(i.section));
-    let ok = list.items.iter().all(|i| i.verdict != Verdict::Fail);
+    match tokio::time::timeout(Duration::from_secs(10), asked).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(_) => Err("no answer within 10 s".into()),
+    }
+}
+
+/// Certificates: the certificate a node serves (as it reports it, not as a file says), whether
+/// its last credentials reload succeeded, and whether it trusts the whole bundle.
+fn check_node_certificate(list: &mut Checklist, id: &str, t: &TlsStatus, cas: usize) {
+    list.expiry(
+        "certificates",
+        format!("node {id} certificate (serial {})", t.cert_serial),
+        t.cert_not_after_unix,
+    );
+    if t.last_error.is_empty() {
+        list.push(
+            "certificates",
+            format!("node {id} credentials"),
+            Verdict::Ok,
+            format!(
+                "generation {}, {} CA(s) trusted, {} revoked",
+                t.generation, t.trusted_cas, t.revoked
+            ),
+        );
+    } else {
+        list.push(
+            "certificates",
+            format!("node {id} credentials"),
+            Verdict::Fail,
+            format!("last reload failed: {}", t.last_error),
+        );
+    }
+    if t.trusted_cas as usize != cas {
+        list.push(
+            "certificates",
+            format!("node {id} trust bundle"),
+            Verdict::Fail,
+            format!("trusts {} CA(s), the bundle has {}", t.trusted_cas, cas),
+        );
+    }
+}
+
+/// Mesh: whether a node reaches every member it knows of.
+fn check_peers_reachable(list: &mut Checklist, id: &str, members: &[MemberStatus]) {
+    let unreachable: Vec<String> = members
+        .iter()
+        .filter(|p| !p.reachable)
+        .map(|p| p.node_id.clone())
+        .collect();
+    if members.is_empty() {
+        // A node that left the mesh has no members to reach.
+    } else if unreachable.is_empty() {
+        list.push(
+            "mesh",
+            format!("node {id} reaches its peers"),
+            Verdict::Ok,
+            format!("{} member(s)", members.len()),
+        );
+    } else {
+        list.push(
+            "mesh",
+            format!("node {id} reaches its peers"),
+            Verdict::Fail,
+            format!("cannot reach {}", unreachable.join(", ")),
+        );
+    }
+}
+
+/// Mesh: whether a node runs exactly the signed layout of the mesh directory.
+fn check_layout_agreed(list: &mut Checklist, id: &str, runs: &SignedLayout, agreed: &AgreedLayout) {
+    match Layout::verify(runs, &agreed.control) {
+        Err(e) => list.push(
+            "mesh",
+            format!("node {id} layout"),
+            Verdict::Fail,
+            format!("runs a layout this control key did not sign: {e}"),
+        ),
+        Ok(l) if l.version == agreed.layout.version && *runs == agreed.signed => list.push(
+            "mesh",
+            format!("node {id} layout"),
+            Verdict::Ok,
+            format!("v{} agreed", l.version),
+        ),
+        Ok(l) => list.push(
+            "mesh",
+            format!("node {id} layout"),
+            Verdict::Fail,
+            format!(
+                "runs v{}, the mesh is at v{}",
+                l.version, agreed.layout.version
+            ),
+        ),
+    }
+}
+
+/// The sorted checklist, as JSON or as sections with a mark per item and a closing verdict.
+fn print_checklist(items: &[Item], ok: bool, output: Output) -> anyhow::Result<()> {
     match output {
         Output::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "ok": ok, "checks": list.items }))?
+            serde_json::to_string_pretty(&serde_json::json!({ "ok": ok, "checks": items }))?
         ),
         Output::Table => {
             let mut section = "";
-            for i in &list.items {
+            for i in items {
                 if i.section != section {
                     section = i.section;
                     println!("\n{section}\n{}", "-".repeat(section.len()));
@@ -346,5 +401,5 @@ pub async fn run(args: CheckArgs, output: Output) -> anyhow::Result<bool> {
             );
         }
     }
-    Ok(ok)
+    Ok(())
 }

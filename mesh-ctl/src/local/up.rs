@@ -228,25 +228,95 @@ pub fn port(base_port: u16, i: usize, offset: u16) -> u16 {
     }
 }
 
+/// A node process `up` started, with the files it runs from.
+struct LocalNode {
+    id: String,
+    /// Killed on drop, so an `up` that fails half-way leaves no node behind.
+    child: Child,
+    files: NodeFiles,
+}
+
+/// What `up` has on disk before any node starts.
+struct Prepared {
+    /// `--dir`, absolute: node configs name files under it and nodes run from anywhere.
+    dir: PathBuf,
+    ca: CertificateAuthority,
+    /// The trust bundle clients are told to use.
+    ca_cert: PathBuf,
+    clients: BTreeMap<String, ClientEntry>,
+    /// The signed layout the nodes start with, saved as `DIR/layout.bin`.
+    layout: Layout,
+}
+
 pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
     let node_bin = node_binary(args.node_bin)?;
-    let dir = abs(&args.dir)?;
+    let Prepared {
+        dir,
+        ca,
+        ca_cert,
+        clients,
+        layout,
+    } = prepare(&args.dir, &args.trust_domain, args.nodes, args.base_port)?;
+    let mut nodes = start_nodes(&dir, &ca, &layout, &node_bin, args.base_port)?;
+    let entries = wait_all_ready(&layout, &mut nodes).await?;
+    let mesh = MeshFile {
+        trust_domain: ca.trust_domain().to_owned(),
+        base_port: args.base_port,
+        layout_version: layout.version,
+        server_name: "localhost".into(),
+        ca_cert,
+        nodes: entries,
+        clients,
+    };
+    publish(&dir, &mesh, output)?;
+
+    // Run until interrupted, or until a node dies on its own.
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let outcome = supervise(&dir, &mut nodes, term).await;
+    shut_down(&dir, &mut nodes).await;
+    outcome
+}
+
+/// Sets up DIR: the CA (created once, then kept), freshly issued client certificates, and the
+/// signed layout the nodes will run.
+fn prepare(
+    dir: &Path,
+    trust_domain: &str,
+    nodes: Option<usize>,
+    base_port: u16,
+) -> anyhow::Result<Prepared> {
+    let dir = abs(dir)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let ca_dir = dir.join("ca");
     let ca = if ca_dir.join(mesh_node::security::pki::CA_CERT_FILE).exists() {
         CertificateAuthority::load(&ca_dir)?
     } else {
-        let ca =
-            CertificateAuthority::create(&args.trust_domain, Duration::from_secs(3650 * 86_400))?;
+        let ca = CertificateAuthority::create(trust_domain, Duration::from_secs(3650 * 86_400))?;
         ca.save(&ca_dir)?;
         ca
     };
-    let td = ca.trust_domain().to_owned();
     crate::pki::rotation::ensure_trust_files(&ca_dir)?;
     // Clients trust the bundle: both CAs while a CA rotation is under way.
     let ca_cert = crate::pki::rotation::trust_path(&ca_dir);
-    let day = Duration::from_secs(86_400);
+    let clients = issue_clients(&dir, &ca)?;
+    let layout = plan_layout(&dir, nodes, base_port)?;
+    Ok(Prepared {
+        dir,
+        ca,
+        ca_cert,
+        clients,
+        layout,
+    })
+}
 
+/// One client certificate per role under `DIR/clients`, valid for a day.
+fn issue_clients(
+    dir: &Path,
+    ca: &CertificateAuthority,
+) -> anyhow::Result<BTreeMap<String, ClientEntry>> {
+    let ca_dir = dir.join("ca");
+    let td = ca.trust_domain().to_owned();
+    let day = Duration::from_secs(86_400);
     let mut clients = BTreeMap::new();
     for role in Role::ALL {
         let identity = Identity::Client {
@@ -255,7 +325,7 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
             name: format!("local-{role}"),
         };
         let issued =
-            crate::pki::rotation::issue(&ca_dir, &ca, &LeafSpec::new(identity.clone(), day))?;
+            crate::pki::rotation::issue(&ca_dir, ca, &LeafSpec::new(identity.clone(), day))?;
         let (cert, key) =
             crate::pki::rotation::write_issued(&issued, &dir.join("clients"), role.as_str())?;
         clients.insert(
@@ -267,12 +337,23 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
             },
         );
     }
+    Ok(clients)
+}
 
+/// The node number (0-based) a local node id `n<i>` stands for; it picks the node's ports.
+fn node_number(id: &str) -> usize {
+    id.trim_start_matches('n')
+        .parse::<usize>()
+        .map_or(0, |n| n.saturating_sub(1))
+}
+
+/// The layout the nodes start with, signed and saved under DIR when its version is new.
+fn plan_layout(dir: &Path, nodes: Option<usize>, base_port: u16) -> anyhow::Result<Layout> {
     // Members: those of the stored layout (with the same ids) or n1..nN for a new mesh. Addresses
     // are reassigned; when only they changed, the layout moves to the next version.
-    let control_dir = crate::control::MeshDir::open(&dir)?;
+    let control_dir = crate::control::MeshDir::open(dir)?;
     let existing = control_dir.layout().ok().map(|(l, _)| l);
-    let ids: Vec<String> = match (&existing, args.nodes) {
+    let ids: Vec<String> = match (&existing, nodes) {
         (Some(old), Some(n)) if n != old.members.len() => bail!(
             "{} holds a {}-node mesh; change its size with `mesh-ctl scale --nodes {n} --dir {}` while it runs (or use a fresh --dir)",
             dir.display(),
@@ -288,17 +369,12 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
             (1..=n).map(|i| format!("n{i}")).collect()
         }
     };
-    let number = |id: &str| -> usize {
-        id.trim_start_matches('n')
-            .parse::<usize>()
-            .map_or(0, |n| n.saturating_sub(1))
-    };
     let members: Vec<Member> = ids
         .iter()
         .map(|id| Member {
             node_id: id.clone(),
-            gateway_addr: format!("127.0.0.1:{}", port(args.base_port, number(id), 0)),
-            peer_addr: format!("127.0.0.1:{}", port(args.base_port, number(id), 2000)),
+            gateway_addr: format!("127.0.0.1:{}", port(base_port, node_number(id), 0)),
+            peer_addr: format!("127.0.0.1:{}", port(base_port, node_number(id), 2000)),
         })
         .collect();
     let control = control_dir
@@ -316,72 +392,89 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
     {
         control_dir.save_layout(&layout.sign(&control))?;
     }
+    Ok(layout)
+}
 
-    let mut children: Vec<(String, Child, NodeFiles)> = Vec::new();
+/// Starts one `mesh-node` per member of `layout`, its output relayed to ours.
+fn start_nodes(
+    dir: &Path,
+    ca: &CertificateAuthority,
+    layout: &Layout,
+    node_bin: &Path,
+    base_port: u16,
+) -> anyhow::Result<Vec<LocalNode>> {
+    let mut nodes = Vec::new();
     for member in &layout.members {
         let id = member.node_id.clone();
-        let files = prepare_node(&dir, &ca, member, port(args.base_port, number(&id), 1000))?;
-        let mut child = Command::from(node_command(&node_bin, &files))
+        let files = prepare_node(dir, ca, member, port(base_port, node_number(&id), 1000))?;
+        let mut child = Command::from(node_command(node_bin, &files))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", node_bin.display()))?;
-        for pipe in [
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let prefix = id.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(pipe).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    eprintln!("[{prefix}] {line}");
-                }
-            });
-        }
-        children.push((id, child, files));
+        relay_output(&id, &mut child);
+        nodes.push(LocalNode { id, child, files });
     }
+    Ok(nodes)
+}
 
+/// Copies a node's stdout and stderr to our stderr, each line prefixed with the node id, so the
+/// nodes' logs interleave readably in one terminal.
+fn relay_output(id: &str, child: &mut Child) {
+    for pipe in [
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn tokio::io::AsyncRead + Unpin + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let prefix = id.to_owned();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(pipe).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[{prefix}] {line}");
+            }
+        });
+    }
+}
+
+/// Waits for every node's ready file, in layout order; the mesh.json entries they make.
+async fn wait_all_ready(
+    layout: &Layout,
+    nodes: &mut [LocalNode],
+) -> anyhow::Result<Vec<NodeEntry>> {
     let loads = layout.loads();
-    let mut nodes = Vec::new();
-    for (id, child, files) in &mut children {
-        let r = wait_ready(id, files, || {
-            child.try_wait().ok().flatten().map(|s| s.to_string())
+    let mut entries = Vec::new();
+    for node in nodes.iter_mut() {
+        let r = wait_ready(&node.id, &node.files, || {
+            node.child.try_wait().ok().flatten().map(|s| s.to_string())
         })
         .await?;
-        let data_dir = files.data_dir.clone();
-        nodes.push(NodeEntry {
-            id: id.clone(),
+        entries.push(NodeEntry {
+            id: node.id.clone(),
             gateway: r.gateway,
             ops: r.ops,
             peer: r.peer,
-            partitions: loads.get(id.as_str()).copied().unwrap_or(0),
+            partitions: loads.get(node.id.as_str()).copied().unwrap_or(0),
             pid: r.pid,
-            data_dir: data_dir.clone(),
+            data_dir: node.files.data_dir.clone(),
         });
     }
+    Ok(entries)
+}
 
-    let mesh = MeshFile {
-        trust_domain: td,
-        base_port: args.base_port,
-        layout_version: layout.version,
-        server_name: "localhost".into(),
-        ca_cert,
-        nodes,
-        clients,
-    };
+/// Writes `DIR/mesh.json`, which says the mesh is up, and tells the operator where it is.
+fn publish(dir: &Path, mesh: &MeshFile, output: Output) -> anyhow::Result<()> {
     let mesh_path = dir.join("mesh.json");
-    mesh.save(&dir)?;
-    print(output, &serde_json::to_value(&mesh)?, || {
+    mesh.save(dir)?;
+    print(output, &serde_json::to_value(mesh)?, || {
         let mut s = format!(
             "mesh up: {} node(s), trust domain {}\n",
             mesh.nodes.len(),
@@ -398,36 +491,45 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
             mesh_path.display()
         );
         s
-    })?;
+    })
+}
 
-    // Run until interrupted, or until a node dies on its own.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+/// Returns on Ctrl-C or SIGTERM (Ok), or when a node dies on its own (the error `up` exits with).
+async fn supervise(
+    dir: &Path,
+    nodes: &mut [LocalNode],
+    mut term: tokio::signal::unix::Signal,
+) -> anyhow::Result<()> {
     // A node `mesh-ctl scale` retired is gone from mesh.json: its exit is expected.
     let died = async {
         loop {
-            let listed = MeshFile::load(&dir).ok();
-            for (id, child, ..) in &mut children {
-                if let Ok(Some(status)) = child.try_wait() {
+            let listed = MeshFile::load(dir).ok();
+            for node in nodes.iter_mut() {
+                if let Ok(Some(status)) = node.child.try_wait() {
                     let retired = listed
                         .as_ref()
-                        .is_some_and(|m| !m.nodes.iter().any(|n| &n.id == id));
+                        .is_some_and(|m| !m.nodes.iter().any(|n| n.id == node.id));
                     if !retired {
-                        return (id.clone(), status);
+                        return (node.id.clone(), status);
                     }
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
-    let outcome = tokio::select! {
+    tokio::select! {
         _ = tokio::signal::ctrl_c() => Ok(()),
         _ = term.recv() => Ok(()),
         (id, status) = died => Err(anyhow::anyhow!("node {id} exited unexpectedly ({status})")),
-    };
+    }
+}
+
+/// Stops every node of the mesh (SIGTERM, then SIGKILL after 15 s) and removes mesh.json.
+async fn shut_down(dir: &Path, nodes: &mut [LocalNode]) {
     eprintln!("stopping the mesh");
     // Nodes `mesh-ctl scale` started are not our children: stop them by pid.
-    let ours: Vec<u32> = children.iter().filter_map(|(_, c, _)| c.id()).collect();
-    let extra: Vec<u32> = MeshFile::load(&dir)
+    let ours: Vec<u32> = nodes.iter().filter_map(|n| n.child.id()).collect();
+    let extra: Vec<u32> = MeshFile::load(dir)
         .map(|m| {
             m.nodes
                 .iter()
@@ -436,7 +538,7 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
                 .collect()
         })
         .unwrap_or_default();
-    let _ = std::fs::remove_file(&mesh_path);
+    let _ = std::fs::remove_file(dir.join("mesh.json"));
     for pid in ours.iter().chain(&extra) {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(*pid as i32),
@@ -446,16 +548,15 @@ pub async fn run(args: UpArgs, output: Output) -> anyhow::Result<()> {
     for pid in &extra {
         wait_gone(*pid, Duration::from_secs(15)).await;
     }
-    for (id, child, ..) in &mut children {
-        if tokio::time::timeout(Duration::from_secs(15), child.wait())
+    for node in nodes.iter_mut() {
+        if tokio::time::timeout(Duration::from_secs(15), node.child.wait())
             .await
             .is_err()
         {
-            eprintln!("node {id} did not stop within 15s; killing it");
-            let _ = child.kill().await;
+            eprintln!("node {} did not stop within 15s; killing it", node.id);
+            let _ = node.child.kill().await;
         }
     }
-    outcome
 }
 
 /// Waits until process `pid` has exited (SIGKILL after `grace`).
