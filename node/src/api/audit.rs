@@ -20,7 +20,6 @@ use mesh_proto::v1::{
     AuditQueryRequest, AuditRecord, AuditWatchRequest, ForwardedAuditRecords, ForwardedCall,
 };
 use prost::Message as _;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -191,19 +190,13 @@ fn limit(q: &AuditQueryRequest) -> usize {
 }
 
 impl PeerService for AuditService {
-    fn serve(
-        self: Arc<Self>,
-        from: String,
-        body: Body,
-    ) -> Pin<Box<dyn Future<Output = Result<PeerResult, Error>> + Send>> {
-        Box::pin(async move {
-            match body {
-                Body::Call(call) => Ok(PeerResult::Response(self.forwarded(&from, call).await?)),
-                _ => Err(Error::Unavailable(
-                    "the audit service does not serve that message".into(),
-                )),
-            }
-        })
+    async fn serve(self: Arc<Self>, from: String, body: Body) -> Result<PeerResult, Error> {
+        match body {
+            Body::Call(call) => Ok(PeerResult::Response(self.forwarded(&from, call).await?)),
+            _ => Err(Error::Unavailable(
+                "the audit service does not serve that message".into(),
+            )),
+        }
     }
 }
 

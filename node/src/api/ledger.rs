@@ -14,8 +14,6 @@ use crate::error::Error;
 use mesh_proto::v1::RevealAllowance;
 use mesh_proto::v1::peer_request::Body;
 use mesh_proto::v1::peer_response::Result as PeerResult;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -102,18 +100,12 @@ impl RevealLedger {
 }
 
 impl PeerService for RevealLedger {
-    fn serve(
-        self: Arc<Self>,
-        _from: String,
-        body: Body,
-    ) -> Pin<Box<dyn Future<Output = Result<PeerResult, Error>> + Send>> {
-        Box::pin(async move {
-            match body {
-                Body::Charge(charge) => Ok(PeerResult::Allowance(self.take(&charge.principal))),
-                _ => Err(Error::Unavailable(
-                    "the ledger does not serve that message".into(),
-                )),
-            }
-        })
+    async fn serve(self: Arc<Self>, _from: String, body: Body) -> Result<PeerResult, Error> {
+        match body {
+            Body::Charge(charge) => Ok(PeerResult::Allowance(self.take(&charge.principal))),
+            _ => Err(Error::Unavailable(
+                "the ledger does not serve that message".into(),
+            )),
+        }
     }
 }

@@ -42,10 +42,30 @@ pub(crate) trait PeerService: Send + Sync + 'static {
         self: Arc<Self>,
         from: String,
         body: Body,
+    ) -> impl Future<Output = Result<PeerResult, Error>> + Send;
+}
+
+/// A [`PeerService`] as the registry holds it: its future boxed, so services of any type sit in
+/// one table.
+trait Registered: Send + Sync + 'static {
+    fn serve_boxed(
+        self: Arc<Self>,
+        from: String,
+        body: Body,
     ) -> Pin<Box<dyn Future<Output = Result<PeerResult, Error>> + Send>>;
 }
 
-type Handlers = Vec<(Kind, Arc<dyn PeerService>)>;
+impl<S: PeerService> Registered for S {
+    fn serve_boxed(
+        self: Arc<Self>,
+        from: String,
+        body: Body,
+    ) -> Pin<Box<dyn Future<Output = Result<PeerResult, Error>> + Send>> {
+        Box::pin(self.serve(from, body))
+    }
+}
+
+type Handlers = Vec<(Kind, Arc<dyn Registered>)>;
 
 /// The registry of peer-message handlers; the transport's one [`PeerHandler`].
 #[derive(Default)]
@@ -72,7 +92,7 @@ impl Dispatch {
     }
 
     /// Sends messages of `kind` to `service` from now on.
-    pub(crate) fn register(&self, kind: Kind, service: Arc<dyn PeerService>) {
+    pub(crate) fn register<S: PeerService>(&self, kind: Kind, service: Arc<S>) {
         self.handlers
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -80,7 +100,7 @@ impl Dispatch {
     }
 
     /// The handler of a message, or why there is none.
-    fn handler(&self, body: &Body) -> Result<Arc<dyn PeerService>, Error> {
+    fn handler(&self, body: &Body) -> Result<Arc<dyn Registered>, Error> {
         let wanted = |kind: &Kind| match (kind, body) {
             (Kind::Pull, Body::Pull(_))
             | (Kind::Holdings, Body::Query(_))
@@ -107,9 +127,11 @@ impl Dispatch {
             return Ok(PeerResult::Pong(Ping {}));
         }
         let service = self.handler(&body)?;
-        tokio::spawn(service.serve(from, body)).await.map_err(|_| {
-            Error::Internal("the peer request handler failed; see the node's log".into())
-        })?
+        tokio::spawn(service.serve_boxed(from, body))
+            .await
+            .map_err(|_| {
+                Error::Internal("the peer request handler failed; see the node's log".into())
+            })?
     }
 }
 

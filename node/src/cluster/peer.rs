@@ -87,9 +87,7 @@ impl PeerClient {
     ) -> Result<Vec<u8>, Error> {
         match self.exchange(to, Body::Call(call), deadline, what).await? {
             PeerResult::Response(bytes) => Ok(bytes),
-            PeerResult::Status(s) if s.moved => Err(Error::Moved(s.message)),
-            PeerResult::Status(s) => Err(Error::Remote(tonic::Code::from(s.code), s.message)),
-            _ => Err(unexpected(to)),
+            other => Err(refused(to, other)),
         }
     }
 
@@ -101,14 +99,7 @@ impl PeerClient {
         deadline: Instant,
         p: Partition,
     ) -> Result<Vec<u8>, Error> {
-        let what = format!("the shard holding partition {p}");
-        trace::hop(
-            Hop::Forward,
-            &to.node_id,
-            p,
-            self.call(to, call, deadline, &what),
-        )
-        .await
+        self.hop(Hop::Forward, to, call, deadline, p).await
     }
 
     /// Passes a forwarded call on, unchanged (its proof is the client's, not this node's), to the
@@ -120,14 +111,20 @@ impl PeerClient {
         deadline: Instant,
         p: Partition,
     ) -> Result<Vec<u8>, Error> {
+        self.hop(Hop::Relay, to, call, deadline, p).await
+    }
+
+    /// One routing hop of a client's call, traced as `kind`.
+    async fn hop(
+        &self,
+        kind: Hop,
+        to: &Member,
+        call: ForwardedCall,
+        deadline: Instant,
+        p: Partition,
+    ) -> Result<Vec<u8>, Error> {
         let what = format!("the shard holding partition {p}");
-        trace::hop(
-            Hop::Relay,
-            &to.node_id,
-            p,
-            self.call(to, call, deadline, &what),
-        )
-        .await
+        trace::hop(kind, &to.node_id, p, self.call(to, call, deadline, &what)).await
     }
 
     /// Sends an auditor's query (with the auditor's proof) to one member; its encoded records.
@@ -158,8 +155,7 @@ impl PeerClient {
             .await?
         {
             PeerResult::Allowance(a) => Ok(a),
-            PeerResult::Status(s) => Err(Error::Remote(tonic::Code::from(s.code), s.message)),
-            _ => Err(unexpected(to)),
+            other => Err(refused(to, other)),
         }
     }
 
@@ -181,9 +177,7 @@ impl PeerClient {
             .await?
         {
             PeerResult::Partition(data) => Ok(data),
-            PeerResult::Status(s) if s.moved => Err(Error::Moved(s.message)),
-            PeerResult::Status(s) => Err(Error::Remote(tonic::Code::from(s.code), s.message)),
-            _ => Err(unexpected(from)),
+            other => Err(refused(from, other)),
         }
     }
 
@@ -197,8 +191,7 @@ impl PeerClient {
         let deadline = Instant::now() + HOLDINGS_TIMEOUT;
         match self.exchange(to, body, deadline, "the new owner").await? {
             PeerResult::Holdings(answer) => Ok(answer),
-            PeerResult::Status(s) => Err(Error::Remote(tonic::Code::from(s.code), s.message)),
-            _ => Err(unexpected(to)),
+            other => Err(refused(to, other)),
         }
     }
 
@@ -210,8 +203,7 @@ impl PeerClient {
         let deadline = Instant::now() + LAYOUT_PUSH_TIMEOUT;
         match self.exchange(to, body, deadline, "a member").await? {
             PeerResult::Pong(_) => Ok(()),
-            PeerResult::Status(s) => Err(Error::Remote(tonic::Code::from(s.code), s.message)),
-            _ => Err(unexpected(to)),
+            other => Err(refused(to, other)),
         }
     }
 
@@ -223,8 +215,19 @@ impl PeerClient {
             .await?
         {
             PeerResult::Pong(_) => Ok(()),
-            _ => Err(unexpected(to)),
+            other => Err(refused(to, other)),
         }
+    }
+}
+
+/// The error a peer's answer stands for when it is not the value the call expects: the peer's own
+/// status passed on ([`Error::Moved`] when it refused the call unopened because its partition is
+/// moving), or an answer of the wrong kind.
+fn refused(from: &Member, answer: PeerResult) -> Error {
+    match answer {
+        PeerResult::Status(s) if s.moved => Error::Moved(s.message),
+        PeerResult::Status(s) => Error::Remote(tonic::Code::from(s.code), s.message),
+        _ => unexpected(from),
     }
 }
 

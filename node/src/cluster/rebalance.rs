@@ -46,8 +46,6 @@ use mesh_proto::v1::{
 };
 use prost::Message as _;
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
@@ -554,31 +552,25 @@ impl Rebalance {
 
 /// The handoff message for an export. Data keys are copied into it raw (see `TransferredCustomer`).
 impl PeerService for Rebalance {
-    fn serve(
-        self: Arc<Self>,
-        from: String,
-        body: Body,
-    ) -> Pin<Box<dyn Future<Output = Result<PeerResult, Error>> + Send>> {
-        Box::pin(async move {
-            match body {
-                Body::Pull(pull) => Ok(PeerResult::Partition(self.serve_pull(&from, pull).await?)),
-                Body::Query(query) => Ok(PeerResult::Holdings(self.holdings(&query))),
-                Body::Layout(push) => {
-                    let signed = push
-                        .layout
-                        .ok_or_else(|| Error::InvalidArgument("layout: is required".into()))?;
-                    match self.apply(&signed).await {
-                        Ok(_) | Err(ApplyError::Layout(LayoutError::NotNewer { .. })) => {
-                            Ok(PeerResult::Pong(Ping {}))
-                        }
-                        Err(e) => Err(e.into()),
+    async fn serve(self: Arc<Self>, from: String, body: Body) -> Result<PeerResult, Error> {
+        match body {
+            Body::Pull(pull) => Ok(PeerResult::Partition(self.serve_pull(&from, pull).await?)),
+            Body::Query(query) => Ok(PeerResult::Holdings(self.holdings(&query))),
+            Body::Layout(push) => {
+                let signed = push
+                    .layout
+                    .ok_or_else(|| Error::InvalidArgument("layout: is required".into()))?;
+                match self.apply(&signed).await {
+                    Ok(_) | Err(ApplyError::Layout(LayoutError::NotNewer { .. })) => {
+                        Ok(PeerResult::Pong(Ping {}))
                     }
+                    Err(e) => Err(e.into()),
                 }
-                _ => Err(Error::Unavailable(
-                    "rebalance does not serve that message".into(),
-                )),
             }
-        })
+            _ => Err(Error::Unavailable(
+                "rebalance does not serve that message".into(),
+            )),
+        }
     }
 }
 

@@ -125,14 +125,13 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         shutdown.clone(),
     ));
 
-    let Cluster {
-        mesh,
-        transport,
-        peer_addr,
-        audit,
-        audit_task,
-        rebalance,
-    } = join_mesh(config, &store, &trust, &metrics).await?;
+    let cluster = join_mesh(config, &store, &trust, &metrics).await?;
+    let (mesh, transport, audit, rebalance) = (
+        cluster.mesh,
+        cluster.transport,
+        cluster.audit,
+        cluster.rebalance,
+    );
     let rebalance_task = tokio::spawn(rebalance.clone().run(shutdown.clone()));
     let gateway = Gateway::new(
         store.clone(),
@@ -186,7 +185,7 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
     Ok(RunningNode {
         gateway_addr,
         ops_addr,
-        peer_addr,
+        peer_addr: cluster.peer_addr,
         transport,
         peer_task,
         shutdown,
@@ -195,7 +194,7 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         ops_state,
         store,
         audit,
-        audit_task,
+        audit_task: cluster.audit_task,
         rebalance_task,
         trust_task,
         drain_timeout: config.drain_timeout,

@@ -430,19 +430,13 @@ impl Gateway {
 }
 
 impl PeerService for Gateway {
-    fn serve(
-        self: Arc<Self>,
-        from: String,
-        body: Body,
-    ) -> Pin<Box<dyn Future<Output = Result<PeerResult, Error>> + Send>> {
-        Box::pin(async move {
-            match body {
-                Body::Call(call) => Ok(PeerResult::Response(self.forwarded(&from, call).await?)),
-                _ => Err(Error::Unavailable(
-                    "the gateway does not serve that message".into(),
-                )),
-            }
-        })
+    async fn serve(self: Arc<Self>, from: String, body: Body) -> Result<PeerResult, Error> {
+        match body {
+            Body::Call(call) => Ok(PeerResult::Response(self.forwarded(&from, call).await?)),
+            _ => Err(Error::Unavailable(
+                "the gateway does not serve that message".into(),
+            )),
+        }
     }
 }
 
