@@ -2,7 +2,7 @@
 //! which fields it may reveal with a reason, which statuses it may set, and for how long it sees
 //! the buyer at all.
 //!
-//! This file is the single source of truth for access (DESIGN.md section 5). It is data, not code
+//! This file is the single source of truth for access (ARCHITECTURE.md, "Roles and projections"). It is data, not code
 //! paths: the gateway asks the functions at the bottom of this file, `projection::project` builds
 //! every response from [`visibility`] and [`window`], and `mesh-ctl access show` prints
 //! [`ROLE_TABLE`] itself. Anything not granted here is refused (`PERMISSION_DENIED`) or withheld.
@@ -313,7 +313,7 @@ impl Window {
 #[derive(Debug)]
 pub struct RolePolicy {
     pub role: Role,
-    /// The job the role does, as in DESIGN.md section 5.
+    /// The job the role does, as in ARCHITECTURE.md, "Roles and projections".
     pub job: &'static str,
     /// The methods the role may call. Anything else is `PERMISSION_DENIED`.
     pub methods: &'static [Method],
@@ -461,7 +461,7 @@ const REVEALABLE: &[Field] = &[
     F::AddressLine2,
 ];
 
-/// The role table (DESIGN.md section 5, plus `auditor`).
+/// The role table (ARCHITECTURE.md, "Roles and projections").
 pub static ROLE_TABLE: &[RolePolicy] = &[
     RolePolicy {
         role: Role::Storefront,
