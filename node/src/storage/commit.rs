@@ -1,84 +1,165 @@
-//! Group commit: writers share fsyncs instead of each paying for one.
+//! Group commit: one writer thread makes every write durable, many at a time.
 //!
-//! A writer applies its change to sled (in memory), then asks the committer for durability and
-//! waits. The committer takes every request that has queued up, runs one `flush` (write + fsync),
-//! and answers them all. While a flush runs, new requests queue and form the next batch, so under
-//! load the number of fsyncs per second stays bounded while throughput grows with concurrency.
-//! Because each writer's change was applied before it queued, the flush that answers it covers it.
+//! A request prepares its change as [`Writes`] (what to put and delete, in which keyspace) and hands
+//! it to the writer with [`GroupCommit::write`], then waits. The writer thread takes every change
+//! that has queued up, builds one fjall batch of them, commits it (journal and memtables, atomic),
+//! persists the journal with `fdatasync` (`PersistMode::SyncData`), and only then answers every
+//! waiter. While one fsync is in flight the next group queues, so under load the number of fsyncs
+//! per second stays bounded while throughput grows with concurrency.
+//!
+//! Why a thread and not each request committing its own batch: fjall holds its journal lock for the
+//! whole `persist`, so a request committing its own batch during a group's fsync would block a
+//! runtime worker for that fsync. Here only the writer thread ever takes the journal lock.
+//!
+//! A change is visible to readers once its group is committed, just before that group's fsync;
+//! callers hold their customer's lock stripe until the answer, so no second read-modify-write of
+//! the same customer starts from a state that could still be lost.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::mpsc;
+use tokio::sync::oneshot;
 
-type Waiter = oneshot::Sender<Result<(), Arc<sled::Error>>>;
+/// Why a write was not made durable (the engine's error, shared by every waiter of the group).
+pub type CommitError = Arc<fjall::Error>;
 
-/// Upper bound on gathering rounds before a flush (each round is one `yield_now`).
-const GATHER_ROUNDS: usize = 8;
-
-/// Handle to the committer task. Cloning shares the same committer.
-#[derive(Debug, Clone)]
-pub(crate) struct GroupCommit {
-    requests: mpsc::UnboundedSender<Waiter>,
+/// Which keyspace a write goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Space {
+    /// Orders, customers' wrapped data keys, indexes (keys begin with the partition).
+    Data,
+    /// Node-level records: format, key check, layouts, the pending set.
+    Meta,
 }
 
-/// What the committer reports after each flush (for metrics).
+/// One request's change: the last put or delete of a key wins, so a batch never holds two
+/// operations on one key (in an LSM tree both would carry the same sequence number).
+#[derive(Debug, Default)]
+pub(crate) struct Writes {
+    ops: BTreeMap<(Space, Vec<u8>), Option<Vec<u8>>>,
+}
+
+impl Writes {
+    pub(crate) fn put(&mut self, space: Space, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.ops.insert((space, key.into()), Some(value.into()));
+    }
+
+    pub(crate) fn delete(&mut self, space: Space, key: impl Into<Vec<u8>>) {
+        self.ops.insert((space, key.into()), None);
+    }
+}
+
+/// The store's keyspaces, as the writer needs them.
+#[derive(Clone)]
+pub(crate) struct Spaces {
+    pub(crate) db: fjall::Database,
+    pub(crate) data: fjall::Keyspace,
+    pub(crate) meta: fjall::Keyspace,
+}
+
+impl Spaces {
+    fn keyspace(&self, space: Space) -> &fjall::Keyspace {
+        match space {
+            Space::Data => &self.data,
+            Space::Meta => &self.meta,
+        }
+    }
+}
+
+type Waiter = oneshot::Sender<Result<(), CommitError>>;
+
+/// Handle to the writer thread. Cloning shares the same writer.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupCommit {
+    /// Each job: a change (empty for "tell me when everything before is durable") and its waiter.
+    jobs: mpsc::Sender<(Writes, Waiter)>,
+}
+
+/// What the committer reports after each group (for metrics).
 pub trait FlushObserver: Send + Sync + 'static {
     fn flushed(&self, batch: usize, seconds: f64);
 }
 
 impl GroupCommit {
-    /// Starts the committer on the current runtime. It ends when every handle is dropped; the
-    /// returned task handle tells when.
-    pub fn start(
-        db: sled::Db,
+    /// Starts the writer thread. It ends when every handle is dropped; join the returned handle to
+    /// know it has stopped (its last act is a full `fsync` of the journal).
+    pub(crate) fn start(
+        spaces: Spaces,
         observer: Arc<dyn FlushObserver>,
-    ) -> (GroupCommit, tokio::task::JoinHandle<()>) {
-        // Unbounded is safe here: each waiter belongs to a request that already holds a concurrency
+    ) -> std::io::Result<(GroupCommit, std::thread::JoinHandle<()>)> {
+        // Unbounded is safe here: each job belongs to a request that already holds a concurrency
         // permit on the gateway, so the queue is bounded by the gateway's in-flight limit.
-        let (tx, mut rx) = mpsc::unbounded_channel::<Waiter>();
-        let task = tokio::spawn(async move {
-            let mut batch = Vec::new();
-            while let Some(first) = rx.recv().await {
-                batch.push(first);
-                // Gather: let runnable writers reach the queue before paying for an fsync. Each
-                // round yields once; stop when a round adds nobody (or after a few rounds), so a
-                // lone writer pays one yield, not a timer tick.
-                for _ in 0..GATHER_ROUNDS {
-                    let before = batch.len();
-                    tokio::task::yield_now().await;
-                    while let Ok(next) = rx.try_recv() {
-                        batch.push(next);
-                    }
-                    if batch.len() == before {
-                        break;
-                    }
-                }
-                let db = db.clone();
-                let started = std::time::Instant::now();
-                let result = match tokio::task::spawn_blocking(move || db.flush()).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(Arc::new(e)),
-                    Err(_) => Err(Arc::new(sled::Error::ReportableBug(
-                        "flush task panicked".into(),
-                    ))),
-                };
-                observer.flushed(batch.len(), started.elapsed().as_secs_f64());
-                for waiter in batch.drain(..) {
-                    let _ = waiter.send(result.clone());
-                }
-            }
-        });
-        (GroupCommit { requests: tx }, task)
+        let (tx, rx) = mpsc::channel::<(Writes, Waiter)>();
+        let thread = std::thread::Builder::new()
+            .name("dsm-store-writer".into())
+            .spawn(move || writer(spaces, rx, observer))?;
+        Ok((GroupCommit { jobs: tx }, thread))
     }
 
-    /// Waits until everything this task wrote before calling is durable on disk.
-    pub async fn durable(&self) -> Result<(), Arc<sled::Error>> {
+    /// Commits `writes` in the next group and waits until the group is durable.
+    pub(crate) async fn write(&self, writes: Writes) -> Result<(), CommitError> {
         let (tx, rx) = oneshot::channel();
-        self.requests
-            .send(tx)
-            .map_err(|_| Arc::new(sled::Error::ReportableBug("committer stopped".into())))?;
-        rx.await
-            .map_err(|_| Arc::new(sled::Error::ReportableBug("committer stopped".into())))?
+        self.jobs.send((writes, tx)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
+
+    /// Waits until everything committed before this call is durable.
+    pub(crate) async fn durable(&self) -> Result<(), CommitError> {
+        self.write(Writes::default()).await
+    }
+}
+
+fn stopped() -> CommitError {
+    Arc::new(fjall::Error::Io(std::io::Error::other(
+        "the store's writer has stopped",
+    )))
+}
+
+/// The writer thread: gather, commit, fsync, answer; until every handle is gone.
+fn writer(
+    spaces: Spaces,
+    jobs: mpsc::Receiver<(Writes, Waiter)>,
+    observer: Arc<dyn FlushObserver>,
+) {
+    let mut group = Vec::new();
+    while let Ok(first) = jobs.recv() {
+        group.push(first);
+        // Everything that queued while the last group was being written joins this one.
+        group.extend(jobs.try_iter());
+        let started = std::time::Instant::now();
+        let result = commit_group(&spaces, &mut group).map_err(Arc::new);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, writes = group.len(), "store group commit failed");
+        }
+        observer.flushed(group.len(), started.elapsed().as_secs_f64());
+        for (_, waiter) in group.drain(..) {
+            let _ = waiter.send(result.clone());
+        }
+    }
+    if let Err(e) = spaces.db.persist(fjall::PersistMode::SyncAll) {
+        tracing::error!(error = %e, "final store sync failed");
+    }
+}
+
+/// One atomic batch of every change in the group, then one `fdatasync` of the journal. Changes are
+/// merged in arrival order first, so a key two requests wrote appears once, with the later value.
+fn commit_group(spaces: &Spaces, group: &mut [(Writes, Waiter)]) -> fjall::Result<()> {
+    let mut merged = BTreeMap::new();
+    for (writes, _) in group.iter_mut() {
+        merged.append(&mut writes.ops);
+    }
+    if !merged.is_empty() {
+        let mut batch = spaces.db.batch();
+        for ((space, key), value) in merged {
+            let keyspace = spaces.keyspace(space);
+            match value {
+                Some(value) => batch.insert(keyspace, key, value),
+                None => batch.remove(keyspace, key),
+            }
+        }
+        batch.commit()?;
+    }
+    spaces.db.persist(fjall::PersistMode::SyncData)
 }
 
 impl FlushObserver for crate::telemetry::metrics::Metrics {

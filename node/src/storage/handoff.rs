@@ -11,9 +11,10 @@
 //!   Importing the same export twice gives the same store.
 //! - [`Store::drop_partition`] deletes every record of the partition, wrapped data keys first
 //!   among them, in one batch, and makes that durable: the partition's data is crypto-shredded on
-//!   this node (sled may keep old bytes in its log until it compacts, but never the keys in the
+//!   this node (the LSM tree may keep old bytes in its journal and tables until it compacts, but never the keys in the
 //!   clear, and the node's KEK can no longer find them).
 
+use super::commit::{Space, Writes};
 use super::{Hash, StorageError, Store, body, keys, versioned};
 use crate::domain::ids::{OrderId, Partition, partition_of};
 use crate::security::crypto::TransferKey;
@@ -69,8 +70,8 @@ impl Store {
     pub(crate) fn export_partition(&self, p: Partition) -> Result<PartitionExport, StorageError> {
         let mut customers: BTreeMap<Vec<u8>, CustomerExport> = BTreeMap::new();
         let mut orders: BTreeMap<Vec<u8>, Vec<SealedOrder>> = BTreeMap::new();
-        for kv in self.data.scan_prefix(partition_prefix(p)) {
-            let (k, v) = kv?;
+        for kv in self.data.prefix(partition_prefix(p)) {
+            let (k, v) = kv.into_inner()?;
             match keys::parse(&k).map(|(_, kind)| kind) {
                 Some(keys::CUSTOMER) => {
                     let data_key = self
@@ -129,9 +130,11 @@ impl Store {
         received: bool,
     ) -> Result<ImportStats, StorageError> {
         let p = export.partition;
-        let mut batch = sled::Batch::default();
-        for kv in self.data.scan_prefix(partition_prefix(p)) {
-            batch.remove(kv?.0);
+        // A replace: whatever this node held of the partition goes, in the same batch (the last
+        // write of a key wins, so a key both removed and re-imported is simply re-imported).
+        let mut batch = Writes::default();
+        for kv in self.data.prefix(partition_prefix(p)) {
+            batch.delete(Space::Data, kv.key()?.to_vec());
         }
         let mut stats = ImportStats::default();
         for customer in &export.customers {
@@ -163,7 +166,7 @@ impl Store {
                         let h = keys::customer_hash(&self.keys, &order.customer_id);
                         let ck = keys::customer_key(p, &h);
                         let wrapped = self.keys.import_data_key(&customer.data_key, &ck);
-                        batch.insert(ck, versioned(&wrapped));
+                        batch.put(Space::Data, ck, versioned(&wrapped));
                         stats.customers += 1;
                         ch = Some((order.customer_id.clone(), h));
                         h
@@ -171,38 +174,34 @@ impl Store {
                 };
                 let oh = keys::order_hash(&self.keys, &order.order_id);
                 let ok = keys::order_key(p, &customer_hash, &oh);
-                batch.insert(ok.as_slice(), versioned(&dek.seal(&plain, &ok)));
-                batch.insert(keys::index_key(p, &oh), &customer_hash[..]);
+                batch.put(Space::Data, ok.as_slice(), versioned(&dek.seal(&plain, &ok)));
+                batch.put(Space::Data, keys::index_key(p, &oh), &customer_hash[..]);
                 self.index_handle(&mut batch, p, &order, &oh);
                 if !order.idempotency_key.is_empty() {
                     let ih = keys::idempotency_hash(&self.keys, &order.idempotency_key);
-                    batch.insert(keys::idempotency_key(p, &customer_hash, &ih), &oh[..]);
+                    batch.put(
+                        Space::Data,
+                        keys::idempotency_key(p, &customer_hash, &ih),
+                        &oh[..],
+                    );
                 }
                 stats.orders += 1;
             }
         }
-        if received {
-            // One atomic step across the data and meta trees, one flush.
-            use sled::Transactional as _;
-            (&self.data, &self.meta)
-                .transaction(|(data, meta)| {
-                    data.apply_batch(&batch)?;
-                    // Read inside the transaction, so concurrent imports cannot undo each other.
-                    let bits = super::pending_without(meta.get("pending")?.as_deref(), p);
-                    meta.insert("pending", bits.as_slice())?;
-                    Ok::<_, sled::transaction::ConflictableTransactionError<()>>(())
-                })
-                .map_err(|e| match e {
-                    sled::transaction::TransactionError::Storage(e) => StorageError::Sled(e),
-                    sled::transaction::TransactionError::Abort(()) => {
-                        StorageError::Rejected("import aborted".into())
-                    }
-                })?;
+        // One atomic batch across the data and meta keyspaces, one fsync. The pending set is read
+        // and rewritten under the meta lock, so concurrent imports cannot undo each other.
+        let _meta = if received {
+            let guard = self.meta_lock.lock().await;
+            let bits = super::pending_without(self.meta.get("pending")?.as_deref(), p);
+            batch.put(Space::Meta, "pending", bits);
+            Some(guard)
         } else {
-            self.data.apply_batch(batch)?;
-        }
+            None
+        };
+        // The crash point sits between commit and fsync: the writer thread owns both, so the
+        // closest a test can get is "written to the OS, not yet acknowledged".
         crate::fault::point("handoff-imported");
-        self.durable().await?;
+        self.write(batch).await?;
         Ok(stats)
     }
 
@@ -218,14 +217,13 @@ impl Store {
         )
     )]
     pub(crate) async fn drop_partition(&self, p: Partition) -> Result<u64, StorageError> {
-        let mut batch = sled::Batch::default();
+        let mut batch = Writes::default();
         let mut n = 0;
-        for kv in self.data.scan_prefix(partition_prefix(p)) {
-            batch.remove(kv?.0);
+        for kv in self.data.prefix(partition_prefix(p)) {
+            batch.delete(Space::Data, kv.key()?.to_vec());
             n += 1;
         }
-        self.data.apply_batch(batch)?;
-        self.durable().await?;
+        self.write(batch).await?;
         Ok(n)
     }
 }

@@ -1,4 +1,4 @@
-//! The on-disk key layout: one sled tree, every key starting with the partition, so a partition is
+//! The on-disk key layout: one keyspace, every key starting with the partition, so a partition is
 //! one contiguous range (ready for handoff), followed by a kind byte and keyed hashes. No key
 //! contains a customer id or an order id.
 //!

@@ -1,10 +1,19 @@
-//! Encrypted, durable order storage: one sled database per node.
+//! Encrypted, durable order storage: one fjall database per node (`<data_dir>/store/`).
 //!
 //! Every customer's orders are sealed under that customer's data key (see `crypto`), every key is a
 //! keyed hash (see `keys`), and every write is acknowledged only after the group committer has made
-//! it durable (see `commit`). A create or update is one atomic sled batch, so a crash leaves either
-//! all of it or none of it. Read-modify-write steps (creating a customer's data key, updating an
-//! order) hold the customer's lock stripe; this process is the store's only writer.
+//! it durable with `fdatasync` (see `commit`). A create or update is one atomic fjall batch in one
+//! journal, so a crash or a power cut leaves either all of it or none of it. Read-modify-write
+//! steps (creating a customer's data key, updating an order) hold the customer's lock stripe until
+//! their write is durable; this process is the store's only writer.
+//!
+//! Why fjall: an LSM tree whose keyspaces share one journal (atomic batches across them), prefix
+//! scans for partitions and customers, `PersistMode::SyncData` for a real `fdatasync`, and a
+//! maintained release line. The store it replaced, sled 0.34, made its log "durable" with
+//! `sync_file_range`, which is not an fsync, and a power cut lost a node (ARCHITECTURE.md, "Storage").
+//!
+//! The data directory carries a format version (`FORMAT_VERSION`); a directory written by the
+//! sled-based releases (format 1) is refused with a message, and nothing in it is touched.
 
 pub mod commit;
 pub mod handoff;
@@ -14,28 +23,42 @@ use crate::domain::ids::{ContactHandle, OrderId, Partition, partition_of};
 use crate::security::crypto::{CryptoError, DataKey, NodeKeys};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use commit::{FlushObserver, GroupCommit};
+use commit::{CommitError, FlushObserver, GroupCommit, Space, Spaces, Writes};
 use keys::Hash;
 use mesh_proto::v1::Order;
 use prost::Message as _;
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Version of the data directory layout. Bump it with a tested migration.
-pub(crate) const FORMAT_VERSION: u8 = 1;
+pub(crate) const FORMAT_VERSION: u8 = 2;
+/// Where the database lives inside the data directory.
+const STORE_DIR: &str = "store";
 /// Version byte in front of every stored value.
 const RECORD_V1: u8 = 1;
 const KEY_CHECK: &[u8] = b"dark-store-mesh key check";
 /// Lock stripes for per-customer read-modify-write. Enough that unrelated customers rarely share.
 const STRIPES: usize = 1024;
+/// Block cache of the database: hot orders and index blocks (the memory target is per node).
+const CACHE_BYTES: u64 = 32 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("storage error: {0}")]
-    Sled(#[from] sled::Error),
+    Engine(#[from] fjall::Error),
     #[error("could not make the write durable: {0}")]
-    Flush(Arc<sled::Error>),
+    Flush(CommitError),
+    #[error("{0}")]
+    Io(String),
+    #[error(
+        "{} holds a data directory of format v1 (the sled store of earlier releases); this \
+         binary reads format v{FORMAT_VERSION} (fjall) and changed nothing in it. No release with \
+         v1 was deployed, so there is no migration: start this node on an empty data directory \
+         (a member of a mesh pulls its partitions again), or move the old one aside",
+        dir.display()
+    )]
+    SledDirectory { dir: PathBuf },
     #[error(
         "a stored {0} failed to decrypt: the record is corrupt or was written under another key"
     )]
@@ -155,15 +178,19 @@ type Located = (Hash, Vec<u8>, Vec<u8>);
 
 /// The node's order store.
 pub struct Store {
-    db: sled::Db,
-    data: sled::Tree,
+    db: fjall::Database,
+    /// Orders, wrapped data keys and indexes, every key starting with its partition.
+    data: fjall::Keyspace,
     /// Node-level records: format version, key check, the current signed layout.
-    meta: sled::Tree,
+    meta: fjall::Keyspace,
     keys: Arc<NodeKeys>,
     commit: GroupCommit,
-    /// The committer task, awaited on close so the database is released deterministically.
-    committer: tokio::task::JoinHandle<()>,
-    stripes: Vec<Mutex<()>>,
+    /// The writer thread, joined on close so the database is released deterministically.
+    writer: std::thread::JoinHandle<()>,
+    /// Per-customer read-modify-write, held until the write is durable.
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Read-modify-write of the meta records (the pending set).
+    meta_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Store {
@@ -185,13 +212,17 @@ impl Store {
         keys: Arc<NodeKeys>,
         observer: Option<Arc<dyn FlushObserver>>,
     ) -> Result<Store, StorageError> {
-        // Durability is the group committer's job; sled's own periodic flush would only add fsyncs.
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(None)
+        // sled kept `conf` and `db` at the top of the data directory.
+        if dir.join("conf").is_file() && dir.join("db").is_file() {
+            return Err(StorageError::SledDirectory { dir: dir.into() });
+        }
+        let db = fjall::Database::builder(dir.join(STORE_DIR))
+            // The group committer persists; every batch is still written to the OS at commit.
+            .cache_size(CACHE_BYTES)
             .open()?;
-        let meta = db.open_tree("meta")?;
+        // Sealed values do not compress; nothing is configured to (no compression feature).
+        let meta = db.keyspace("meta", fjall::KeyspaceCreateOptions::default)?;
+        let data = db.keyspace("data", fjall::KeyspaceCreateOptions::default)?;
         match meta.get("format")? {
             Some(v) if v.as_ref() == [FORMAT_VERSION] => {}
             Some(v) => {
@@ -204,8 +235,8 @@ impl Store {
                     "key_check",
                     keys.seal_with_kek(KEY_CHECK, b"meta/key_check"),
                 )?;
-                meta.insert("format", &[FORMAT_VERSION])?;
-                db.flush()?;
+                meta.insert("format", [FORMAT_VERSION])?;
+                db.persist(fjall::PersistMode::SyncAll)?;
             }
         }
         let check = meta.get("key_check")?.ok_or(StorageError::KeyMismatch)?;
@@ -217,16 +248,23 @@ impl Store {
         {
             return Err(StorageError::KeyMismatch);
         }
-        let (commit, committer) =
-            GroupCommit::start(db.clone(), observer.unwrap_or_else(|| Arc::new(NoObserver)));
+        let spaces = Spaces {
+            db: db.clone(),
+            data: data.clone(),
+            meta: meta.clone(),
+        };
+        let (commit, writer) =
+            GroupCommit::start(spaces, observer.unwrap_or_else(|| Arc::new(NoObserver)))
+                .map_err(|e| StorageError::Io(format!("starting the store's writer: {e}")))?;
         Ok(Store {
-            meta,
-            data: db.open_tree("data")?,
             db,
+            data,
+            meta,
             keys,
             commit,
-            committer,
-            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            writer,
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            meta_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -234,13 +272,14 @@ impl Store {
         self.commit.durable().await.map_err(StorageError::Flush)
     }
 
-    fn stripe(&self, customer: &Hash) -> std::sync::MutexGuard<'_, ()> {
+    /// Commits `writes` in the next group and returns once they are durable.
+    async fn write(&self, writes: Writes) -> Result<(), StorageError> {
+        self.commit.write(writes).await.map_err(StorageError::Flush)
+    }
+
+    async fn stripe(&self, customer: &Hash) -> tokio::sync::MutexGuard<'_, ()> {
         let i = usize::from(u16::from_be_bytes([customer[0], customer[1]])) % STRIPES;
-        // A poisoned stripe only means another request panicked mid-way; the store is still
-        // consistent (writes are atomic batches), so keep going.
-        self.stripes[i]
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.stripes[i].lock().await
     }
 
     fn data_key(&self, customer_key: &[u8]) -> Result<Option<DataKey>, StorageError> {
@@ -297,7 +336,7 @@ impl Store {
         let plain = order.encode_to_vec();
 
         let earlier = {
-            let _guard = self.stripe(&ch);
+            let _guard = self.stripe(&ch).await;
             match idem
                 .as_ref()
                 .map(|k| self.data.get(k))
@@ -306,29 +345,30 @@ impl Store {
             {
                 Some(earlier) => Some(hash_of(&earlier, "idempotency record")?),
                 None => {
-                    let mut batch = sled::Batch::default();
+                    let mut writes = Writes::default();
                     let dek = match self.data_key(&ck)? {
                         Some(dek) => dek,
                         None => {
                             let (dek, wrapped) = self.keys.new_data_key(&ck);
-                            batch.insert(ck.as_slice(), versioned(&wrapped));
+                            writes.put(Space::Data, ck.as_slice(), versioned(&wrapped));
                             dek
                         }
                     };
-                    batch.insert(ok.as_slice(), versioned(&dek.seal(&plain, &ok)));
-                    batch.insert(keys::index_key(p, &oh), &ch[..]);
-                    self.index_handle(&mut batch, p, order, &oh);
+                    writes.put(Space::Data, ok.as_slice(), versioned(&dek.seal(&plain, &ok)));
+                    writes.put(Space::Data, keys::index_key(p, &oh), &ch[..]);
+                    self.index_handle(&mut writes, p, order, &oh);
                     if let Some(idem) = &idem {
-                        batch.insert(idem.as_slice(), &oh[..]);
+                        writes.put(Space::Data, idem.as_slice(), &oh[..]);
                     }
-                    self.data.apply_batch(batch)?;
+                    self.write(writes).await?;
                     None
                 }
             }
         };
-        // Durable before acknowledging, including when returning an earlier order whose own
-        // request may still be waiting for its flush.
-        self.durable().await?;
+        if earlier.is_some() {
+            // The earlier order is durable: its request held this stripe until it was.
+            self.durable().await?;
+        }
         match earlier {
             None => Ok(order.clone()),
             Some(earlier) => {
@@ -346,7 +386,7 @@ impl Store {
     }
 
     /// Adds the contact-handle index entry of `order` (stored under order hash `oh`), if it has one.
-    fn index_handle(&self, batch: &mut sled::Batch, p: Partition, order: &Order, oh: &Hash) {
+    fn index_handle(&self, writes: &mut Writes, p: Partition, order: &Order, oh: &Hash) {
         if let Some(handle) = order
             .customer
             .as_ref()
@@ -354,7 +394,7 @@ impl Store {
             .filter(|h| !h.is_empty())
         {
             let hh = keys::handle_hash(&self.keys, handle);
-            batch.insert(keys::handle_key(p, &hh), &oh[..]);
+            writes.put(Space::Data, keys::handle_key(p, &hh), &oh[..]);
         }
     }
 
@@ -439,20 +479,19 @@ impl Store {
         F: Fn(&mut Order) -> Result<(), String>,
     {
         let (ch, ck, ok) = self.locate(id)?.ok_or(StorageError::NotFound)?;
-        let updated = {
-            let _guard = self.stripe(&ch);
-            let rec = self.data.get(&ok)?.ok_or(StorageError::NotFound)?;
-            let dek = self.data_key(&ck)?.ok_or(StorageError::NotFound)?;
-            let mut order = Self::open_order(&dek, &ok, &rec)?;
-            change(&mut order).map_err(StorageError::Rejected)?;
-            self.data.insert(
-                ok.as_slice(),
-                versioned(&dek.seal(&order.encode_to_vec(), &ok)),
-            )?;
-            order
-        };
-        self.durable().await?;
-        Ok(updated)
+        let _guard = self.stripe(&ch).await;
+        let rec = self.data.get(&ok)?.ok_or(StorageError::NotFound)?;
+        let dek = self.data_key(&ck)?.ok_or(StorageError::NotFound)?;
+        let mut order = Self::open_order(&dek, &ok, &rec)?;
+        change(&mut order).map_err(StorageError::Rejected)?;
+        let mut writes = Writes::default();
+        writes.put(
+            Space::Data,
+            ok.as_slice(),
+            versioned(&dek.seal(&order.encode_to_vec(), &ok)),
+        );
+        self.write(writes).await?;
+        Ok(order)
     }
 
     /// Every order of a customer, oldest first.
@@ -473,9 +512,9 @@ impl Store {
         };
         let mut orders = self
             .data
-            .scan_prefix(keys::customer_orders_prefix(p, &ch))
+            .prefix(keys::customer_orders_prefix(p, &ch))
             .map(|kv| {
-                let (k, v) = kv?;
+                let (k, v) = kv.into_inner()?;
                 Self::open_order(&dek, &k, &v)
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -489,7 +528,7 @@ impl Store {
         let mut inv = Inventory::default();
         let mut current: Option<(Vec<u8>, Option<DataKey>)> = None;
         for kv in self.data.iter() {
-            let (k, v) = kv?;
+            let (k, v) = kv.into_inner()?;
             let Some((p, kind)) = keys::parse(&k) else {
                 inv.unreadable += 1;
                 continue;
@@ -600,51 +639,46 @@ impl Store {
     /// Persists a layout change durably and atomically: the new signed layout, the one it replaces,
     /// and the partitions this node must still receive.
     pub async fn save_layout(&self, saved: &SavedLayout) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
-        batch.insert("layout", saved.current.as_slice());
+        let _meta = self.meta_lock.lock().await;
+        let mut writes = Writes::default();
+        writes.put(Space::Meta, "layout", saved.current.as_slice());
         match &saved.previous {
-            Some(prev) => batch.insert("previous_layout", prev.as_slice()),
-            None => batch.remove("previous_layout"),
+            Some(prev) => writes.put(Space::Meta, "previous_layout", prev.as_slice()),
+            None => writes.delete(Space::Meta, "previous_layout"),
         }
-        batch.insert("pending", pending_bits(&saved.pending));
-        self.meta.apply_batch(batch)?;
-        self.durable().await
+        writes.put(Space::Meta, "pending", pending_bits(&saved.pending));
+        self.write(writes).await
     }
 
     /// The partitions this store holds any record of (one seek per partition).
     pub(crate) fn partitions_present(&self) -> Result<Vec<Partition>, StorageError> {
         let mut out = Vec::new();
         for p in (0..crate::domain::ids::PARTITIONS).filter_map(Partition::new) {
-            if self
-                .data
-                .scan_prefix(p.to_be_bytes())
-                .next()
-                .transpose()?
-                .is_some()
-            {
+            if let Some(first) = self.data.prefix(p.to_be_bytes()).next() {
+                first.key()?;
                 out.push(p);
             }
         }
         Ok(out)
     }
 
-    /// Flushes everything to disk.
+    /// Syncs everything committed so far to disk (data and metadata).
     pub fn flush(&self) -> Result<(), StorageError> {
-        self.db.flush()?;
+        self.db.persist(fjall::PersistMode::SyncAll)?;
         Ok(())
     }
 
-    /// Stops the committer, flushes, and releases the database.
+    /// Stops the writer (its last act is a full sync), and releases the database.
     pub async fn close(self) -> Result<(), StorageError> {
         let Store {
-            db,
-            commit,
-            committer,
-            ..
+            db, commit, writer, ..
         } = self;
         drop(commit);
-        let _ = committer.await;
-        db.flush()?;
+        tokio::task::spawn_blocking(move || writer.join())
+            .await
+            .map_err(|_| StorageError::Io("the store's writer did not stop".into()))?
+            .map_err(|_| StorageError::Io("the store's writer panicked".into()))?;
+        db.persist(fjall::PersistMode::SyncAll)?;
         Ok(())
     }
 }
