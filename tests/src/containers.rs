@@ -13,12 +13,13 @@
 //! Everything the harness creates is labelled with this host and process, removed when the mesh is
 //! dropped (also on panic), and swept by later runs if the process was killed before it could.
 
+use crate::harness::{GatewayClient, MeshHarness, Unsupported};
 use crate::{Credentials, Pki, TRUST_DOMAIN, free_port};
 use anyhow::{Context as _, bail};
-use mesh_node::security::identity::Identity;
+use mesh_node::access::policy::Role;
 use mesh_node::cluster::layout::{Layout, Member};
+use mesh_node::security::identity::Identity;
 use mesh_node::security::pki::{CertificateAuthority, LeafSpec};
-use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -69,6 +70,12 @@ pub fn docker_available() -> Result<(), String> {
     }
 }
 
+/// Builds the image (or finds it up to date): what the container tests prepare before their
+/// clock starts, as in `within_after(containers::build_image, secs, body)`.
+pub fn build_image() {
+    image();
+}
+
 /// The id of the image `tests/docker/build.sh` builds from this checkout: built (or found up to
 /// date) once per test process. The script serializes concurrent builds, so parallel test
 /// processes wait for one cold build and then find everything cached.
@@ -76,13 +83,11 @@ pub fn image() -> &'static str {
     static IMAGE: OnceLock<Result<String, String>> = OnceLock::new();
     IMAGE
         .get_or_init(|| {
-            let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .parent()
-                .expect("tests/ has a parent");
+            let root = crate::workspace_root();
             let started = Instant::now();
             let out = std::process::Command::new(root.join("tests/docker/build.sh"))
                 .arg("dark-store-mesh:dev")
-                .current_dir(root)
+                .current_dir(&root)
                 .stderr(std::process::Stdio::inherit())
                 .output()
                 .map_err(|e| format!("running tests/docker/build.sh: {e}"))?;
@@ -112,19 +117,6 @@ pub fn image() -> &'static str {
         })
         .as_deref()
         .unwrap_or_else(|e| panic!("building the image: {e}"))
-}
-
-/// Builds the image (outside the deadline: a cold build takes minutes), then runs `body` with a
-/// deadline so a hang fails instead of stalling CI.
-pub async fn within<F: Future<Output = T>, T>(secs: u64, body: F) -> T {
-    tokio::task::spawn_blocking(|| {
-        image();
-    })
-    .await
-    .expect("building the image");
-    tokio::time::timeout(Duration::from_secs(secs), body)
-        .await
-        .unwrap_or_else(|_| panic!("test did not finish within {secs}s"))
 }
 
 /// Runs `docker args...`; its stdout, else an error carrying its stderr.
@@ -308,7 +300,9 @@ impl ContainerMesh {
         .expect("key file");
         std::fs::copy(self.pki.ca_cert(), etc.join("ca.pem")).expect("ca.pem");
         std::fs::copy(
-            self.pki.ca_dir().join(mesh_node::security::pki::CONTROL_PUB_FILE),
+            self.pki
+                .ca_dir()
+                .join(mesh_node::security::pki::CONTROL_PUB_FILE),
             etc.join("control.pub"),
         )
         .expect("control.pub");
@@ -400,38 +394,6 @@ impl ContainerMesh {
             }
         }
         unreachable!()
-    }
-
-    /// The index of the node owning `customer_id`.
-    pub fn owner_of_customer(&self, customer_id: &str) -> usize {
-        crate::owner_position(
-            &self.layout,
-            self.nodes.iter().map(|n| n.id.as_str()),
-            customer_id,
-        )
-    }
-
-    /// A customer id owned by node `index`.
-    pub fn customer_on(&self, index: usize, salt: &str) -> String {
-        crate::customer_owned_by(
-            &self.layout,
-            self.nodes.iter().map(|n| n.id.as_str()),
-            index,
-            salt,
-        )
-    }
-
-    /// A gateway client of node `i` holding `credentials`, verifying the node as its alias.
-    pub async fn client(
-        &self,
-        i: usize,
-        credentials: &Credentials,
-    ) -> OrderGatewayClient<tonic::transport::Channel> {
-        let node = &self.nodes[i];
-        let channel = mesh_node::api::client::connect(node.gateway, &node.id, credentials.tls())
-            .await
-            .unwrap_or_else(|e| panic!("connecting to {}'s gateway: {e}", node.id));
-        OrderGatewayClient::new(channel)
     }
 
     /// `docker kill` (SIGKILL): no drain, no flush.
@@ -560,5 +522,43 @@ impl Drop for ContainerMesh {
         if docker_sync(&["network", "rm", &self.network]).is_none() {
             eprintln!("warning: could not remove network {}", self.network);
         }
+    }
+}
+
+/// Node `i` is container `n<i+1>`, dialled through its published gateway port and verified as its
+/// network alias.
+impl MeshHarness for ContainerMesh {
+    fn node_ids(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.id.clone()).collect()
+    }
+
+    fn layout(&self) -> Layout {
+        self.layout.clone()
+    }
+
+    fn credentials(&self, role: Role) -> Credentials {
+        self.pki.client(role)
+    }
+
+    async fn client(&self, i: usize, credentials: &Credentials) -> GatewayClient {
+        let node = &self.nodes[i];
+        let channel = mesh_node::api::client::connect(node.gateway, &node.id, credentials.tls())
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {}'s gateway: {e}", node.id));
+        GatewayClient::new(channel)
+    }
+
+    /// `docker kill` (SIGKILL).
+    async fn kill(&mut self, i: usize) -> Result<(), Unsupported> {
+        ContainerMesh::kill(self, i).await;
+        Ok(())
+    }
+
+    /// `docker start` on the same container (same data volume and ports), until Docker reports
+    /// it healthy.
+    async fn restart(&mut self, i: usize) -> Result<(), Unsupported> {
+        self.start_node(i).await;
+        self.wait_healthy(i, Duration::from_secs(60)).await;
+        Ok(())
     }
 }

@@ -308,9 +308,8 @@ async fn writer(
             // Create, retried with the same idempotency key until acknowledged.
             0 => {
                 let customer = customers[rng.below(customers.len())].clone();
-                let mut req = crate::sample_order(&customer, i);
+                let mut req = crate::keyed_order(&customer, i, &format!("{name}-{i}"));
                 req.external_ref = format!("{name}-{i}");
-                req.idempotency_key = format!("{name}-{i}");
                 let entry = log.creates.entry(customer.clone()).or_default();
                 entry.1 += 1;
                 loop {

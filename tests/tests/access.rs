@@ -7,13 +7,13 @@
 use mesh_node::access::policy::{Method, Role};
 use mesh_node::security::proof::Signer;
 use mesh_proto::v1::{
-    AuditQueryRequest, Courier, CreateOrderRequest, GetOrderRequest, GetShippingLabelRequest,
-    Order, OrderStatus, ResolveContactHandleRequest, RevealFieldRequest, UpdateOrderStatusRequest,
+    Courier, CreateOrderRequest, GetOrderRequest, GetShippingLabelRequest, Order, OrderStatus,
+    ResolveContactHandleRequest, RevealFieldRequest, UpdateOrderStatusRequest,
 };
 use mesh_tests::probe::{self, Answer, Target};
 use mesh_tests::{
-    NodeOptions, NodeProcess, Pki, TestMesh, audit_query, contains, mesh_ctl_bin, read_tree,
-    sample_order, within,
+    MeshHarness as _, NodeProcess, Pki, TestMesh, contact_handle, contains, create_ok, local_trail,
+    local_trail_where, mesh_ctl_bin, read_tree, sample_order, within,
 };
 use prost::Message as _;
 use std::collections::BTreeMap;
@@ -452,14 +452,7 @@ struct Shipped {
 async fn shipped_order(node: &NodeProcess, pki: &Pki, customer: &str, n: u32) -> Shipped {
     let req = sample_order(customer, n);
     let mut sf = node.client(&pki.client(Role::Storefront)).await;
-    let order_id = sf
-        .create_order(req.clone())
-        .await
-        .expect("create")
-        .into_inner()
-        .order
-        .expect("order")
-        .order_id;
+    let order_id = create_ok(&mut sf, req.clone()).await.order_id;
     let courier = Courier {
         name: "Delhivery".into(),
         awb: format!("DL{n:09}IN"),
@@ -478,21 +471,7 @@ async fn shipped_order(node: &NodeProcess, pki: &Pki, customer: &str, n: u32) ->
         .await
         .expect("oms moves the order along");
     }
-    let handle = node
-        .client(&pki.client(Role::Support))
-        .await
-        .get_order(GetOrderRequest {
-            order_id: order_id.clone(),
-            purpose: "ndr-callback".into(),
-            fields: vec!["customer.contact_handle".into()],
-        })
-        .await
-        .expect("support read")
-        .into_inner()
-        .order
-        .and_then(|o| o.customer)
-        .expect("customer")
-        .contact_handle;
+    let handle = contact_handle(node, pki, &order_id).await;
     assert!(handle.starts_with("ch1-"), "{handle}");
     Shipped {
         req,
@@ -628,13 +607,8 @@ async fn each_role_may_set_only_its_statuses() {
         let pki = Pki::new();
         let node = NodeProcess::start(&pki, "n1");
         let mut sf = node.client(&pki.client(Role::Storefront)).await;
-        let order_id = sf
-            .create_order(sample_order("status-cust", 5))
+        let order_id = create_ok(&mut sf, sample_order("status-cust", 5))
             .await
-            .expect("create")
-            .into_inner()
-            .order
-            .expect("order")
             .order_id;
         // Cancelled is terminal: a role allowed a status is stopped by the lifecycle
         // (FAILED_PRECONDITION), a role not allowed it by the role table (PERMISSION_DENIED).
@@ -879,14 +853,7 @@ async fn a_field_mask_narrows_a_read_and_cannot_widen_it() {
 async fn reveal_needs_a_reason_is_limited_per_principal_and_audited() {
     within(90, async {
         let pki = Pki::new();
-        let node = NodeProcess::start_with(
-            &pki,
-            "n1",
-            &NodeOptions {
-                env: vec![("DSM_ACCESS_REVEAL_LIMIT".into(), "3".into())],
-                ..NodeOptions::default()
-            },
-        );
+        let node = NodeProcess::start_with_env(&pki, "n1", &[("DSM_ACCESS_REVEAL_LIMIT", "3")]);
         let order = shipped_order(&node, &pki, "reveal-cust", 2468).await;
         let c = order.req.customer.clone().expect("customer");
         let mut oms = node.client(&pki.client_named(Role::Oms, "desk-1")).await;
@@ -973,20 +940,10 @@ async fn reveal_needs_a_reason_is_limited_per_principal_and_audited() {
             .into_inner();
         assert_eq!(r.value, address.line2);
 
-        let records = audit_query(
-            &node,
-            &pki,
-            AuditQueryRequest {
-                local_only: true,
-                action: Method::RevealField.path().into(),
-                ..Default::default()
-            },
-        )
+        let desk1 = local_trail_where(&node, &pki, Method::RevealField.path(), |r| {
+            r.principal.ends_with("/oms/desk-1")
+        })
         .await;
-        let desk1: Vec<_> = records
-            .iter()
-            .filter(|r| r.principal.ends_with("/oms/desk-1"))
-            .collect();
         assert_eq!(desk1.len(), 9, "one record per reveal attempt: {desk1:#?}");
         let allowed: Vec<_> = desk1.iter().filter(|r| r.decision == "allow").collect();
         assert_eq!(allowed.len(), 3);
@@ -1030,26 +987,12 @@ async fn delivery_plus_grace_closes_courier_and_label_views_and_contact_handles(
     within(120, async {
         let pki = Pki::new();
         let grace = Duration::from_secs(3);
-        let node = NodeProcess::start_with(
-            &pki,
-            "n1",
-            &NodeOptions {
-                env: vec![("DSM_ACCESS_CONTACT_GRACE".into(), "3s".into())],
-                ..NodeOptions::default()
-            },
-        );
+        let node = NodeProcess::start_with_env(&pki, "n1", &[("DSM_ACCESS_CONTACT_GRACE", "3s")]);
         let req = sample_order("journey-cust", 1357);
         let c = req.customer.clone().expect("customer");
         let a = c.address.clone().expect("address");
         let mut sf = node.client(&pki.client(Role::Storefront)).await;
-        let order_id = sf
-            .create_order(req.clone())
-            .await
-            .expect("create")
-            .into_inner()
-            .order
-            .expect("order")
-            .order_id;
+        let order_id = create_ok(&mut sf, req.clone()).await.order_id;
         let mut wms = node.client(&pki.client(Role::Wms)).await;
         let mut label = node.client(&pki.client(Role::Label)).await;
         let mut courier = node.client(&pki.client(Role::Courier)).await;
@@ -1240,16 +1183,7 @@ async fn delivery_plus_grace_closes_courier_and_label_views_and_contact_handles(
         assert_eq!(value(&o, "customer.contact_handle"), Some(handle.clone()));
 
         // Every resolution is in the trail, with its purpose and the field it disclosed.
-        let records = audit_query(
-            &node,
-            &pki,
-            AuditQueryRequest {
-                local_only: true,
-                action: Method::ResolveContactHandle.path().into(),
-                ..Default::default()
-            },
-        )
-        .await;
+        let records = local_trail(&node, &pki, Method::ResolveContactHandle.path()).await;
         let decisions: Vec<(&str, &str, &str)> = records
             .iter()
             .map(|r| (r.decision.as_str(), r.purpose.as_str(), r.reason.as_str()))
@@ -1274,11 +1208,7 @@ async fn delivery_plus_grace_closes_courier_and_label_views_and_contact_handles(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_requests_meet_the_owners_limits_windows_and_purposes() {
     within(120, async {
-        let mesh = TestMesh::start_with(
-            3,
-            &NodeOptions::default().log_level,
-            &[("DSM_ACCESS_REVEAL_LIMIT", "4")],
-        );
+        let mesh = TestMesh::start_with_env(3, &[("DSM_ACCESS_REVEAL_LIMIT", "4")]);
         let mut orders = Vec::new();
         for (i, node) in mesh.nodes.iter().enumerate() {
             let customer = mesh.customer_on(i, "ledger-cust");

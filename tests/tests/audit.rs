@@ -2,15 +2,13 @@
 //! no PII in the audit store, tampering detected by `mesh-ctl audit verify` and by an independent
 //! Python verifier, fail-closed reads, and a mesh-wide query.
 
-use mesh_node::api::gateway::{CREATE_ORDER, GET_ORDER, REVEAL_FIELD};
 use mesh_node::access::policy::{Method, Role};
+use mesh_node::api::gateway::{CREATE_ORDER, GET_ORDER, REVEAL_FIELD};
 use mesh_proto::v1::audit_client::AuditClient;
-use mesh_proto::v1::{
-    AuditQueryRequest, AuditRecord, GetOrderRequest, ListCustomerOrdersRequest, OrderStatus,
-};
+use mesh_proto::v1::{AuditQueryRequest, AuditRecord, ListCustomerOrdersRequest, OrderStatus};
 use mesh_tests::{
-    NodeOptions, NodeProcess, Pki, TestMesh, audit_query as query, contains, probe, read_tree,
-    sample_order, within,
+    MeshHarness as _, NodeProcess, Pki, TestMesh, audit_query as query, contact_handle, contains,
+    create_ok, get_order_request, local_trail, probe, read_tree, sample_order, within,
 };
 use std::path::Path;
 use std::process::Command;
@@ -23,28 +21,9 @@ async fn every_method_for_every_role_leaves_exactly_one_record_and_no_pii() {
         let mut node = NodeProcess::start(&pki, "n1");
         let mut sf = node.client(&pki.client(Role::Storefront)).await;
         let req = sample_order("audit-cust-1", 77);
-        let order = sf
-            .create_order(req.clone())
-            .await
-            .expect("create")
-            .into_inner()
-            .order
-            .expect("order");
+        let order = create_ok(&mut sf, req.clone()).await;
 
-        let mut support = node.client(&pki.client(Role::Support)).await;
-        let handle = support
-            .get_order(GetOrderRequest {
-                order_id: order.order_id.clone(),
-                purpose: "ndr-callback".into(),
-                fields: vec!["customer.contact_handle".into()],
-            })
-            .await
-            .expect("support read")
-            .into_inner()
-            .order
-            .and_then(|o| o.customer)
-            .expect("customer")
-            .contact_handle;
+        let handle = contact_handle(&node, &pki, &order.order_id).await;
         let target = probe::Target {
             order_id: order.order_id.clone(),
             customer_id: "audit-cust-1".into(),
@@ -67,15 +46,7 @@ async fn every_method_for_every_role_leaves_exactly_one_record_and_no_pii() {
                 outcomes.push((role, method, code));
             }
         }
-        let records = query(
-            &node,
-            &pki,
-            AuditQueryRequest {
-                local_only: true,
-                ..Default::default()
-            },
-        )
-        .await;
+        let records = local_trail(&node, &pki, "").await;
         let code_name = |c: Code| format!("{c:?}");
         for (role, method, code) in outcomes {
             let principal = format!("spiffe://{}/client/{role}/probe", mesh_tests::TRUST_DOMAIN);
@@ -133,16 +104,7 @@ async fn every_method_for_every_role_leaves_exactly_one_record_and_no_pii() {
             "buyer missed the delivery and asked for a call back"
         );
         // Querying is audited too.
-        let again = query(
-            &node,
-            &pki,
-            AuditQueryRequest {
-                local_only: true,
-                action: mesh_node::api::audit::QUERY.into(),
-                ..Default::default()
-            },
-        )
-        .await;
+        let again = local_trail(&node, &pki, mesh_node::api::audit::QUERY).await;
         assert!(!again.is_empty());
         // Only auditors may read the trail.
         let mut oms =
@@ -183,20 +145,10 @@ async fn node_with_history(pki: &Pki) -> NodeProcess {
     let mut sf = node.client(&pki.client(Role::Storefront)).await;
     let mut oms = node.client(&pki.client(Role::Oms)).await;
     for i in 0..12u32 {
-        let o = sf
-            .create_order(sample_order(&format!("hist-{i}"), i))
+        let o = create_ok(&mut sf, sample_order(&format!("hist-{i}"), i)).await;
+        oms.get_order(get_order_request(&o.order_id))
             .await
-            .expect("create")
-            .into_inner()
-            .order
-            .expect("order");
-        oms.get_order(GetOrderRequest {
-            order_id: o.order_id,
-            purpose: String::new(),
-            fields: Vec::new(),
-        })
-        .await
-        .expect("read");
+            .expect("read");
     }
     node.stop();
     node
@@ -362,14 +314,7 @@ async fn mesh_ctl_and_an_independent_verifier_detect_every_kind_of_tampering() {
 async fn when_the_audit_record_cannot_be_written_reads_are_refused_and_return_nothing() {
     within(60, async {
         let pki = Pki::new();
-        let node = NodeProcess::start_with(
-            &pki,
-            "n1",
-            &NodeOptions {
-                env: vec![("DSM_FAULT_POINT".into(), "audit-append".into())],
-                ..NodeOptions::default()
-            },
-        );
+        let node = NodeProcess::start_with_env(&pki, "n1", &[("DSM_FAULT_POINT", "audit-append")]);
         let mut sf = node.client(&pki.client(Role::Storefront)).await;
         let status = sf
             .create_order(sample_order("fail-closed", 1))
@@ -490,17 +435,13 @@ async fn pruning_past_retention_keeps_the_rest_verifiable() {
     let python_ok = std::env::var("DSM_SKIP_PYTHON").map_or(true, |v| v != "1");
     within(120, async {
         let pki = Pki::new();
-        let env = vec![
-            ("DSM_AUDIT_RETENTION".to_owned(), "2s".to_owned()),
-            ("DSM_AUDIT_SEGMENT_BYTES".to_owned(), "2048".to_owned()),
-        ];
-        let mut node = NodeProcess::start_with(
+        let mut node = NodeProcess::start_with_env(
             &pki,
             "n1",
-            &NodeOptions {
-                env,
-                ..NodeOptions::default()
-            },
+            &[
+                ("DSM_AUDIT_RETENTION", "2s"),
+                ("DSM_AUDIT_SEGMENT_BYTES", "2048"),
+            ],
         );
         let mut sf = node.client(&pki.client(Role::Storefront)).await;
         for i in 0..30u32 {

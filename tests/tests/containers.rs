@@ -7,13 +7,16 @@
 //! process; a cold build is the static release build, minutes). Without one they fail saying so;
 //! `DSM_SKIP_DOCKER=1` skips them explicitly.
 
-use mesh_node::api::gateway::{CREATE_ORDER, GET_ORDER};
 use mesh_node::access::policy::Role;
+use mesh_node::api::gateway::{CREATE_ORDER, GET_ORDER};
 use mesh_node::security::proof::Signer;
+use mesh_proto::v1::Order;
 use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
-use mesh_proto::v1::{GetOrderRequest, Order};
-use mesh_tests::containers::{ContainerMesh, docker, docker_or_skip, within};
-use mesh_tests::{Credentials, assert_eventually, sample_order};
+use mesh_tests::containers::{ContainerMesh, build_image, docker, docker_or_skip};
+use mesh_tests::{
+    Credentials, MeshHarness as _, assert_eventually, get_order_request, keyed_order,
+    orders_written_anywhere_are_read_everywhere, within_after,
+};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -43,10 +46,6 @@ fn retryable(status: &Status) -> Option<&'static str> {
     }
 }
 
-fn signer(c: &Credentials) -> Signer {
-    Signer::from_pem_file(&c.key).expect("signing key")
-}
-
 /// An acknowledged create: what must be readable afterwards.
 #[derive(Debug, Clone)]
 struct Written {
@@ -63,8 +62,7 @@ async fn create(
     n: u32,
     key: &str,
 ) -> Result<Written, Status> {
-    let mut order = sample_order(customer, n);
-    order.idempotency_key = key.to_owned();
+    let order = keyed_order(customer, n, key);
     let external_ref = order.external_ref.clone();
     let mut req = signer.signed(CREATE_ORDER, order);
     req.set_timeout(ATTEMPT);
@@ -83,14 +81,7 @@ async fn create(
 
 /// One `GetOrder` attempt.
 async fn get(client: &mut Client, signer: &Signer, order_id: &str) -> Result<Order, Status> {
-    let mut req = signer.signed(
-        GET_ORDER,
-        GetOrderRequest {
-            order_id: order_id.to_owned(),
-            purpose: String::new(),
-            fields: Vec::new(),
-        },
-    );
+    let mut req = signer.signed(GET_ORDER, get_order_request(order_id));
     req.set_timeout(ATTEMPT);
     client
         .get_order(req)
@@ -124,6 +115,43 @@ async fn assert_all_readable(client: &mut Client, signer: &Signer, written: &[Wr
             "order {} read via {via} is not the order that was created",
             w.order_id
         );
+    }
+}
+
+/// `count` acknowledged creates through `entry`: customer `i` is `customer_on(i % shards,
+/// "<salt>-<i>")`, with order number `first + i` and idempotency key `<salt>-<i>`.
+async fn create_across_shards(
+    mesh: &ContainerMesh,
+    entry: &mut Client,
+    signer: &Signer,
+    (count, shards, first): (u32, usize, u32),
+    salt: &str,
+) -> Vec<Written> {
+    let mut written = Vec::new();
+    for i in 0..count {
+        let customer = mesh.customer_on(i as usize % shards, &format!("{salt}-{i}"));
+        let w = create(entry, signer, &customer, first + i, &format!("{salt}-{i}"))
+            .await
+            .unwrap_or_else(|s| {
+                panic!("create {salt}-{i} for n{}: {s:?}", i as usize % shards + 1)
+            });
+        written.push(w);
+    }
+    written
+}
+
+/// Reads every write in `written` through each of the gateways `via` (see
+/// [`assert_all_readable`]).
+async fn assert_readable_through(
+    mesh: &ContainerMesh,
+    via: std::ops::Range<usize>,
+    oms: &Credentials,
+    signer: &Signer,
+    written: &[Written],
+) {
+    for i in via {
+        let mut reader = mesh.client(i, oms).await;
+        assert_all_readable(&mut reader, signer, written, &mesh.nodes[i].id).await;
     }
 }
 
@@ -178,28 +206,18 @@ async fn orders_created_through_one_container_are_read_through_the_others() {
     if !docker_or_skip() {
         return;
     }
-    within(180, async {
+    within_after(build_image, 180, async {
         let mesh = ContainerMesh::start("read", 3).await;
         assert_image_shape(&mesh).await;
         let (sf, oms) = (
             mesh.pki.client(Role::Storefront),
             mesh.pki.client(Role::Oms),
         );
-        let (sf_sign, oms_sign) = (signer(&sf), signer(&oms));
+        let (sf_sign, oms_sign) = (sf.signer(), oms.signer());
         let mut entry = mesh.client(0, &sf).await;
-        let mut written = Vec::new();
-        for i in 0..12u32 {
-            // Four customers on each shard, all created through n1.
-            let customer = mesh.customer_on(i as usize % 3, &format!("read-{i}"));
-            let w = create(&mut entry, &sf_sign, &customer, i, &format!("read-{i}"))
-                .await
-                .unwrap_or_else(|s| panic!("create through n1: {s:?}"));
-            written.push(w);
-        }
-        for i in 1..3 {
-            let mut reader = mesh.client(i, &oms).await;
-            assert_all_readable(&mut reader, &oms_sign, &written, &mesh.nodes[i].id).await;
-        }
+        // Four customers on each shard, all created through n1.
+        let written = create_across_shards(&mesh, &mut entry, &sf_sign, (12, 3, 0), "read").await;
+        assert_readable_through(&mesh, 1..3, &oms, &oms_sign, &written).await;
     })
     .await;
 }
@@ -209,23 +227,16 @@ async fn a_killed_container_fails_only_its_shard_and_the_others_keep_serving() {
     if !docker_or_skip() {
         return;
     }
-    within(240, async {
+    within_after(build_image, 240, async {
         let mesh = ContainerMesh::start("kill", 3).await;
         let (sf, oms) = (
             mesh.pki.client(Role::Storefront),
             mesh.pki.client(Role::Oms),
         );
-        let (sf_sign, oms_sign) = (signer(&sf), signer(&oms));
+        let (sf_sign, oms_sign) = (sf.signer(), oms.signer());
         let mut entry = mesh.client(0, &sf).await;
-        let mut written = Vec::new();
-        for i in 0..9u32 {
-            let customer = mesh.customer_on(i as usize % 3, &format!("kill-{i}"));
-            written.push(
-                create(&mut entry, &sf_sign, &customer, i, &format!("kill-{i}"))
-                    .await
-                    .unwrap_or_else(|s| panic!("create: {s:?}")),
-            );
-        }
+        let mut written =
+            create_across_shards(&mesh, &mut entry, &sf_sign, (9, 3, 0), "kill").await;
 
         mesh.kill(2).await;
         assert_ne!(mesh.health(2).await, "healthy");
@@ -256,20 +267,9 @@ async fn a_killed_container_fails_only_its_shard_and_the_others_keep_serving() {
             }
         }
         // New orders on the live shards are taken too.
-        for i in 0..6u32 {
-            let customer = mesh.customer_on(i as usize % 2, &format!("kill-after-{i}"));
-            written.push(
-                create(
-                    &mut entry,
-                    &sf_sign,
-                    &customer,
-                    100 + i,
-                    &format!("kill-after-{i}"),
-                )
-                .await
-                .unwrap_or_else(|s| panic!("create on a live shard with n3 dead: {s:?}")),
-            );
-        }
+        written.extend(
+            create_across_shards(&mesh, &mut entry, &sf_sign, (6, 2, 100), "kill-after").await,
+        );
 
         // Back on the same volume: nothing acknowledged before the SIGKILL is lost.
         mesh.start_node(2).await;
@@ -286,10 +286,7 @@ async fn a_killed_container_fails_only_its_shard_and_the_others_keep_serving() {
             get(&mut reader, &oms_sign, &n3_order).await.is_ok(),
             "n3's shard did not come back through n1"
         );
-        for i in 0..3 {
-            let mut reader = mesh.client(i, &oms).await;
-            assert_all_readable(&mut reader, &oms_sign, &written, &mesh.nodes[i].id).await;
-        }
+        assert_readable_through(&mesh, 0..3, &oms, &oms_sign, &written).await;
     })
     .await;
 }
@@ -299,13 +296,13 @@ async fn a_container_cut_off_the_network_loses_no_acknowledged_write() {
     if !docker_or_skip() {
         return;
     }
-    within(240, async {
+    within_after(build_image, 240, async {
         let mesh = ContainerMesh::start("cut", 3).await;
         let (sf, oms) = (
             mesh.pki.client(Role::Storefront),
             mesh.pki.client(Role::Oms),
         );
-        let (sf_sign, oms_sign) = (signer(&sf), signer(&oms));
+        let (sf_sign, oms_sign) = (sf.signer(), oms.signer());
         let mut writers = [mesh.client(0, &sf).await, mesh.client(1, &sf).await];
         let mut acknowledged = Vec::new();
         for i in 0..9u32 {
@@ -396,10 +393,7 @@ async fn a_container_cut_off_the_network_loses_no_acknowledged_write() {
                 .unwrap_or_else(|s| panic!("create on n3's shard after reconnecting: {s:?}")),
             );
         }
-        for i in 0..3 {
-            let mut reader = mesh.client(i, &oms).await;
-            assert_all_readable(&mut reader, &oms_sign, &acknowledged, &mesh.nodes[i].id).await;
-        }
+        assert_readable_through(&mesh, 0..3, &oms, &oms_sign, &acknowledged).await;
     })
     .await;
 }
@@ -529,15 +523,15 @@ async fn a_rolling_restart_under_load_fails_no_request_and_loses_no_write() {
     if !docker_or_skip() {
         return;
     }
-    within(420, async {
+    within_after(build_image, 420, async {
         let mesh = ContainerMesh::start("roll", 3).await;
         let (sf, oms) = (
             mesh.pki.client(Role::Storefront),
             mesh.pki.client(Role::Oms),
         );
         let load = Arc::new(Load {
-            sf_sign: signer(&sf),
-            oms_sign: signer(&oms),
+            sf_sign: sf.signer(),
+            oms_sign: oms.signer(),
             customers: (0..24)
                 .map(|i| mesh.customer_on(i % 3, &format!("roll-{i}")))
                 .collect(),
@@ -614,6 +608,21 @@ async fn a_rolling_restart_under_load_fails_no_request_and_loses_no_write() {
             "n1 after the restarts",
         )
         .await;
+    })
+    .await;
+}
+
+/// The scenario every harness runs (`mesh_tests::scenario`), here on containers: written through
+/// every gateway, read through every gateway, and again after n3 is `docker kill`ed and started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_scenario_orders_written_anywhere_are_read_everywhere_on_containers() {
+    if !docker_or_skip() {
+        return;
+    }
+    within_after(build_image, 240, async {
+        let mut mesh = ContainerMesh::start("scenario", 3).await;
+        let written = orders_written_anywhere_are_read_everywhere(&mut mesh, "containers").await;
+        assert_eq!(written.len(), 9);
     })
     .await;
 }

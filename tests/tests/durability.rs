@@ -3,7 +3,9 @@
 
 use mesh_node::access::policy::Role;
 use mesh_proto::v1::{GetOrderRequest, ListCustomerOrdersRequest};
-use mesh_tests::{NodeProcess, Pki, contains, read_tree, sample_order, within};
+use mesh_tests::{
+    NodeProcess, Pki, contains, create_ok, get_order_request, read_tree, sample_order, within,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,11 +63,7 @@ async fn kill_9_under_load_loses_no_acknowledged_order() {
         let mut wms = node.client(&pki.client(Role::Wms)).await;
         for (order_id, customer, n) in &acked {
             let got = oms
-                .get_order(GetOrderRequest {
-                    order_id: order_id.clone(),
-                    purpose: String::new(),
-                    fields: Vec::new(),
-                })
+                .get_order(get_order_request(order_id))
                 .await
                 .unwrap_or_else(|s| panic!("acknowledged order {order_id} lost: {s:?}"))
                 .into_inner()
@@ -157,20 +155,10 @@ async fn the_data_directory_reveals_no_pii() {
         for n in 0..20u32 {
             let customer = format!("zeta-customer-{n}");
             let req = sample_order(&customer, 4_242_000 + n);
-            let order = storefront
-                .create_order(req.clone())
+            let order = create_ok(&mut storefront, req.clone()).await;
+            oms.get_order(get_order_request(&order.order_id))
                 .await
-                .expect("create")
-                .into_inner()
-                .order
-                .expect("order");
-            oms.get_order(GetOrderRequest {
-                order_id: order.order_id,
-                purpose: String::new(),
-                fields: Vec::new(),
-            })
-            .await
-            .expect("read");
+                .expect("read");
             requests.push(req);
         }
         node.stop();

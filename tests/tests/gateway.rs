@@ -6,7 +6,9 @@ use mesh_proto::v1::{
     Courier, GetOrderRequest, ListCustomerOrdersRequest, OrderStatus, PaymentStatus,
     UpdateOrderStatusRequest,
 };
-use mesh_tests::{NodeProcess, Pki, sample_order, within};
+use mesh_tests::{
+    NodeProcess, Pki, create_ok, get_order_request, keyed_order, sample_order, within,
+};
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -18,13 +20,7 @@ async fn rust_client_creates_reads_updates_and_lists_orders() {
         let mut oms = node.client(&pki.client(Role::Oms)).await;
 
         let req = sample_order("cust-42", 7);
-        let created = storefront
-            .create_order(req.clone())
-            .await
-            .expect("create")
-            .into_inner()
-            .order
-            .expect("order");
+        let created = create_ok(&mut storefront, req.clone()).await;
         assert!(created.order_id.starts_with("o1-"), "{}", created.order_id);
         assert_eq!(created.status, OrderStatus::Placed as i32);
         assert_eq!(created.total_paise, 409_700);
@@ -86,13 +82,7 @@ async fn rust_client_creates_reads_updates_and_lists_orders() {
         assert_eq!(shipped.courier.expect("courier").awb, "DL123456789IN");
 
         // Second order, then the list comes back oldest first, projected.
-        let second = storefront
-            .create_order(sample_order("cust-42", 8))
-            .await
-            .expect("create")
-            .into_inner()
-            .order
-            .expect("order");
+        let second = create_ok(&mut storefront, sample_order("cust-42", 8)).await;
         let mut stream = oms
             .list_customer_orders(ListCustomerOrdersRequest {
                 customer_id: "cust-42".into(),
@@ -119,19 +109,9 @@ async fn storefront_sees_status_items_and_totals_but_no_contact() {
         let node = NodeProcess::start(&pki, "n1");
         let mut storefront = node.client(&pki.client(Role::Storefront)).await;
         // Another customer's order, read back by the storefront.
-        let other = storefront
-            .create_order(sample_order("cust-other", 99))
-            .await
-            .expect("create")
-            .into_inner()
-            .order
-            .expect("order");
+        let other = create_ok(&mut storefront, sample_order("cust-other", 99)).await;
         let seen = storefront
-            .get_order(GetOrderRequest {
-                order_id: other.order_id.clone(),
-                purpose: String::new(),
-                fields: Vec::new(),
-            })
+            .get_order(get_order_request(&other.order_id))
             .await
             .expect("get")
             .into_inner()
@@ -161,18 +141,8 @@ async fn roles_that_may_not_call_a_method_are_refused() {
         let pki = Pki::new();
         let node = NodeProcess::start(&pki, "n1");
         let mut storefront = node.client(&pki.client(Role::Storefront)).await;
-        let order = storefront
-            .create_order(sample_order("cust-1", 1))
-            .await
-            .expect("create")
-            .into_inner()
-            .order
-            .expect("order");
-        let get = GetOrderRequest {
-            order_id: order.order_id.clone(),
-            purpose: String::new(),
-            fields: Vec::new(),
-        };
+        let order = create_ok(&mut storefront, sample_order("cust-1", 1)).await;
+        let get = get_order_request(&order.order_id);
 
         // Roles with no business reading orders (the full matrix is in tests/access.rs).
         for role in [
@@ -446,11 +416,7 @@ async fn every_validation_rule_rejects_its_input_and_stores_nothing() {
         // Bad ids and statuses on the other methods.
         let mut oms = node.client(&pki.client(Role::Oms)).await;
         let status = oms
-            .get_order(GetOrderRequest {
-                order_id: "12345".into(),
-                purpose: String::new(),
-                fields: Vec::new(),
-            })
+            .get_order(get_order_request("12345"))
             .await
             .expect_err("bad id");
         assert_eq!(status.code(), Code::InvalidArgument);
@@ -487,13 +453,7 @@ async fn lifecycle_not_found_and_idempotent_retries() {
         let node = NodeProcess::start(&pki, "n1");
         let mut storefront = node.client(&pki.client(Role::Storefront)).await;
         let mut oms = node.client(&pki.client(Role::Oms)).await;
-        let order = storefront
-            .create_order(sample_order("cust-l", 1))
-            .await
-            .expect("create")
-            .into_inner()
-            .order
-            .expect("order");
+        let order = create_ok(&mut storefront, sample_order("cust-l", 1)).await;
         let status = oms
             .update_order_status(UpdateOrderStatusRequest {
                 order_id: order.order_id.clone(),
@@ -510,17 +470,12 @@ async fn lifecycle_not_found_and_idempotent_retries() {
         );
 
         let status = oms
-            .get_order(GetOrderRequest {
-                order_id: "o1-0001-00000000000000000000".into(),
-                purpose: String::new(),
-                fields: Vec::new(),
-            })
+            .get_order(get_order_request("o1-0001-00000000000000000000"))
             .await
             .expect_err("missing");
         assert_eq!(status.code(), Code::NotFound);
 
-        let mut req = sample_order("cust-l", 2);
-        req.idempotency_key = "checkout-7f3a".into();
+        let req = keyed_order("cust-l", 2, "checkout-7f3a");
         let first = storefront
             .create_order(req.clone())
             .await

@@ -1,15 +1,15 @@
 //! The mesh through real processes and real QUIC: routing through any gateway, shards on disk,
 //! containment of a stolen node identity, refusals at the peer port, layouts, and node loss.
 
-use mesh_node::api::gateway::{CREATE_ORDER, GET_ORDER, LIST_CUSTOMER_ORDERS, UPDATE_ORDER_STATUS};
-use mesh_node::security::identity::Identity;
-use mesh_node::cluster::layout::Layout;
-use mesh_node::security::control_key::ControlKey;
-use mesh_node::security::pki::LeafSpec;
 use mesh_node::access::policy::{Method, Role};
+use mesh_node::api::gateway::{CREATE_ORDER, GET_ORDER, LIST_CUSTOMER_ORDERS, UPDATE_ORDER_STATUS};
+use mesh_node::cluster::layout::Layout;
+use mesh_node::cluster::transport::PeerTransport;
+use mesh_node::security::control_key::ControlKey;
+use mesh_node::security::identity::Identity;
+use mesh_node::security::pki::LeafSpec;
 use mesh_node::security::proof::{Signer, parse_header};
 use mesh_node::security::tls::{self, TlsMaterial};
-use mesh_node::cluster::transport::PeerTransport;
 use mesh_proto::v1::admin_client::AdminClient;
 use mesh_proto::v1::peer_request::Body;
 use mesh_proto::v1::peer_response::Result as PeerResult;
@@ -17,16 +17,15 @@ use mesh_proto::v1::{
     ApplyLayoutRequest, ClientProof, ForwardedCall, GetOrderRequest, GetStatusRequest,
     ListCustomerOrdersRequest, PeerRequest, Ping, UpdateOrderStatusRequest,
 };
-use mesh_tests::{Credentials, TestMesh, sample_order, within};
+use mesh_tests::{
+    Credentials, GatewayClient, MeshHarness as _, TestMesh, create_ok, get_order_request,
+    local_trail, orders_written_anywhere_are_read_everywhere, sample_order, within,
+};
 use prost::Message as _;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::Code;
-
-fn signer(c: &Credentials) -> Signer {
-    Signer::from_pem_file(&c.key).expect("signing key")
-}
 
 /// The DER chain of a credential, as a client presents it in TLS.
 fn chain_of(c: &Credentials) -> Vec<Vec<u8>> {
@@ -56,7 +55,7 @@ async fn orders_created_through_any_gateway_are_readable_through_every_gateway()
         let mut mesh = TestMesh::start(3);
         let sf = mesh.pki.client(Role::Storefront);
         let oms = mesh.pki.client(Role::Oms);
-        let (sf_sign, oms_sign) = (signer(&sf), signer(&oms));
+        let (sf_sign, oms_sign) = (sf.signer(), oms.signer());
         let mut storefronts = Vec::new();
         let mut omses = Vec::new();
         for n in &mesh.nodes {
@@ -79,14 +78,7 @@ async fn orders_created_through_any_gateway_are_readable_through_every_gateway()
         for (order_id, customer) in &created {
             for (g, client) in omses.iter_mut().enumerate() {
                 let got = client
-                    .get_order(oms_sign.signed(
-                        GET_ORDER,
-                        GetOrderRequest {
-                            order_id: order_id.clone(),
-                            purpose: String::new(),
-                            fields: Vec::new(),
-                        },
-                    ))
+                    .get_order(oms_sign.signed(GET_ORDER, get_order_request(order_id)))
                     .await
                     .unwrap_or_else(|s| panic!("read {order_id} via n{}: {s:?}", g + 1))
                     .into_inner()
@@ -243,15 +235,8 @@ async fn a_stolen_node_identity_cannot_upgrade_any_roles_forwarded_request() {
         let mesh = TestMesh::start(2);
         let customer = mesh.customer_on(1, "upgrade");
         let sf = mesh.pki.client(Role::Storefront);
-        let order = mesh.nodes[1]
-            .client(&sf)
-            .await
-            .create_order(sample_order(&customer, 9))
-            .await
-            .expect("create")
-            .into_inner()
-            .order
-            .expect("order");
+        let mut owner = mesh.nodes[1].client(&sf).await;
+        let order = create_ok(&mut owner, sample_order(&customer, 9)).await;
         let get = GetOrderRequest {
             order_id: order.order_id.clone(),
             purpose: "ndr-callback".into(),
@@ -275,7 +260,7 @@ async fn a_stolen_node_identity_cannot_upgrade_any_roles_forwarded_request() {
         };
         for role in Role::ALL {
             let creds = mesh.pki.client_named(role, "captured");
-            let (s, chain) = (signer(&creds), chain_of(&creds));
+            let (s, chain) = (creds.signer(), chain_of(&creds));
             // The attacker holds a genuine GetOrder proof of this role, captured at node n1.
             let genuine = proof_for(&s, &chain, GET_ORDER, &get);
             // Re-aimed at a stronger method, or re-labelled with an oms certificate: refused.
@@ -331,18 +316,8 @@ async fn a_stolen_node_identity_cannot_read_or_widen_anything_on_other_shards() 
         let sf = mesh.pki.client(Role::Storefront);
         let customer = mesh.customer_on(1, "victim");
         let mut owner = mesh.nodes[1].client(&sf).await;
-        let order = owner
-            .create_order(sample_order(&customer, 7))
-            .await
-            .expect("create")
-            .into_inner()
-            .order
-            .expect("order");
-        let get = GetOrderRequest {
-            order_id: order.order_id.clone(),
-            purpose: String::new(),
-            fields: Vec::new(),
-        };
+        let order = create_ok(&mut owner, sample_order(&customer, 7)).await;
+        let get = get_order_request(&order.order_id);
 
         // The attacker holds node n1's certificate and key and speaks the peer protocol to n2.
         let a = mesh.nodes[0].credentials.clone();
@@ -360,7 +335,7 @@ async fn a_stolen_node_identity_cannot_read_or_widen_anything_on_other_shards() 
             .expect_err("refused");
         assert_eq!(err.0, Code::Unauthenticated as i32, "{err:?}");
         // 2. A proof signed with the stolen node key: valid chain, but a node is not a client role.
-        let node_signer = signer(&a);
+        let node_signer = a.signer();
         let proof = proof_for(&node_signer, &a_chain, GET_ORDER, &get.encode_to_vec());
         let err = peer_call(
             &t,
@@ -387,7 +362,7 @@ async fn a_stolen_node_identity_cannot_read_or_widen_anything_on_other_shards() 
             "{err:?}"
         );
         // 4. A genuine storefront proof captured in transit: replayed, retargeted, or re-roled.
-        let sf_signer = signer(&sf);
+        let sf_signer = sf.signer();
         let genuine = proof_for(&sf_signer, &sf_chain, GET_ORDER, &get.encode_to_vec());
         let other = GetOrderRequest {
             order_id: mesh_node::domain::ids::OrderId::mint(
@@ -503,20 +478,23 @@ async fn the_peer_port_refuses_everyone_but_member_nodes() {
         let try_with = |creds: &Credentials, client_auth: bool| {
             let m = TlsMaterial::load(&creds.ca, &creds.cert, &creds.key).expect("material");
             let server =
-                mesh_node::security::tls::server_config(&m, &[mesh_node::cluster::transport::ALPN]).expect("server");
+                mesh_node::security::tls::server_config(&m, &[mesh_node::cluster::transport::ALPN])
+                    .expect("server");
             let client = if client_auth {
-                mesh_node::security::tls::client_config(&m, &[mesh_node::cluster::transport::ALPN]).expect("client")
+                mesh_node::security::tls::client_config(&m, &[mesh_node::cluster::transport::ALPN])
+                    .expect("client")
             } else {
                 let mut roots = rustls::RootCertStore::empty();
                 for c in &m.roots {
                     roots.add(c.clone()).expect("root");
                 }
-                let mut cfg =
-                    rustls::ClientConfig::builder_with_provider(mesh_node::security::tls::provider())
-                        .with_protocol_versions(&[&rustls::version::TLS13])
-                        .expect("tls13")
-                        .with_root_certificates(roots)
-                        .with_no_client_auth();
+                let mut cfg = rustls::ClientConfig::builder_with_provider(
+                    mesh_node::security::tls::provider(),
+                )
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .expect("tls13")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
                 cfg.alpn_protocols = vec![mesh_node::cluster::transport::ALPN.to_vec()];
                 Arc::new(cfg)
             };
@@ -588,8 +566,9 @@ async fn forged_and_replayed_older_layouts_are_refused() {
         );
         assert!(status.members.iter().all(|m| m.reachable), "{status:?}");
 
-        let control = mesh_node::security::pki::CertificateAuthority::load_control_key(&mesh.pki.ca_dir())
-            .expect("control");
+        let control =
+            mesh_node::security::pki::CertificateAuthority::load_control_key(&mesh.pki.ca_dir())
+                .expect("control");
         let v2 = mesh.layout.next(mesh.layout.members.clone()).expect("v2");
         let (forger, _) = ControlKey::generate();
         let forged = client
@@ -669,20 +648,15 @@ async fn forged_and_replayed_older_layouts_are_refused() {
         let _: &Layout = &v2;
 
         // Every administrative action is in the node's audit trail, refusals included.
-        let auditor = mesh.pki.client(Role::Auditor);
-        let mut audit = mesh_proto::v1::audit_client::AuditClient::new(
-            mesh.nodes[0].channel(&auditor).await.expect("connect"),
-        );
-        let q = mesh_proto::v1::AuditQueryRequest {
-            local_only: true,
-            action: mesh_node::api::admin::APPLY_LAYOUT.into(),
-            ..Default::default()
-        };
-        let mut stream = audit.query(q).await.expect("query").into_inner();
-        let mut seen = Vec::new();
-        while let Some(r) = stream.message().await.expect("stream") {
-            seen.push((r.decision, r.reason, r.purpose));
-        }
+        let seen: Vec<(String, String, String)> = local_trail(
+            &mesh.nodes[0],
+            &mesh.pki,
+            mesh_node::api::admin::APPLY_LAYOUT,
+        )
+        .await
+        .into_iter()
+        .map(|r| (r.decision, r.reason, r.purpose))
+        .collect();
         assert_eq!(
             seen,
             [
@@ -715,74 +689,154 @@ async fn forged_and_replayed_older_layouts_are_refused() {
     .await;
 }
 
+/// One order for a customer on each node's shard, all created through `entry`: (owner, order id).
+async fn one_order_per_shard(
+    mesh: &TestMesh,
+    entry: &mut GatewayClient,
+    signer: &Signer,
+    salt: &str,
+) -> Vec<(usize, String)> {
+    let mut orders = Vec::new();
+    for owner in 0..mesh.nodes.len() {
+        let customer = mesh.customer_on(owner, salt);
+        let o = entry
+            .create_order(signer.signed(CREATE_ORDER, sample_order(&customer, owner as u32)))
+            .await
+            .unwrap_or_else(|s| panic!("create ({salt}): {s:?}"))
+            .into_inner()
+            .order
+            .expect("order");
+        orders.push((owner, o.order_id));
+    }
+    orders
+}
+
+/// A read of `order_id` that gives up after 5 s.
+fn bounded_get(signer: &Signer, order_id: &str) -> tonic::Request<GetOrderRequest> {
+    let mut req = signer.signed(GET_ORDER, get_order_request(order_id));
+    req.set_timeout(Duration::from_secs(5));
+    req
+}
+
+/// Reads each of `orders` through `reader`: node `lost`'s shard fails fast with UNAVAILABLE naming
+/// the partition and the node; every other shard serves. `why` says how it was lost.
+async fn assert_only_the_lost_shard_fails(
+    reader: &mut GatewayClient,
+    signer: &Signer,
+    orders: &[(usize, String)],
+    lost: usize,
+    why: &str,
+) {
+    for (owner, order_id) in orders {
+        let started = Instant::now();
+        let result = reader.get_order(bounded_get(signer, order_id)).await;
+        if *owner == lost {
+            let Err(status) = result else {
+                panic!("the shard {why} answered: it should fail");
+            };
+            assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+            assert!(
+                status.message().contains("partition")
+                    && status.message().contains(&format!("n{}", lost + 1)),
+                "{}",
+                status.message()
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "failed after {:?}, not fast",
+                started.elapsed()
+            );
+        } else {
+            result.unwrap_or_else(|s| panic!("shard of n{} should serve: {s:?}", owner + 1));
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_node_fails_only_its_shard_fast_and_recovers_with_nothing_lost() {
     within(120, async {
         let mut mesh = TestMesh::start(3);
         let sf = mesh.pki.client(Role::Storefront);
         let oms = mesh.pki.client(Role::Oms);
-        let (sf_sign, oms_sign) = (signer(&sf), signer(&oms));
+        let (sf_sign, oms_sign) = (sf.signer(), oms.signer());
         let mut entry = mesh.nodes[0].client(&sf).await;
-        let mut orders = Vec::new();
-        for owner in 0..3 {
-            let customer = mesh.customer_on(owner, "kill");
-            let o = entry
-                .create_order(sf_sign.signed(CREATE_ORDER, sample_order(&customer, owner as u32)))
-                .await
-                .expect("create")
-                .into_inner()
-                .order
-                .expect("order");
-            orders.push((owner, o.order_id));
-        }
+        let orders = one_order_per_shard(&mesh, &mut entry, &sf_sign, "kill").await;
         mesh.nodes[2].kill9();
         let mut reader = mesh.nodes[0].client(&oms).await;
-        for (owner, order_id) in &orders {
-            let mut req = oms_sign.signed(
-                GET_ORDER,
-                GetOrderRequest {
-                    order_id: order_id.clone(),
-                    purpose: String::new(),
-                    fields: Vec::new(),
-                },
-            );
-            req.set_timeout(Duration::from_secs(5));
-            let started = Instant::now();
-            let result = reader.get_order(req).await;
-            if *owner == 2 {
-                let status = result.expect_err("the dead shard fails");
-                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-                assert!(
-                    status.message().contains("partition") && status.message().contains("n3"),
-                    "{}",
-                    status.message()
-                );
-                assert!(
-                    started.elapsed() < Duration::from_secs(4),
-                    "failed after {:?}, not fast",
-                    started.elapsed()
-                );
-            } else {
-                result.unwrap_or_else(|s| panic!("shard of n{} should serve: {s:?}", owner + 1));
-            }
-        }
+        assert_only_the_lost_shard_fails(&mut reader, &oms_sign, &orders, 2, "of the dead node")
+            .await;
         mesh.nodes[2].spawn().expect("restart n3");
         let (_, dead_order) = &orders[2];
         mesh_tests::assert_eventually!(
             Duration::from_secs(20),
             reader
-                .get_order(oms_sign.signed(
-                    GET_ORDER,
-                    GetOrderRequest {
-                        order_id: dead_order.clone(),
-                        purpose: String::new(),
-                        fields: Vec::new(),
-                    }
-                ))
+                .get_order(oms_sign.signed(GET_ORDER, get_order_request(dead_order)))
                 .await
                 .is_ok(),
             "n3's shard did not come back through n1"
         );
+    })
+    .await;
+}
+
+/// A network partition made by the transport's own link filter (`cluster::link_filter`), so it
+/// runs without Docker: with the link n1-n3 cut, n1's gateway still serves its own and n2's shards,
+/// fails n3's fast with UNAVAILABLE naming the shard, and once the link heals it serves n3's
+/// shard again with nothing lost. The container tests cut a real network for the same guarantee.
+#[tokio::test]
+async fn a_cut_link_fails_only_the_shard_behind_it_and_heals_with_nothing_lost() {
+    within(120, async {
+        let links = tempfile::NamedTempFile::new().expect("link filter file");
+        let links_path = links.path().display().to_string();
+        let mesh = TestMesh::start_with(3, "info", &[("DSM_FAULT_LINKS", links_path.as_str())]);
+        let sf = mesh.pki.client(Role::Storefront);
+        let oms = mesh.pki.client(Role::Oms);
+        let (sf_sign, oms_sign) = (sf.signer(), oms.signer());
+        let mut entry = mesh.nodes[0].client(&sf).await;
+        let orders = one_order_per_shard(&mesh, &mut entry, &sf_sign, "cut").await;
+        let get = |order_id: &str| bounded_get(&oms_sign, order_id);
+        std::fs::write(links.path(), "cut n1 n3\n").expect("cut the link");
+        // The filter re-reads its file within 50 ms; wait until the cut shows, bounded.
+        let mut reader = mesh.nodes[0].client(&oms).await;
+        let behind_cut = orders[2].1.clone();
+        mesh_tests::assert_eventually!(
+            Duration::from_secs(5),
+            reader.get_order(get(&behind_cut)).await.is_err(),
+            "the cut link n1-n3 never took effect"
+        );
+        assert_only_the_lost_shard_fails(&mut reader, &oms_sign, &orders, 2, "behind the cut")
+            .await;
+        // n3 itself still serves its shard to a client that reaches it directly.
+        let mut direct = mesh.nodes[2].client(&oms).await;
+        direct
+            .get_order(get(&behind_cut))
+            .await
+            .expect("n3 serves its own shard during the cut");
+        std::fs::write(links.path(), "").expect("heal the link");
+        mesh_tests::assert_eventually!(
+            Duration::from_secs(20),
+            reader.get_order(get(&behind_cut)).await.is_ok(),
+            "n3's shard did not come back through n1 after the link healed"
+        );
+        for (_, order_id) in &orders {
+            reader
+                .get_order(get(order_id))
+                .await
+                .expect("every acknowledged order is readable after the partition");
+        }
+    })
+    .await;
+}
+
+/// The scenario every harness runs (`mesh_tests::scenario`), here on node processes the harness
+/// starts: written through every gateway, read through every gateway, and again after n3 is
+/// killed and restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_scenario_orders_written_anywhere_are_read_everywhere_on_processes() {
+    within(120, async {
+        let mut mesh = TestMesh::start(3);
+        let written = orders_written_anywhere_are_read_everywhere(&mut mesh, "processes").await;
+        assert_eq!(written.len(), 9);
     })
     .await;
 }

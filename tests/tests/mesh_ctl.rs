@@ -2,10 +2,13 @@
 //! that a client reaches with the credentials written to mesh.json. Also `mesh-node run` refusing a
 //! bad configuration with every problem listed.
 
-use mesh_node::security::identity::Identity;
 use mesh_node::access::policy::Role;
+use mesh_node::security::identity::Identity;
 use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
-use mesh_tests::{mesh_ctl_bin, mesh_node_bin, sample_order, within};
+use mesh_tests::{
+    UpMesh, mesh_ctl_bin, mesh_node_bin, orders_written_anywhere_are_read_everywhere, sample_order,
+    within,
+};
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -33,6 +36,17 @@ fn ctl(args: &[&str]) -> std::process::Output {
         .expect("running mesh-ctl")
 }
 
+/// `mesh-ctl ARGS`, which must succeed (else its stderr is the failure).
+fn ctl_ok(args: &[&str]) -> std::process::Output {
+    let out = ctl(args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path)
         .expect("metadata")
@@ -45,7 +59,7 @@ fn mode(path: &std::path::Path) -> u32 {
 fn ca_init_and_cert_issue_write_owner_only_keys_and_json() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = dir.path().join("ca");
-    let out = ctl(&[
+    ctl_ok(&[
         "ca",
         "init",
         "--dir",
@@ -55,11 +69,6 @@ fn ca_init_and_cert_issue_write_owner_only_keys_and_json() {
         "-o",
         "json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(mode(&ca.join("ca.key")), 0o600);
     // A second init refuses to overwrite the CA.
     let again = ctl(&["ca", "init", "--dir", ca.to_str().expect("utf8")]);
@@ -67,7 +76,7 @@ fn ca_init_and_cert_issue_write_owner_only_keys_and_json() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"));
 
     let certs = dir.path().join("certs");
-    let out = ctl(&[
+    let out = ctl_ok(&[
         "cert",
         "issue",
         "client",
@@ -84,11 +93,6 @@ fn ca_init_and_cert_issue_write_owner_only_keys_and_json() {
         "-o",
         "json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let issued: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(
         issued["identity"],
@@ -96,9 +100,10 @@ fn ca_init_and_cert_issue_write_owner_only_keys_and_json() {
     );
     let key = std::path::PathBuf::from(issued["key"].as_str().expect("key path"));
     assert_eq!(mode(&key), 0o600);
-    let der =
-        mesh_node::security::tls::load_certs(std::path::Path::new(issued["cert"].as_str().expect("cert")))
-            .expect("cert");
+    let der = mesh_node::security::tls::load_certs(std::path::Path::new(
+        issued["cert"].as_str().expect("cert"),
+    ))
+    .expect("cert");
     assert_eq!(
         Identity::from_certificate(&der[0]).expect("identity"),
         Identity::Client {
@@ -108,7 +113,7 @@ fn ca_init_and_cert_issue_write_owner_only_keys_and_json() {
         }
     );
 
-    let out = ctl(&[
+    let out = ctl_ok(&[
         "cert",
         "issue",
         "node",
@@ -119,11 +124,6 @@ fn ca_init_and_cert_issue_write_owner_only_keys_and_json() {
         "--out",
         certs.to_str().expect("utf8"),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("spiffe://brand.example/node/n7"));
 
     // Every role of the role table can be issued, and the certificate carries exactly that role.
@@ -435,4 +435,19 @@ fn mesh_node_refuses_a_bad_config_listing_every_problem() {
     ] {
         assert!(err.contains(key), "`{key}` not reported in:\n{err}");
     }
+}
+
+/// The scenario every harness runs (`mesh_tests::scenario`), here on the mesh `mesh-ctl up`
+/// starts, with the client credentials it wrote to mesh.json (it cannot restart one node, so the
+/// scenario skips that part).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_scenario_orders_written_anywhere_are_read_everywhere_on_mesh_ctl_up() {
+    within(120, async {
+        let mut mesh = tokio::task::spawn_blocking(|| UpMesh::start(3, &[]))
+            .await
+            .expect("mesh-ctl up");
+        let written = orders_written_anywhere_are_read_everywhere(&mut mesh, "up").await;
+        assert_eq!(written.len(), 9);
+    })
+    .await;
 }

@@ -3,13 +3,13 @@
 //! while the mesh goes 3 -> 5 -> 2 -> 3; a `kill -9` at each stage of a handoff; offline
 //! inspection of the nodes that left; forged and skipping layouts.
 
+use mesh_node::access::policy::Role;
 use mesh_node::security::control_key::ControlKey;
 use mesh_node::security::pki::CertificateAuthority;
-use mesh_node::access::policy::Role;
 use mesh_proto::v1::ApplyLayoutRequest;
 use mesh_proto::v1::admin_client::AdminClient;
 use mesh_tests::history::{Gateways, History};
-use mesh_tests::{TestMesh, contains, mesh_ctl, read_tree, within};
+use mesh_tests::{TestMesh, contains, create_ok, get_order_request, mesh_ctl, read_tree, within};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
@@ -208,19 +208,7 @@ async fn handoff_survives_a_crash(point: &str, victim: &str) {
         );
         // Restart it disarmed; applying the same version again resumes the change.
         mesh.start_node(victim, &[]);
-        mesh_ctl(&[
-            "layout",
-            "apply",
-            "--version",
-            "2",
-            "--wait",
-            "--timeout",
-            "120s",
-            "--dir",
-            dir,
-        ])
-        .await
-        .expect("resume");
+        mesh.apply_and_wait(2).await.expect("resume");
         mesh.layout = mesh.layout_now();
         *gateways.write().expect("gw") = gateways_of(&mesh, &["n1", "n2", "n3"]);
         progress(&history, 40).await;
@@ -286,7 +274,6 @@ fn ctl(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_shrinks_it_leaving_nothing()
  {
-    use mesh_proto::v1::GetOrderRequest;
     use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
     use std::process::{Command, Stdio};
     within(300, async {
@@ -341,13 +328,11 @@ async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_sh
         let mut orders = Vec::new();
         for i in 0..300u32 {
             let req = mesh_tests::sample_order(&format!("grow-{i}"), i);
-            let order = sf
-                .create_order(sf_sign.signed(mesh_node::api::gateway::CREATE_ORDER, req))
-                .await
-                .expect("create")
-                .into_inner()
-                .order
-                .expect("order");
+            let order = create_ok(
+                &mut sf,
+                sf_sign.signed(mesh_node::api::gateway::CREATE_ORDER, req),
+            )
+            .await;
             orders.push(order.order_id);
         }
 
@@ -455,11 +440,7 @@ async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_sh
             .expect("connect"),
         );
         for id in &orders {
-            let req = GetOrderRequest {
-                order_id: id.clone(),
-                purpose: String::new(),
-                fields: Vec::new(),
-            };
+            let req = get_order_request(id);
             oms.get_order(oms_sign.signed(mesh_node::api::gateway::GET_ORDER, req))
                 .await
                 .unwrap_or_else(|s| panic!("order {id} after scaling to 4: {s:?}"));

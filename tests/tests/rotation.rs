@@ -6,9 +6,8 @@
 //! them within seconds, on connections that were already open as well as on new ones.
 
 use mesh_node::api::gateway::{CREATE_ORDER, GET_ORDER};
-use mesh_proto::v1::GetOrderRequest;
 use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
-use mesh_tests::UpMesh;
+use mesh_tests::{UpMesh, create_ok, get_order_request};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -49,12 +48,15 @@ struct Writer {
 async fn write_load(mesh: Arc<UpMesh>, node: usize, w: Arc<Writer>, stop: Arc<AtomicBool>) {
     let (cert_file, _) = mesh.client_files("storefront");
     let mut current = Vec::new();
-    let mut client: Option<(OrderGatewayClient<Channel>, mesh_node::security::proof::Signer)> = None;
+    let mut client: Option<(
+        OrderGatewayClient<Channel>,
+        mesh_node::security::proof::Signer,
+    )> = None;
     let mut i = 0u32;
     while !stop.load(Ordering::Relaxed) {
         let on_disk = std::fs::read(&cert_file).unwrap_or_default();
         if on_disk != current || client.is_none() {
-            let (tls, signer) = mesh.client("storefront");
+            let (tls, signer) = mesh.tls_and_signer("storefront");
             match gateway(mesh.gateway(node), tls).await {
                 Ok(c) => {
                     client = Some((c, signer));
@@ -211,14 +213,10 @@ async fn certificates_and_the_ca_rotate_under_load_without_restarts_or_failed_re
     }
     let audit = ok(&mesh.ctl(&["audit", "verify"]));
     assert!(!audit.contains("false"), "{audit}");
-    let (tls, signer) = mesh.client("oms");
+    let (tls, signer) = mesh.tls_and_signer("oms");
     let mut oms = gateway(mesh.gateway(2), tls).await.expect("connect");
     for id in &acked {
-        let req = GetOrderRequest {
-            order_id: id.clone(),
-            purpose: String::new(),
-            fields: Vec::new(),
-        };
+        let req = get_order_request(id);
         oms.get_order(signer.signed(GET_ORDER, req))
             .await
             .unwrap_or_else(|s| panic!("acknowledged order unreadable: {s:?}"));
@@ -261,33 +259,26 @@ async fn a_revoked_client_and_a_revoked_node_are_refused_within_seconds_without_
         (now + 23 * 3600..=now + 24 * 3600).contains(&expiry),
         "the node's certificate expires at {expiry}, now is {now}"
     );
-    let (tls, signer) = mesh.client("storefront");
+    let (tls, signer) = mesh.tls_and_signer("storefront");
     let mut sf = gateway(mesh.gateway(0), tls).await.expect("connect");
     let mut ids = Vec::new();
     for i in 0..40u32 {
-        let order = sf
-            .create_order(signer.signed(
+        let order = create_ok(
+            &mut sf,
+            signer.signed(
                 CREATE_ORDER,
                 mesh_tests::sample_order(&format!("rv-{i}"), i),
-            ))
-            .await
-            .expect("create")
-            .into_inner()
-            .order
-            .expect("order");
+            ),
+        )
+        .await;
         ids.push(order.order_id);
     }
     // An oms client with an open connection, reading fine.
-    let (oms_tls, oms_signer) = mesh.client("oms");
+    let (oms_tls, oms_signer) = mesh.tls_and_signer("oms");
     let mut oms = gateway(mesh.gateway(0), oms_tls.clone())
         .await
         .expect("connect");
-    let read = |id: &str| GetOrderRequest {
-        order_id: id.to_owned(),
-        purpose: String::new(),
-        fields: Vec::new(),
-    };
-    oms.get_order(oms_signer.signed(GET_ORDER, read(&ids[0])))
+    oms.get_order(oms_signer.signed(GET_ORDER, get_order_request(&ids[0])))
         .await
         .expect("oms reads before revocation");
 
@@ -297,7 +288,7 @@ async fn a_revoked_client_and_a_revoked_node_are_refused_within_seconds_without_
     ok(&mesh.ctl(&["cert", "revoke", "--cert", oms_cert.to_str().expect("path")]));
     let refused_after = loop {
         match oms
-            .get_order(oms_signer.signed(GET_ORDER, read(&ids[0])))
+            .get_order(oms_signer.signed(GET_ORDER, get_order_request(&ids[0])))
             .await
         {
             Err(s) if s.code() == tonic::Code::Unauthenticated => break started.elapsed(),
@@ -315,7 +306,7 @@ async fn a_revoked_client_and_a_revoked_node_are_refused_within_seconds_without_
     for node in 0..3 {
         let fresh = async {
             let mut c = gateway(mesh.gateway(node), oms_tls.clone()).await?;
-            c.get_order(oms_signer.signed(GET_ORDER, read(&ids[0])))
+            c.get_order(oms_signer.signed(GET_ORDER, get_order_request(&ids[0])))
                 .await?;
             anyhow::Ok(())
         };

@@ -6,14 +6,14 @@
 //! `DSM_SKIP_PYTHON=1` opts out explicitly, as for the other Python tests. `promtool` comes from
 //! the Debian package `prometheus` (`.ci/run` installs it); `DSM_SKIP_PROMTOOL=1` opts out.
 
-use mesh_node::api::gateway::{CREATE_ORDER, GET_ORDER, LIST_CUSTOMER_ORDERS, UPDATE_ORDER_STATUS};
 use mesh_node::access::policy::{Method, Role};
-use mesh_node::security::proof::Signer;
+use mesh_node::api::gateway::{CREATE_ORDER, GET_ORDER, LIST_CUSTOMER_ORDERS, UPDATE_ORDER_STATUS};
 use mesh_proto::v1::{
     GetOrderRequest, ListCustomerOrdersRequest, OrderStatus, UpdateOrderStatusRequest,
 };
 use mesh_tests::{
-    NodeOptions, TestMesh, assert_eventually, contains, python, sample_order, within,
+    MeshHarness as _, TestMesh, assert_eventually, contains, create_ok, python, sample_order,
+    within,
 };
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -160,9 +160,8 @@ async fn gateway_requests_routing_hops_and_storage_are_traced_over_otlp_without_
     let dir = tempfile::tempdir().expect("tempdir");
     let collector = Collector::start(&py, dir.path());
     within(180, async move {
-        let mut mesh = TestMesh::start_with(
+        let mut mesh = TestMesh::start_with_env(
             2,
-            &NodeOptions::default().log_level,
             &[
                 ("DSM_OTLP_ENDPOINT", collector.endpoint.as_str()),
                 ("DSM_TELEMETRY_SERVICE_NAME", SERVICE),
@@ -170,8 +169,8 @@ async fn gateway_requests_routing_hops_and_storage_are_traced_over_otlp_without_
         );
         let sf = mesh.pki.client(Role::Storefront);
         let oms = mesh.pki.client(Role::Oms);
-        let sf_sign = Signer::from_pem_file(&sf.key).expect("signer");
-        let oms_sign = Signer::from_pem_file(&oms.key).expect("signer");
+        let sf_sign = sf.signer();
+        let oms_sign = oms.signer();
         let mut sf_n1 = mesh.nodes[0].client(&sf).await;
         let mut oms_n1 = mesh.nodes[0].client(&oms).await;
 
@@ -202,13 +201,7 @@ async fn gateway_requests_routing_hops_and_storage_are_traced_over_otlp_without_
                 a.city.clone(),
                 req.external_ref.clone(),
             ]);
-            let order = sf_n1
-                .create_order(sf_sign.signed(CREATE_ORDER, req))
-                .await
-                .expect("create")
-                .into_inner()
-                .order
-                .expect("order");
+            let order = create_ok(&mut sf_n1, sf_sign.signed(CREATE_ORDER, req)).await;
             pii.push(order.order_id.clone());
             orders.push(order);
         }
@@ -461,19 +454,17 @@ async fn metrics_of_nodes_that_served_traffic_pass_promtool_with_bounded_labels(
     within(120, async {
         let mesh = TestMesh::start(2);
         let sf = mesh.pki.client(Role::Storefront);
-        let sf_sign = Signer::from_pem_file(&sf.key).expect("signer");
+        let sf_sign = sf.signer();
         let mut sf_n1 = mesh.nodes[0].client(&sf).await;
         let mut order_ids = Vec::new();
         let mut customers = Vec::new();
         for (i, owner) in [0, 1, 1].into_iter().enumerate() {
             let customer = mesh.customer_on(owner, &format!("metrics-{i}"));
-            let order = sf_n1
-                .create_order(sf_sign.signed(CREATE_ORDER, sample_order(&customer, i as u32)))
-                .await
-                .expect("create")
-                .into_inner()
-                .order
-                .expect("order");
+            let order = create_ok(
+                &mut sf_n1,
+                sf_sign.signed(CREATE_ORDER, sample_order(&customer, i as u32)),
+            )
+            .await;
             order_ids.push(order.order_id);
             customers.push(customer);
         }

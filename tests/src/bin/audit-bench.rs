@@ -9,10 +9,10 @@
 
 use clap::Parser;
 use mesh_node::access::policy::Role;
+use mesh_proto::v1::AuditQueryRequest;
 use mesh_proto::v1::audit_client::AuditClient;
 use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
-use mesh_proto::v1::{AuditQueryRequest, GetOrderRequest};
-use mesh_tests::{NodeOptions, NodeProcess, Pki, sample_order};
+use mesh_tests::{NodeOptions, NodeProcess, Pki, get_order_request, sample_order};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
@@ -55,11 +55,7 @@ async fn drive(
                             .await
                             .is_ok(),
                         Op::Get => client
-                            .get_order(GetOrderRequest {
-                                order_id: ids[i % ids.len()].clone(),
-                                purpose: String::new(),
-                                fields: Vec::new(),
-                            })
+                            .get_order(get_order_request(&ids[i % ids.len()]))
                             .await
                             .is_ok(),
                     };

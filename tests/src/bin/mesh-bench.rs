@@ -12,9 +12,8 @@ use mesh_node::access::policy::Role;
 use mesh_proto::dsm::bench::v1::EchoMessage;
 use mesh_proto::dsm::bench::v1::echo_client::EchoClient;
 use mesh_proto::dsm::bench::v1::echo_server::{Echo, EchoServer};
-use mesh_proto::v1::GetOrderRequest;
 use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
-use mesh_tests::{NodeProcess, Pki, sample_order};
+use mesh_tests::{NodeProcess, Pki, get_order_request, sample_order};
 use prost::Message as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -160,11 +159,7 @@ async fn drive(
                         .await
                         .map(|_| ()),
                     Target::Get => gw
-                        .get_order(GetOrderRequest {
-                            order_id: order_ids[i % order_ids.len()].clone(),
-                            purpose: String::new(),
-                            fields: Vec::new(),
-                        })
+                        .get_order(get_order_request(&order_ids[i % order_ids.len()]))
                         .await
                         .map(|_| ()),
                 };
