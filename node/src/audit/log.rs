@@ -12,6 +12,7 @@
 use super::chain::{self, Checkpoint, Record, ZERO_HASH};
 use crate::domain::clock::now_ms;
 use crate::security::proof::Signer;
+use crate::storage::durable_fs;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use std::io::{BufRead as _, Seek as _, Write as _};
@@ -234,7 +235,7 @@ impl Writer {
         live: broadcast::Sender<Arc<String>>,
         retention: Retention,
     ) -> Result<Writer, AuditError> {
-        std::fs::create_dir_all(dir).map_err(io)?;
+        durable_fs::create_dir_all(dir).map_err(io)?;
         let segs = segments(dir)?;
         let segment_no = segs.last().copied().unwrap_or(1);
         let path = segment_path(dir, segment_no);
@@ -256,11 +257,7 @@ impl Writer {
             .map(|c| c.seq)
             .max()
             .unwrap_or(0);
-        let mut segment = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io)?;
+        let mut segment = durable_fs::open_append(&path).map_err(io)?;
         let segment_len = segment.seek(std::io::SeekFrom::End(0)).map_err(io)?;
         // Test builds only (`fault`): every append fails, so accesses must be refused.
         let fail = crate::fault::fails("audit-append");
@@ -294,11 +291,8 @@ impl Writer {
             // Close the segment with a signed checkpoint: it anchors the next one.
             self.checkpoint()?;
             self.segment_no += 1;
-            self.segment = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(segment_path(&self.dir, self.segment_no))
-                .map_err(io)?;
+            self.segment =
+                durable_fs::open_append(&segment_path(&self.dir, self.segment_no)).map_err(io)?;
             self.segment_len = 0;
         }
         let (mut seq, mut head) = (self.seq, self.head.clone());
@@ -413,11 +407,7 @@ impl Writer {
             sig: B64.encode(sig),
             cert: B64.encode(&self.signer.cert_der),
         };
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(CHECKPOINTS_FILE))
-            .map_err(io)?;
+        let mut f = durable_fs::open_append(&self.dir.join(CHECKPOINTS_FILE)).map_err(io)?;
         let mut line = serde_json::to_vec(&cp).map_err(io)?;
         line.push(b'\n');
         f.write_all(&line).map_err(io)?;
@@ -438,6 +428,11 @@ impl AuditLog {
     ) -> Result<(AuditLog, tokio::task::JoinHandle<()>), AuditError> {
         let (live, _) = broadcast::channel(4096);
         let mut writer = Writer::open(dir, node, signer, live.clone(), retention)?;
+        // Records recovered past the last checkpoint (a crash or power cut came before the next
+        // tick) are signed now, before anything new is appended: every record a restarted node
+        // holds is then covered. Nothing is lost by it: whoever could have appended to the files
+        // while the node was down had its disk, and with it its key.
+        writer.checkpoint()?;
         let (tx, mut rx) = mpsc::unbounded_channel::<Cmd>();
         let task = tokio::task::spawn_blocking(move || {
             let mut last_checkpoint = std::time::Instant::now();

@@ -16,6 +16,7 @@
 //! sled-based releases (format 1) is refused with a message, and nothing in it is touched.
 
 pub mod commit;
+pub mod durable_fs;
 pub mod handoff;
 pub mod keys;
 
@@ -216,6 +217,9 @@ impl Store {
         if dir.join("conf").is_file() && dir.join("db").is_file() {
             return Err(StorageError::SledDirectory { dir: dir.into() });
         }
+        // Its name must survive a power cut like its contents (fjall syncs what is inside).
+        durable_fs::create_dir_all(&dir.join(STORE_DIR))
+            .map_err(|e| StorageError::Io(format!("creating the store directory: {e}")))?;
         let db = fjall::Database::builder(dir.join(STORE_DIR))
             // The group committer persists; every batch is still written to the OS at commit.
             .cache_size(CACHE_BYTES)
@@ -223,6 +227,13 @@ impl Store {
         // Sealed values do not compress; nothing is configured to (no compression feature).
         let meta = db.keyspace("meta", fjall::KeyspaceCreateOptions::default)?;
         let data = db.keyspace("data", fjall::KeyspaceCreateOptions::default)?;
+        // fjall 3.1 does not sync the directory it creates a keyspace in, so a power cut after the
+        // first writes took both keyspaces (and every acknowledged write) with it; the power-loss
+        // drill found it. Sync them here, once, before anything is written.
+        for sub in ["keyspaces", ""] {
+            durable_fs::sync_dir(&dir.join(STORE_DIR).join(sub))
+                .map_err(|e| StorageError::Io(format!("syncing the store directory: {e}")))?;
+        }
         match meta.get("format")? {
             Some(v) if v.as_ref() == [FORMAT_VERSION] => {}
             Some(v) => {

@@ -73,3 +73,59 @@ async fn wrong_key_is_refused_at_open() {
         Err(StorageError::KeyMismatch)
     ));
 }
+
+/// A data directory of the sled releases (format 1) is refused with a message that says what was
+/// found and what to do, and nothing in it is touched: no file changes, nothing is added.
+#[tokio::test]
+async fn an_old_sled_data_directory_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // What sled 0.34 leaves at the top of a data directory, beside the node's audit trail.
+    std::fs::write(dir.path().join("conf"), b"segment_size: 524288\nuse_compression: false\n")
+        .expect("conf");
+    std::fs::write(dir.path().join("db"), vec![7u8; 4096]).expect("db");
+    std::fs::create_dir(dir.path().join("blobs")).expect("blobs");
+    std::fs::create_dir(dir.path().join("audit")).expect("audit");
+    let snapshot = |d: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut all: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
+            .expect("list")
+            .map(|e| {
+                let e = e.expect("entry");
+                let bytes = std::fs::read(e.path()).unwrap_or_default();
+                (e.file_name().to_string_lossy().into_owned(), bytes)
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    let before = snapshot(dir.path());
+    let err = Store::open(dir.path(), keys(), None).expect_err("a sled directory is refused");
+    let message = err.to_string();
+    for needle in ["format v1", "sled", "changed nothing", "empty data directory"] {
+        assert!(message.contains(needle), "`{needle}` missing from: {message}");
+    }
+    assert_eq!(snapshot(dir.path()), before, "the old directory was changed");
+}
+
+/// A write is durable when acknowledged and a reopened store has it, including its indexes.
+#[tokio::test]
+async fn a_closed_and_reopened_store_has_every_acknowledged_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = keys();
+    let mut ids = Vec::new();
+    {
+        let store = Store::open(dir.path(), keys.clone(), None).expect("open");
+        for i in 0..50 {
+            let o = order(&format!("cust-{i}"));
+            store.create_order(&o, "").await.expect("create");
+            ids.push(o.order_id);
+        }
+        store.close().await.expect("close");
+    }
+    let store = Store::open(dir.path(), keys, None).expect("reopen");
+    for id in &ids {
+        let id: OrderId = id.parse().expect("id");
+        assert!(store.get_order(&id).expect("read").is_some(), "order {id} lost");
+    }
+    let inv = store.inventory().expect("inventory");
+    assert_eq!((inv.orders, inv.unreadable, inv.dangling_index), (50, 0, 0));
+}
