@@ -158,12 +158,6 @@ async fn query(
     limit: u32,
     output: Output,
 ) -> anyhow::Result<bool> {
-    let Filter {
-        principal,
-        role,
-        action,
-        decision,
-    } = filter;
     let mesh = read_mesh(dir)?;
     let (auditor, tls) = auditor_tls(&mesh)?;
     let node = mesh.nodes.first().context("mesh.json lists no node")?;
@@ -177,11 +171,11 @@ async fn query(
     });
     let q = AuditQueryRequest {
         from_unix_ms: from,
-        principal,
-        role,
-        action,
+        principal: filter.principal,
+        role: filter.role,
+        action: filter.action,
         subject,
-        decision,
+        decision: filter.decision,
         limit,
         ..Default::default()
     };
@@ -226,19 +220,13 @@ fn query_row(r: &AuditRecord) -> String {
 /// `audit watch`: each node streams only its own records, so one Watch per node, merged.
 async fn watch(dir: &Path, filter: Filter, output: Output) -> anyhow::Result<bool> {
     use futures::StreamExt as _;
-    let Filter {
-        principal,
-        role,
-        action,
-        decision,
-    } = filter;
     let mesh = read_mesh(dir)?;
     let (_, tls) = auditor_tls(&mesh)?;
     let w = mesh_proto::v1::AuditWatchRequest {
-        principal,
-        role,
-        action,
-        decision,
+        principal: filter.principal,
+        role: filter.role,
+        action: filter.action,
+        decision: filter.decision,
     };
     let mut streams = Vec::new();
     for node in &mesh.nodes {

@@ -226,25 +226,8 @@ mod tests {
         Order {
             order_id: "o1-0001-00000000000000000000".into(),
             customer_id: "cust-1".into(),
-            customer: Some(Customer {
-                name: "Ravi Kumar".into(),
-                phone: "+919876543210".into(),
-                email: "ravi@example.com".into(),
-                address: Some(Address {
-                    line1: "12 MG Road".into(),
-                    line2: String::new(),
-                    city: "Bengaluru".into(),
-                    state: "Karnataka".into(),
-                    pincode: "560001".into(),
-                }),
-                ..Customer::default()
-            }),
-            items: vec![LineItem {
-                sku: "SKU-1".into(),
-                name: "Kurta".into(),
-                quantity: 2,
-                unit_price_paise: 49_900,
-            }],
+            customer: Some(crate::domain::fixtures::buyer()),
+            items: crate::domain::fixtures::basket(),
             total_paise: 99_800,
             status: 1,
             ..Order::default()

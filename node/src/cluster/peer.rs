@@ -91,31 +91,12 @@ impl PeerClient {
         }
     }
 
-    /// Forwards a client's request (with its proof) to the node that serves partition `p`.
-    pub async fn forward(
-        &self,
-        to: &Member,
-        call: ForwardedCall,
-        deadline: Instant,
-        p: Partition,
-    ) -> Result<Vec<u8>, Error> {
-        self.hop(Hop::Forward, to, call, deadline, p).await
-    }
-
-    /// Passes a forwarded call on, unchanged (its proof is the client's, not this node's), to the
-    /// previous owner of partition `p`, which serves it until it hands `p` over.
-    pub(crate) async fn relay(
-        &self,
-        to: &Member,
-        call: ForwardedCall,
-        deadline: Instant,
-        p: Partition,
-    ) -> Result<Vec<u8>, Error> {
-        self.hop(Hop::Relay, to, call, deadline, p).await
-    }
-
-    /// One routing hop of a client's call, traced as `kind`.
-    async fn hop(
+    /// Sends a client's call (method, body, the client's proof and chain) to the node that serves
+    /// partition `p`: [`Hop::Forward`] from the gateway that received it to the owner, or
+    /// [`Hop::Relay`] from an owner still waiting for `p` to its previous owner, which serves it
+    /// until it hands `p` over (the call goes on unchanged: its proof is the client's, not a
+    /// node's). Traced as that hop.
+    pub(crate) async fn hop(
         &self,
         kind: Hop,
         to: &Member,

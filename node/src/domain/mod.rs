@@ -8,6 +8,8 @@
 //! - `clock`: system time, or a hand-moved clock in tests.
 
 pub mod clock;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod hash;
 pub mod ids;
 pub mod lifecycle;

@@ -446,32 +446,15 @@ mod reveal_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh_proto::v1::{Address, Customer, LineItem, Payment};
+    use mesh_proto::v1::Payment;
 
     pub(crate) fn good() -> CreateOrderRequest {
         CreateOrderRequest {
             customer_id: "cust-1".into(),
             external_ref: "SF-1001".into(),
             channel: Channel::Storefront as i32,
-            customer: Some(Customer {
-                name: "Ravi Kumar".into(),
-                phone: "+919876543210".into(),
-                email: "ravi@example.com".into(),
-                address: Some(Address {
-                    line1: "12 MG Road".into(),
-                    line2: String::new(),
-                    city: "Bengaluru".into(),
-                    state: "Karnataka".into(),
-                    pincode: "560001".into(),
-                }),
-                ..Customer::default()
-            }),
-            items: vec![LineItem {
-                sku: "SKU-1".into(),
-                name: "Kurta".into(),
-                quantity: 2,
-                unit_price_paise: 49_900,
-            }],
+            customer: Some(crate::domain::fixtures::buyer()),
+            items: crate::domain::fixtures::basket(),
             total_paise: 99_800,
             payment: Some(Payment {
                 method: PaymentMethod::Cod as i32,

@@ -32,7 +32,7 @@ use crate::error::Error;
 use crate::security::proof::PROOF_HEADER;
 use crate::storage::Store;
 use crate::telemetry::metrics::Metrics;
-use crate::telemetry::trace;
+use crate::telemetry::trace::{self, Hop};
 use calls::{Create, Get, Label, List, Resolve, Reveal, Update};
 use mesh_proto::v1::order_gateway_server::OrderGateway;
 use mesh_proto::v1::peer_request::Body;
@@ -226,7 +226,11 @@ impl Gateway {
             ))
         })?;
         let deadline = Instant::now() + self.budget(req).saturating_sub(Duration::from_millis(20));
-        let bytes = self.mesh.peers.forward(to, call, deadline, p).await?;
+        let bytes = self
+            .mesh
+            .peers
+            .hop(Hop::Forward, to, call, deadline, p)
+            .await?;
         Resp::decode(bytes.as_slice()).map_err(|_| {
             Error::Unavailable(format!("node {} sent an unreadable answer", to.node_id))
         })
@@ -392,7 +396,7 @@ impl Gateway {
                 match self
                     .mesh
                     .peers
-                    .relay(&previous, call.clone(), deadline, p)
+                    .hop(Hop::Relay, &previous, call.clone(), deadline, p)
                     .await
                 {
                     Err(Error::Moved(_)) => {}

@@ -3,19 +3,32 @@
 use super::collect::Collect;
 use super::file::{FileAccess, FileTelemetry};
 use super::sections::{access_rules, telemetry_settings};
+
+/// An environment of `DSM_*` overrides.
+fn env_of(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// A fresh collection of values and problems over `env`.
+fn collect(env: &HashMap<String, String>) -> Collect<'_> {
+    Collect {
+        env,
+        errors: Vec::new(),
+    }
+}
 use super::*;
 
 #[test]
 fn reports_every_problem_at_once() {
-    let env: HashMap<String, String> = [
+    let env = env_of(&[
         ("DSM_NODE_ID", "Bad Id"),
         ("DSM_GATEWAY_LISTEN", "nowhere"),
         ("DSM_REQUEST_TIMEOUT", "forever"),
         ("DSM_LOG_FORMAT", "xml"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
+    ]);
     let errs = Config::load(None, &env).expect_err("invalid").0;
     for needle in [
         "node_id",
@@ -39,18 +52,12 @@ fn reports_every_problem_at_once() {
 
 #[test]
 fn access_settings_are_checked_and_named() {
-    let env: HashMap<String, String> = [
+    let env = env_of(&[
         ("DSM_ACCESS_CONTACT_GRACE", "soon"),
         ("DSM_ACCESS_REVEAL_LIMIT", "0"),
         ("DSM_ACCESS_REQUIRE_PURPOSE", "support, wizard"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    let mut c = Collect {
-        env: &env,
-        errors: Vec::new(),
-    };
+    ]);
+    let mut c = collect(&env);
     let rules = access_rules(&mut c, FileAccess::default());
     assert_eq!(
         rules.require_purpose,
@@ -67,17 +74,11 @@ fn access_settings_are_checked_and_named() {
             c.errors
         );
     }
-    let env: HashMap<String, String> = [
+    let env = env_of(&[
         ("DSM_ACCESS_CONTACT_GRACE", "2s"),
         ("DSM_ACCESS_REQUIRE_PURPOSE", ""),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    let mut c = Collect {
-        env: &env,
-        errors: Vec::new(),
-    };
+    ]);
+    let mut c = collect(&env);
     let rules = access_rules(&mut c, FileAccess::default());
     assert!(c.errors.is_empty(), "{:?}", c.errors);
     assert_eq!(rules.contact_grace, Duration::from_secs(2));
@@ -86,24 +87,18 @@ fn access_settings_are_checked_and_named() {
 
 #[test]
 fn telemetry_settings_are_checked_and_named() {
-    let collect = |pairs: &[(&str, &str)]| {
-        let env: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        let mut c = Collect {
-            env: &env,
-            errors: Vec::new(),
-        };
+    let settings = |pairs: &[(&str, &str)]| {
+        let env = env_of(pairs);
+        let mut c = collect(&env);
         let t = telemetry_settings(&mut c, FileTelemetry::default());
         (t, c.errors)
     };
-    let (t, errors) = collect(&[]);
+    let (t, errors) = settings(&[]);
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(t, crate::telemetry::trace::TelemetryConfig::default());
     assert_eq!(t.otlp_endpoint, None);
 
-    let (t, errors) = collect(&[
+    let (t, errors) = settings(&[
         ("DSM_OTLP_ENDPOINT", "http://otel-agent.monitoring:4317"),
         ("DSM_TELEMETRY_SERVICE_NAME", "dsm-prod"),
         ("DSM_TELEMETRY_SAMPLE_RATIO", "0.25"),
@@ -148,7 +143,7 @@ fn telemetry_settings_are_checked_and_named() {
             "all",
         ),
     ] {
-        let (t, errors) = collect(&[(env, value)]);
+        let (t, errors) = settings(&[(env, value)]);
         assert!(
             errors.len() == 1 && errors[0].starts_with(key),
             "{value}: {errors:?}"
