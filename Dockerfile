@@ -13,7 +13,7 @@ FROM scratch
 # A user and group database naming uid/gid 65532 ("mesh"; no shell, no password).
 COPY --chown=0:0 passwd group /etc/
 COPY --chown=0:0 mesh-node mesh-ctl /usr/local/bin/
-# The only place the node writes (its sled store and audit trail): mount a volume here.
+# The only place the node writes (its fjall store and audit trail): mount a volume here.
 COPY --chown=65532:65532 data /var/lib/dsm
 
 USER 65532:65532

@@ -1,5 +1,5 @@
 //! Cluster harness for end-to-end tests and benchmarks: real `mesh-node` processes (built from this
-//! workspace), real certificates from the mesh PKI, real sled data directories, real mTLS gRPC.
+//! workspace), real certificates from the mesh PKI, real fjall data directories, real mTLS gRPC.
 //!
 //! Component map. The items of the private modules are re-exported here, so tests import
 //! `mesh_tests::X`; `containers`, `history` and `probe` are used by path (`mesh_tests::probe::call`).

@@ -1,6 +1,6 @@
 //! `mesh-bench`: gateway throughput and latency against the transport ceiling, in one run.
 //!
-//! Starts a real `mesh-node` (release build, real sled, durable group commit) and, as the ceiling, a
+//! Starts a real `mesh-node` (release build, real fjall store, durable group commit) and, as the ceiling, a
 //! plain tonic unary echo server in a separate process with the same TLS settings (TLS 1.3, mTLS,
 //! aws-lc-rs, X25519MLKEM768). Drives each at several concurrencies over the same number of HTTP/2
 //! connections and prints a table: throughput, p50, p99, and the ratio to the echo ceiling.
