@@ -13,12 +13,15 @@
 //!
 //! A change is visible to readers once its group is committed, just before that group's fsync;
 //! callers hold their customer's lock stripe until the answer, so no second read-modify-write of
-//! the same customer starts from a state that could still be lost.
+//! the same customer starts from a state that could still be lost. A reader that may have seen a
+//! group not yet synced waits for that sync before it answers ([`GroupCommit::settled`]): no
+//! answer ever shows data a power cut could take back.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 /// Why a write was not made durable (the engine's error, shared by every waiter of the group).
 pub type CommitError = Arc<fjall::Error>;
@@ -73,6 +76,13 @@ type Waiter = oneshot::Sender<Result<(), CommitError>>;
 pub(crate) struct GroupCommit {
     /// Each job: a change (empty for "tell me when everything before is durable") and its waiter.
     jobs: mpsc::Sender<(Writes, Waiter)>,
+    /// The number of the last group made visible (raised just before its batch is committed).
+    visible: Arc<AtomicU64>,
+    /// The number of the last group synced to disk (or given up on, if its commit failed).
+    synced: watch::Receiver<u64>,
+    /// Tests hold it to keep the writer between a group's commit and its sync.
+    #[cfg(test)]
+    pub(crate) sync_gate: Arc<std::sync::Mutex<()>>,
 }
 
 /// What the committer reports after each group (for metrics).
@@ -90,10 +100,25 @@ impl GroupCommit {
         // Unbounded is safe here: each job belongs to a request that already holds a concurrency
         // permit on the gateway, so the queue is bounded by the gateway's in-flight limit.
         let (tx, rx) = mpsc::channel::<(Writes, Waiter)>();
+        let visible = Arc::new(AtomicU64::new(0));
+        let (synced_tx, synced) = watch::channel(0);
+        let progress = Progress {
+            visible: visible.clone(),
+            synced: synced_tx,
+            #[cfg(test)]
+            sync_gate: Arc::default(),
+        };
+        let commit = GroupCommit {
+            jobs: tx,
+            visible,
+            synced,
+            #[cfg(test)]
+            sync_gate: progress.sync_gate.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("dsm-store-writer".into())
-            .spawn(move || writer(spaces, rx, observer))?;
-        Ok((GroupCommit { jobs: tx }, thread))
+            .spawn(move || writer(spaces, rx, observer, progress))?;
+        Ok((commit, thread))
     }
 
     /// Commits `writes` in the next group and waits until the group is durable.
@@ -107,6 +132,23 @@ impl GroupCommit {
     pub(crate) async fn durable(&self) -> Result<(), CommitError> {
         self.write(Writes::default()).await
     }
+
+    /// Waits until every group a read made before this call could have seen is on disk: free when
+    /// nothing is in flight, one sync otherwise. Called after reading, before answering.
+    pub(crate) async fn settled(&self) {
+        let seen = self.visible.load(Ordering::SeqCst);
+        let mut synced = self.synced.clone();
+        // The writer only stops when every handle is gone, and this is one: the wait ends.
+        let _ = synced.wait_for(|n| *n >= seen).await;
+    }
+}
+
+/// The writer's progress, as readers see it (see [`GroupCommit::settled`]).
+struct Progress {
+    visible: Arc<AtomicU64>,
+    synced: watch::Sender<u64>,
+    #[cfg(test)]
+    sync_gate: Arc<std::sync::Mutex<()>>,
 }
 
 fn stopped() -> CommitError {
@@ -120,14 +162,20 @@ fn writer(
     spaces: Spaces,
     jobs: mpsc::Receiver<(Writes, Waiter)>,
     observer: Arc<dyn FlushObserver>,
+    progress: Progress,
 ) {
     let mut group = Vec::new();
+    let mut number = 0;
     while let Ok(first) = jobs.recv() {
         group.push(first);
         // Everything that queued while the last group was being written joins this one.
         group.extend(jobs.try_iter());
+        number += 1;
         let started = std::time::Instant::now();
-        let result = commit_group(&spaces, &mut group).map_err(Arc::new);
+        let result = commit_group(&spaces, &mut group, number, &progress).map_err(Arc::new);
+        // Readers waiting on this group go on either way: synced, or failed (and then the engine
+        // refuses everything after it, so nothing it made visible is answered as written).
+        progress.synced.send_replace(number);
         if let Err(e) = &result {
             tracing::error!(error = %e, writes = group.len(), "store group commit failed");
         }
@@ -143,12 +191,19 @@ fn writer(
 
 /// One atomic batch of every change in the group, then one `fdatasync` of the journal. Changes are
 /// merged in arrival order first, so a key two requests wrote appears once, with the later value.
-fn commit_group(spaces: &Spaces, group: &mut [(Writes, Waiter)]) -> fjall::Result<()> {
+fn commit_group(
+    spaces: &Spaces,
+    group: &mut [(Writes, Waiter)],
+    number: u64,
+    progress: &Progress,
+) -> fjall::Result<()> {
     let mut merged = BTreeMap::new();
     for (writes, _) in group.iter_mut() {
         merged.append(&mut writes.ops);
     }
     if !merged.is_empty() {
+        // Raised before the batch is visible, so a reader that sees it also sees this number.
+        progress.visible.store(number, Ordering::SeqCst);
         let mut batch = spaces.db.batch();
         for ((space, key), value) in merged {
             let keyspace = spaces.keyspace(space);
@@ -159,6 +214,11 @@ fn commit_group(spaces: &Spaces, group: &mut [(Writes, Waiter)]) -> fjall::Resul
         }
         batch.commit()?;
     }
+    #[cfg(test)]
+    let _held = progress
+        .sync_gate
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     spaces.db.persist(fjall::PersistMode::SyncData)
 }
 

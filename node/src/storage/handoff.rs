@@ -174,7 +174,11 @@ impl Store {
                 };
                 let oh = keys::order_hash(&self.keys, &order.order_id);
                 let ok = keys::order_key(p, &customer_hash, &oh);
-                batch.put(Space::Data, ok.as_slice(), versioned(&dek.seal(&plain, &ok)));
+                batch.put(
+                    Space::Data,
+                    ok.as_slice(),
+                    versioned(&dek.seal(&plain, &ok)),
+                );
                 batch.put(Space::Data, keys::index_key(p, &oh), &customer_hash[..]);
                 self.index_handle(&mut batch, p, &order, &oh);
                 if !order.idempotency_key.is_empty() {

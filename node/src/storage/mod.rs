@@ -283,6 +283,22 @@ impl Store {
         self.commit.durable().await.map_err(StorageError::Flush)
     }
 
+    /// Waits until everything a read made before this call could have seen is durable, so that an
+    /// answer never shows data a power cut could take back (one group sync at most; nothing when
+    /// no write is in flight). The gateway calls it once per request, after the handler.
+    pub async fn settled(&self) {
+        self.commit.settled().await;
+    }
+
+    /// Holds the writer between commits and syncs while the guard lives (tests only).
+    #[cfg(test)]
+    pub(crate) fn hold_syncs(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.commit
+            .sync_gate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Commits `writes` in the next group and returns once they are durable.
     async fn write(&self, writes: Writes) -> Result<(), StorageError> {
         self.commit.write(writes).await.map_err(StorageError::Flush)
@@ -365,7 +381,11 @@ impl Store {
                             dek
                         }
                     };
-                    writes.put(Space::Data, ok.as_slice(), versioned(&dek.seal(&plain, &ok)));
+                    writes.put(
+                        Space::Data,
+                        ok.as_slice(),
+                        versioned(&dek.seal(&plain, &ok)),
+                    );
                     writes.put(Space::Data, keys::index_key(p, &oh), &ch[..]);
                     self.index_handle(&mut writes, p, order, &oh);
                     if let Some(idem) = &idem {

@@ -80,8 +80,11 @@ async fn wrong_key_is_refused_at_open() {
 async fn an_old_sled_data_directory_is_refused_and_left_untouched() {
     let dir = tempfile::tempdir().expect("tempdir");
     // What sled 0.34 leaves at the top of a data directory, beside the node's audit trail.
-    std::fs::write(dir.path().join("conf"), b"segment_size: 524288\nuse_compression: false\n")
-        .expect("conf");
+    std::fs::write(
+        dir.path().join("conf"),
+        b"segment_size: 524288\nuse_compression: false\n",
+    )
+    .expect("conf");
     std::fs::write(dir.path().join("db"), vec![7u8; 4096]).expect("db");
     std::fs::create_dir(dir.path().join("blobs")).expect("blobs");
     std::fs::create_dir(dir.path().join("audit")).expect("audit");
@@ -100,10 +103,22 @@ async fn an_old_sled_data_directory_is_refused_and_left_untouched() {
     let before = snapshot(dir.path());
     let err = Store::open(dir.path(), keys(), None).expect_err("a sled directory is refused");
     let message = err.to_string();
-    for needle in ["format v1", "sled", "changed nothing", "empty data directory"] {
-        assert!(message.contains(needle), "`{needle}` missing from: {message}");
+    for needle in [
+        "format v1",
+        "sled",
+        "changed nothing",
+        "empty data directory",
+    ] {
+        assert!(
+            message.contains(needle),
+            "`{needle}` missing from: {message}"
+        );
     }
-    assert_eq!(snapshot(dir.path()), before, "the old directory was changed");
+    assert_eq!(
+        snapshot(dir.path()),
+        before,
+        "the old directory was changed"
+    );
 }
 
 /// A write is durable when acknowledged and a reopened store has it, including its indexes.
@@ -124,8 +139,56 @@ async fn a_closed_and_reopened_store_has_every_acknowledged_write() {
     let store = Store::open(dir.path(), keys, None).expect("reopen");
     for id in &ids {
         let id: OrderId = id.parse().expect("id");
-        assert!(store.get_order(&id).expect("read").is_some(), "order {id} lost");
+        assert!(
+            store.get_order(&id).expect("read").is_some(),
+            "order {id} lost"
+        );
     }
     let inv = store.inventory().expect("inventory");
     assert_eq!((inv.orders, inv.unreadable, inv.dangling_index), (50, 0, 0));
+}
+
+/// A read never answers with data that is not durable yet: a write whose group is committed but
+/// not synced is visible to the store's readers, and `settled` holds the answer until the sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_waits_until_what_it_could_have_seen_is_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Store::open(dir.path(), keys(), None).expect("open"));
+    let o = order("cust-dirty");
+    let id: OrderId = o.order_id.parse().expect("id");
+    // Nothing in flight: settling costs nothing and returns at once.
+    tokio::time::timeout(std::time::Duration::from_secs(5), store.settled())
+        .await
+        .expect("settled with nothing in flight");
+    let held = store.hold_syncs();
+    let writer = {
+        let (store, o) = (store.clone(), o.clone());
+        tokio::spawn(async move { store.create_order(&o, "").await })
+    };
+    // The write becomes visible (committed) while its sync is held back.
+    let mut visible = false;
+    for _ in 0..500 {
+        if store.get_order(&id).expect("read").is_some() {
+            visible = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(visible, "the committed write never became visible");
+    assert!(
+        !writer.is_finished(),
+        "the write was acknowledged before its sync"
+    );
+    // A reader that saw it must not answer yet.
+    let waiting =
+        tokio::time::timeout(std::time::Duration::from_millis(300), store.settled()).await;
+    assert!(
+        waiting.is_err(),
+        "a read of a not-yet-durable write settled before the sync"
+    );
+    drop(held);
+    tokio::time::timeout(std::time::Duration::from_secs(5), store.settled())
+        .await
+        .expect("settled once synced");
+    writer.await.expect("task").expect("create");
 }

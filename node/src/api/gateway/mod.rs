@@ -335,7 +335,11 @@ impl Gateway {
         if let Some(purpose) = C::purpose(&req) {
             self.purpose(caller, purpose, access)?;
         }
-        C::handle(self, caller, req, access).await
+        let answer = C::handle(self, caller, req, access).await?;
+        // No answer shows data a power cut could take back: a read that may have seen a write
+        // still on its way to disk waits for it (ARCHITECTURE.md, "Storage").
+        self.store.settled().await;
+        Ok(answer)
     }
 
     /// A request forwarded by a peer. The owner keeps its one audit record, refusals included.
