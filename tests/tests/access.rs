@@ -8,7 +8,7 @@ use mesh_node::access::policy::{Method, Role};
 use mesh_node::security::proof::Signer;
 use mesh_proto::v1::{
     Courier, CreateOrderRequest, GetOrderRequest, GetShippingLabelRequest, Order, OrderStatus,
-    ResolveContactHandleRequest, RevealFieldRequest, UpdateOrderStatusRequest,
+    PaymentStatus, ResolveContactHandleRequest, RevealFieldRequest, UpdateOrderStatusRequest,
 };
 use mesh_tests::probe::{self, Answer, Target};
 use mesh_tests::{
@@ -47,7 +47,7 @@ const FIELDS: [&str; 23] = [
     "consent",
 ];
 
-/// One role as DESIGN.md section 5 describes it.
+/// One role as ARCHITECTURE.md, "Roles and projections", describes it.
 struct Expect {
     role: &'static str,
     /// C create, G get, U update status, L list, S shipping label, R reveal, H resolve handle.
@@ -56,6 +56,8 @@ struct Expect {
     cells: &'static str,
     reveal: &'static [&'static str],
     statuses: &'static [&'static str],
+    /// The other fields the role may set with a status update, and when.
+    writes: &'static [(&'static str, &'static str)],
     window: &'static str,
 }
 
@@ -75,6 +77,7 @@ const EXPECTED: [Expect; 12] = [
         cells: "FFFMMM......FFFFFFFFFF.",
         reveal: &[],
         statuses: &[],
+        writes: &[],
         window: "always",
     },
     Expect {
@@ -91,6 +94,7 @@ const EXPECTED: [Expect; 12] = [
             "ORDER_STATUS_RTO",
             "ORDER_STATUS_CANCELLED",
         ],
+        writes: &[("payment.status", "always"), ("courier", "always")],
         window: "always",
     },
     Expect {
@@ -99,6 +103,7 @@ const EXPECTED: [Expect; 12] = [
         cells: "............F.F.....F..",
         reveal: &[],
         statuses: &[],
+        writes: &[],
         window: "always",
     },
     Expect {
@@ -107,6 +112,7 @@ const EXPECTED: [Expect; 12] = [
         cells: "...FM.FFFFF.FFF.....FF.",
         reveal: &[],
         statuses: &["ORDER_STATUS_PACKED", "ORDER_STATUS_SHIPPED"],
+        writes: &[("courier", "while unset")],
         window: "until closed + grace",
     },
     Expect {
@@ -115,6 +121,7 @@ const EXPECTED: [Expect; 12] = [
         cells: "...F..FFFFFF.....FFFFF.",
         reveal: &[],
         statuses: &[],
+        writes: &[],
         window: "until closed + grace",
     },
     Expect {
@@ -127,6 +134,7 @@ const EXPECTED: [Expect; 12] = [
             "ORDER_STATUS_DELIVERED",
             "ORDER_STATUS_DELIVERY_FAILED",
         ],
+        writes: &[],
         window: "in transit until closed + grace",
     },
     Expect {
@@ -135,6 +143,7 @@ const EXPECTED: [Expect; 12] = [
         cells: "...1F...............FF.",
         reveal: &[],
         statuses: &[],
+        writes: &[],
         window: "until closed + grace",
     },
     Expect {
@@ -143,6 +152,7 @@ const EXPECTED: [Expect; 12] = [
         cells: "FFFMMM..FFFFFFFFFFFFFF.",
         reveal: CONTACT,
         statuses: &["ORDER_STATUS_OUT_FOR_DELIVERY", "ORDER_STATUS_RTO"],
+        writes: &[],
         window: "always",
     },
     Expect {
@@ -151,6 +161,7 @@ const EXPECTED: [Expect; 12] = [
         cells: NOTHING,
         reveal: &[],
         statuses: &[],
+        writes: &[],
         window: "always",
     },
     Expect {
@@ -159,6 +170,7 @@ const EXPECTED: [Expect; 12] = [
         cells: NOTHING,
         reveal: &[],
         statuses: &[],
+        writes: &[],
         window: "always",
     },
     Expect {
@@ -167,6 +179,7 @@ const EXPECTED: [Expect; 12] = [
         cells: NOTHING,
         reveal: &[],
         statuses: &[],
+        writes: &[],
         window: "always",
     },
     Expect {
@@ -175,6 +188,7 @@ const EXPECTED: [Expect; 12] = [
         cells: NOTHING,
         reveal: &[],
         statuses: &[],
+        writes: &[],
         window: "always",
     },
 ];
@@ -398,6 +412,23 @@ fn mesh_ctl_access_show_prints_exactly_the_expected_table() {
         };
         assert_eq!(strings(&row["reveal"]), e.reveal, "{name} reveal");
         assert_eq!(strings(&row["statuses"]), e.statuses, "{name} statuses");
+        let writes: Vec<(String, String)> = row["writes"]
+            .as_array()
+            .expect("writes")
+            .iter()
+            .map(|w| {
+                (
+                    w["field"].as_str().expect("field").to_owned(),
+                    w["when"].as_str().expect("when").to_owned(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, String)> = e
+            .writes
+            .iter()
+            .map(|(f, w)| ((*f).to_owned(), (*w).to_owned()))
+            .collect();
+        assert_eq!(writes, want, "{name} writes");
         assert_eq!(row["window"], e.window, "{name} window");
     }
     // With a node's config, the node's own `[access]` settings are shown beside the table.
@@ -672,6 +703,165 @@ async fn each_role_may_set_only_its_statuses() {
         assert_eq!(again, Some(closed), "a retry must not move closed_at");
     })
     .await;
+}
+
+/// The fields a status update carries besides the status (payment status, courier) are the role
+/// table's `writes` column, cell by cell: a role may set a field only where its row says, whatever
+/// the status, and nothing changes when it is refused. Before this column existed any role
+/// allowed to update could rewrite them, on closed orders too (a courier marking a delivered COD
+/// order refunded, the WMS replacing an assigned AWB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_role_may_set_only_its_fields() {
+    within(120, async {
+        let pki = Pki::new();
+        let node = NodeProcess::start(&pki, "n1");
+        let mut sf = node.client(&pki.client(Role::Storefront)).await;
+        let mut oms = node.client(&pki.client(Role::Oms)).await;
+        let awb = |n: u32| Courier {
+            name: "Delhivery".into(),
+            awb: format!("DL{n:09}IN"),
+        };
+        let mut n = 0;
+        for role in Role::ALL {
+            let e = expected(role);
+            if !e.methods.contains('U') {
+                continue;
+            }
+            // A status the role may set again, so the status itself is allowed (an idempotent
+            // re-set passes the lifecycle): only the field decides.
+            let at = PATH
+                .into_iter()
+                .find(|s| e.statuses.contains(&s.as_str_name()))
+                .expect("a role that updates may set a status on the path");
+            let mut client = node.client(&pki.client(role)).await;
+            for field in ["payment.status", "courier"] {
+                let id = {
+                    n += 1;
+                    order_at(&mut sf, &mut oms, n, at).await
+                };
+                let before = get(&mut oms, &id).await;
+                let mut req = UpdateOrderStatusRequest {
+                    order_id: id.clone(),
+                    status: at as i32,
+                    purpose: "ndr-callback".into(),
+                    ..Default::default()
+                };
+                match field {
+                    "payment.status" => req.payment_status = PaymentStatus::Refunded as i32,
+                    _ => req.courier = Some(awb(7)),
+                }
+                let result = client.update_order_status(req).await;
+                let after = get(&mut oms, &id).await;
+                if e.writes.iter().any(|(f, _)| *f == field) {
+                    result.unwrap_or_else(|s| panic!("{role} may set {field}: {s:?}"));
+                    assert_ne!(after, before, "{role} set {field} but nothing changed");
+                } else {
+                    let status = result.expect_err("refused");
+                    assert_eq!(
+                        status.code(),
+                        Code::PermissionDenied,
+                        "{role} {field}: {status:?}"
+                    );
+                    assert!(status.message().contains(field), "{}", status.message());
+                    assert_eq!(
+                        after, before,
+                        "{role} was refused {field} but the order changed"
+                    );
+                }
+            }
+        }
+        // Assign once: the WMS assigns a courier while none is, may repeat the same one, and may
+        // not replace it; the OMS may.
+        let mut wms = node.client(&pki.client(Role::Wms)).await;
+        let id = {
+            n += 1;
+            order_at(&mut sf, &mut oms, n, OrderStatus::Packed).await
+        };
+        let packed = |courier: Courier| UpdateOrderStatusRequest {
+            order_id: id.clone(),
+            status: OrderStatus::Packed as i32,
+            courier: Some(courier),
+            ..Default::default()
+        };
+        wms.update_order_status(packed(awb(1)))
+            .await
+            .expect("assign");
+        wms.update_order_status(packed(awb(1)))
+            .await
+            .expect("the same again");
+        let replaced = wms.update_order_status(packed(awb(2))).await;
+        assert_eq!(
+            replaced.expect_err("replacing").code(),
+            Code::FailedPrecondition
+        );
+        assert_eq!(get(&mut oms, &id).await.courier, Some(awb(1)));
+        oms.update_order_status(packed(awb(2)))
+            .await
+            .expect("the OMS reassigns");
+        assert_eq!(get(&mut oms, &id).await.courier, Some(awb(2)));
+        // The attack the issue names: a courier marking a delivered order refunded.
+        let mut courier = node.client(&pki.client(Role::Courier)).await;
+        let id = {
+            n += 1;
+            order_at(&mut sf, &mut oms, n, OrderStatus::Delivered).await
+        };
+        let before = get(&mut oms, &id).await;
+        let refund = courier
+            .update_order_status(UpdateOrderStatusRequest {
+                order_id: id.clone(),
+                status: OrderStatus::Delivered as i32,
+                payment_status: PaymentStatus::Refunded as i32,
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(refund.expect_err("refused").code(), Code::PermissionDenied);
+        assert_eq!(get(&mut oms, &id).await, before);
+    })
+    .await;
+}
+
+/// The statuses the OMS moves an order through on its way to delivery.
+const PATH: [OrderStatus; 4] = [
+    OrderStatus::Packed,
+    OrderStatus::Shipped,
+    OrderStatus::OutForDelivery,
+    OrderStatus::Delivered,
+];
+
+/// A new order (number `n`) moved by the OMS along [`PATH`] to `at`, no courier assigned.
+async fn order_at(
+    sf: &mut mesh_tests::GatewayClient,
+    oms: &mut mesh_tests::GatewayClient,
+    n: u32,
+    at: OrderStatus,
+) -> String {
+    let id = create_ok(sf, sample_order(&format!("writes-{n}"), n))
+        .await
+        .order_id;
+    for status in PATH.iter().take_while(|s| **s != at).chain([&at]) {
+        oms.update_order_status(UpdateOrderStatusRequest {
+            order_id: id.clone(),
+            status: *status as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("the OMS moves the order along");
+    }
+    id
+}
+
+/// An order as the OMS reads it.
+async fn get(oms: &mut mesh_tests::GatewayClient, id: &str) -> Order {
+    oms.get_order(GetOrderRequest {
+        order_id: id.to_owned(),
+        purpose: String::new(),
+        fields: Vec::new(),
+    })
+    .await
+    .expect("the OMS reads the order")
+    .into_inner()
+    .order
+    .expect("order")
 }
 
 /// Every PII string of `req` and the handle, for byte searches.

@@ -134,9 +134,9 @@ fn valid_for(roots: &[u8], cert: &[u8], name: &str) -> bool {
 /// Checks the decoded objects (`contract.py --out`) against the rendered chart's facts
 /// (`chart.json`) and the mesh directory.
 fn check_objects(release: &Release, dir: &Path, out: &Path) {
-    use mesh_node::security::identity::Identity;
     use mesh_node::cluster::layout::{Layout, Member};
     use mesh_node::security::control_key::ControlPublicKey;
+    use mesh_node::security::identity::Identity;
     use prost::Message as _;
 
     let facts: serde_json::Value =
@@ -476,8 +476,10 @@ fn mesh_ctl_k8s_refuses_bad_flags_by_name_and_guards_the_ca_rotation() {
 
     // CA rotation: both CAs in the bundle, and no finish while a node's newest certificate is
     // from the old CA.
-    let trust =
-        || mesh_node::security::tls::load_certs(&dir.join("ca/trust.pem")).expect("writing the manifests");
+    let trust = || {
+        mesh_node::security::tls::load_certs(&dir.join("ca/trust.pem"))
+            .expect("writing the manifests")
+    };
     let first_ca = trust();
     mesh_ctl_ok(&["k8s", "secrets", "--dir", d, "--ordinals", "0-2"]);
     mesh_ctl_ok(&["k8s", "ca-rotate", "--dir", d]);

@@ -2,9 +2,9 @@
 //! from another CA, an expired certificate, and a client that offers only TLS 1.2. A valid
 //! certificate through the same code path is the control.
 
+use mesh_node::access::policy::Role;
 use mesh_node::security::identity::Identity;
 use mesh_node::security::pki::LeafSpec;
-use mesh_node::access::policy::Role;
 use mesh_node::security::tls::TlsMaterial;
 use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
 use mesh_tests::{Credentials, NodeProcess, Pki, sample_order, within};

@@ -12,7 +12,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
 pub enum AccessCommand {
-    /// Print the role table: methods, field visibility, reveals, statuses and windows per role.
+    /// Print the role table: methods, field visibility, reveals, statuses, field writes and windows
+    /// per role.
     Show(ShowArgs),
 }
 
@@ -65,6 +66,7 @@ fn as_json(rules: &AccessRules) -> serde_json::Value {
                 "fields": fields,
                 "reveal": row.reveal.iter().map(|f| f.path()).collect::<Vec<_>>(),
                 "statuses": row.statuses.iter().map(|s| s.as_str_name()).collect::<Vec<_>>(),
+                "writes": row.writes.iter().map(|(f, w)| json!({"field": f.path(), "when": w.as_str()})).collect::<Vec<_>>(),
                 "window": row.window.as_str(),
                 "purpose_required": rules.requires_purpose(row.role),
             })
@@ -89,11 +91,15 @@ fn symbol(v: Visibility) -> &'static str {
     }
 }
 
-fn list<T>(items: &[T], name: impl Fn(&T) -> &str) -> String {
+fn list<T, S: AsRef<str>>(items: &[T], name: impl Fn(&T) -> S) -> String {
     if items.is_empty() {
         "-".to_owned()
     } else {
-        items.iter().map(name).collect::<Vec<_>>().join(", ")
+        items
+            .iter()
+            .map(|i| name(i).as_ref().to_owned())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -108,6 +114,15 @@ fn table(rules: &AccessRules) -> String {
             out,
             "  statuses  {}",
             list(row.statuses, |s| s.as_str_name())
+        );
+        let _ = writeln!(
+            out,
+            "  writes    {}",
+            list(row.writes, |(f, w)| format!(
+                "{} ({})",
+                f.path(),
+                w.as_str()
+            ))
         );
         let _ = writeln!(
             out,

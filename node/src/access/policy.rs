@@ -324,6 +324,9 @@ pub struct RolePolicy {
     /// The statuses the role may move an order to (`UpdateOrderStatus`); the lifecycle decides
     /// from which.
     pub statuses: &'static [OrderStatus],
+    /// The other order fields the role may set with a status update, and when; every field not
+    /// listed is refused (`PERMISSION_DENIED`), whatever the status.
+    pub writes: &'static [(Field, Write)],
     /// For how long the role sees the buyer's fields.
     pub window: Window,
 }
@@ -470,6 +473,7 @@ pub static ROLE_TABLE: &[RolePolicy] = &[
         fields: &STOREFRONT_FIELDS,
         reveal: &[],
         statuses: &[],
+        writes: &[],
         window: Window::Always,
     },
     RolePolicy {
@@ -492,6 +496,10 @@ pub static ROLE_TABLE: &[RolePolicy] = &[
             S::Rto,
             S::Cancelled,
         ],
+        writes: &[
+            (F::PaymentStatus, Write::Always),
+            (F::Courier, Write::Always),
+        ],
         window: Window::Always,
     },
     RolePolicy {
@@ -505,6 +513,7 @@ pub static ROLE_TABLE: &[RolePolicy] = &[
         ],
         reveal: &[],
         statuses: &[],
+        writes: &[],
         window: Window::Always,
     },
     RolePolicy {
@@ -514,6 +523,8 @@ pub static ROLE_TABLE: &[RolePolicy] = &[
         fields: &WMS_FIELDS,
         reveal: &[],
         statuses: &[S::Packed, S::Shipped],
+        // Hands the parcel to a courier once; replacing an assigned AWB is the OMS's call.
+        writes: &[(F::Courier, Write::WhileUnset)],
         window: Window::UntilClosed,
     },
     RolePolicy {
@@ -523,6 +534,7 @@ pub static ROLE_TABLE: &[RolePolicy] = &[
         fields: &DELIVERY_FIELDS,
         reveal: &[],
         statuses: &[],
+        writes: &[],
         window: Window::UntilClosed,
     },
     RolePolicy {
@@ -532,6 +544,7 @@ pub static ROLE_TABLE: &[RolePolicy] = &[
         fields: &DELIVERY_FIELDS,
         reveal: &[],
         statuses: &[S::OutForDelivery, S::Delivered, S::DeliveryFailed],
+        writes: &[],
         window: Window::InTransit,
     },
     RolePolicy {
@@ -546,6 +559,7 @@ pub static ROLE_TABLE: &[RolePolicy] = &[
         ],
         reveal: &[],
         statuses: &[],
+        writes: &[],
         // Messages about an order end with it: the number stops being readable when the
         // order's handle stops resolving.
         window: Window::UntilClosed,
@@ -562,6 +576,7 @@ pub static ROLE_TABLE: &[RolePolicy] = &[
         fields: &SUPPORT_FIELDS,
         reveal: REVEALABLE,
         statuses: &[S::OutForDelivery, S::Rto],
+        writes: &[],
         window: Window::Always,
     },
     RolePolicy {
@@ -571,6 +586,7 @@ pub static ROLE_TABLE: &[RolePolicy] = &[
         fields: &[],
         reveal: &[],
         statuses: &[],
+        writes: &[],
         window: Window::Always,
     },
     RolePolicy {
@@ -580,6 +596,7 @@ pub static ROLE_TABLE: &[RolePolicy] = &[
         fields: &[],
         reveal: &[],
         statuses: &[],
+        writes: &[],
         window: Window::Always,
     },
     RolePolicy {
@@ -589,6 +606,7 @@ pub static ROLE_TABLE: &[RolePolicy] = &[
         fields: &[],
         reveal: &[],
         statuses: &[],
+        writes: &[],
         window: Window::Always,
     },
     RolePolicy {
@@ -598,6 +616,7 @@ pub static ROLE_TABLE: &[RolePolicy] = &[
         fields: &[],
         reveal: &[],
         statuses: &[],
+        writes: &[],
         window: Window::Always,
     },
 ];
@@ -617,6 +636,7 @@ static DENY_ALL: RolePolicy = RolePolicy {
     fields: &[],
     reveal: &[],
     statuses: &[],
+    writes: &[],
     window: Window::Always,
 };
 
@@ -642,6 +662,33 @@ pub fn window(role: Role) -> Window {
 /// Whether `role` may reveal `field` with `RevealField`.
 pub(crate) fn may_reveal(role: Role, field: Field) -> bool {
     policy_of(role).reveal.contains(&field)
+}
+
+/// When a role may set a field with a status update (the `writes` column of the role table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// Whenever the status update itself is allowed.
+    Always,
+    /// Only while the order has no value for it yet (assign once, never replace).
+    WhileUnset,
+}
+
+impl Write {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Write::Always => "always",
+            Write::WhileUnset => "while unset",
+        }
+    }
+}
+
+/// Whether and when `role` may set `field` with a status update.
+pub fn may_write(role: Role, field: Field) -> Option<Write> {
+    policy_of(role)
+        .writes
+        .iter()
+        .find(|(f, _)| *f == field)
+        .map(|(_, w)| *w)
 }
 
 /// Whether `role` may move an order to `status`.

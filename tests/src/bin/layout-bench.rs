@@ -7,8 +7,8 @@
 //! `cargo run --release -p mesh-tests --bin layout-bench -- [--keys 200000]`
 
 use clap::Parser;
-use mesh_node::domain::ids::partition_of;
 use mesh_node::cluster::layout::{Layout, Member};
+use mesh_node::domain::ids::partition_of;
 use std::hint::black_box;
 use std::time::Instant;
 

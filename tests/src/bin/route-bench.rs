@@ -7,8 +7,8 @@
 //! `cargo run --release -p mesh-tests --bin route-bench -- [--seconds 5] [--concurrency 64]`
 
 use clap::Parser;
-use mesh_node::api::gateway::CREATE_ORDER;
 use mesh_node::access::policy::Role;
+use mesh_node::api::gateway::CREATE_ORDER;
 use mesh_node::security::proof::Signer;
 use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
 use mesh_tests::{Credentials, NodeProcess, Pki, TestMesh, sample_order};

@@ -3,7 +3,7 @@
 //! project for the role). Everything around them (routing, forwarding, audit) is in `gateway`.
 
 use super::{Call, Gateway};
-use crate::access::policy::{self, Field, Method, Role, Visibility};
+use crate::access::policy::{self, Field, Method, Role, Visibility, Write};
 use crate::access::projection::{buyer_text, project, project_fields, value_of};
 use crate::access::windows;
 use crate::api::authz::Caller;
@@ -199,6 +199,27 @@ impl Call for Update {
                 update.status.as_str_name()
             )));
         }
+        // Field by field, as the role table's `writes` column says (ARCHITECTURE.md, "Roles and
+        // projections"): a field a role may not set is refused whatever the status.
+        let mut courier_once = false;
+        for (field, asked) in [
+            (Field::PaymentStatus, update.payment_status.is_some()),
+            (Field::Courier, req.courier.is_some()),
+        ] {
+            match policy::may_write(caller.role, field) {
+                _ if !asked => {}
+                None => {
+                    return Err(Error::PermissionDenied(format!(
+                        "role `{}` may not set `{}`",
+                        caller.role,
+                        field.path()
+                    )));
+                }
+                // Only the courier is assigned once (a role-table unit test keeps it so).
+                Some(Write::WhileUnset) => courier_once = field == Field::Courier,
+                Some(Write::Always) => {}
+            }
+        }
         let courier = req.courier;
         let at = gw.clock.now();
         let order = gw
@@ -210,6 +231,16 @@ impl Call for Update {
                         "an order in status {} cannot move to {}",
                         from.as_str_name(),
                         update.status.as_str_name()
+                    ));
+                }
+                if courier_once
+                    && let (Some(have), Some(want)) = (&order.courier, &courier)
+                    && have != want
+                {
+                    return Err(format!(
+                        "this order's courier is already assigned; role `{}` may assign one only \
+                         while none is (the OMS can reassign it)",
+                        caller.role
                     ));
                 }
                 order.status = update.status as i32;
