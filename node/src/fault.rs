@@ -6,7 +6,7 @@
 //! Two kinds of point:
 //! - crash points ([`point`]): the process aborts there (no drain, no flush: the same as `kill -9`).
 //!   `handoff-exported` (old owner, partition exported, not yet sent), `handoff-imported` (new
-//!   owner, partition and its "received" mark written, not yet flushed), `handoff-received` (new
+//!   owner, partition and its "received" mark committed in one batch, not yet synced), `handoff-received` (new
 //!   owner, durable and marked, not yet serving), `handoff-shredded` (old owner, copy deleted, not
 //!   yet forgotten).
 //! - failure points ([`fails`]): the operation there reports an error instead of running.

@@ -7,6 +7,7 @@
 //! | module | owns |
 //! |---|---|
 //! | `fault` | fault injection for tests (compiled in only with `fault-injection`) |
+//! | `durable_fs` | directory entries that survive a power cut (syncs of the parent directory) |
 //! | `domain` | ids and partitions (`partition_of`), the placement hash, order lifecycle, validation, clock |
 //! | `access` | the role table (`policy`), projections and masks, time windows and the reveal limiter |
 //! | `error` | the node error type and its one mapping to gRPC status |
@@ -23,6 +24,7 @@ pub mod api;
 pub mod audit;
 pub mod cluster;
 pub mod domain;
+pub mod durable_fs;
 pub mod error;
 pub mod fault;
 pub mod ops;

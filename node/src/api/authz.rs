@@ -82,15 +82,33 @@ pub(crate) fn authorize(
     identity: Arc<Identity>,
     action: Action<'_>,
 ) -> Result<Caller, Error> {
-    if identity.trust_domain() != trust_domain {
+    let foreign = identity.trust_domain() != trust_domain;
+    let role = identity.role();
+    // The operator services answer every refusal alike, as they always have: not an admin (or
+    // auditor) of this mesh, whatever the certificate is.
+    match (action, role) {
+        (Action::Administer, r) if foreign || r != Some(Role::Admin) => {
+            return Err(Error::PermissionDenied(format!(
+                "{identity} is not an admin of this mesh"
+            )));
+        }
+        (Action::ReadAudit, r) if foreign || r != Some(Role::Auditor) => {
+            return Err(Error::PermissionDenied(format!(
+                "role `{}` may not read the audit trail",
+                r.map_or_else(|| "node".to_owned(), |r| r.to_string())
+            )));
+        }
+        _ => {}
+    }
+    if foreign {
         return Err(Error::Unauthenticated(format!(
             "certificate is for trust domain `{}`, this mesh is `{trust_domain}`",
             identity.trust_domain(),
         )));
     }
-    let Some(role) = identity.role() else {
+    let Some(role) = role else {
         return Err(Error::PermissionDenied(
-            "node certificates cannot call the node's services; use a client certificate".into(),
+            "node certificates cannot call the gateway; use a client certificate".into(),
         ));
     };
     match action {
@@ -108,16 +126,6 @@ pub(crate) fn authorize(
                     "role `{role}` may not call {method}"
                 )));
             }
-        }
-        Action::Administer if role != Role::Admin => {
-            return Err(Error::PermissionDenied(format!(
-                "{identity} is not an admin of this mesh"
-            )));
-        }
-        Action::ReadAudit if role != Role::Auditor => {
-            return Err(Error::PermissionDenied(format!(
-                "role `{role}` may not read the audit trail"
-            )));
         }
         Action::Administer | Action::ReadAudit => {}
     }

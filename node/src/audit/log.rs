@@ -11,8 +11,8 @@
 
 use super::chain::{self, Checkpoint, Record, ZERO_HASH};
 use crate::domain::clock::now_ms;
+use crate::durable_fs;
 use crate::security::proof::Signer;
-use crate::storage::durable_fs;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use std::io::{BufRead as _, Seek as _, Write as _};
@@ -429,9 +429,28 @@ impl AuditLog {
         let (live, _) = broadcast::channel(4096);
         let mut writer = Writer::open(dir, node, signer, live.clone(), retention)?;
         // Records recovered past the last checkpoint (a crash or power cut came before the next
-        // tick) are signed now, before anything new is appended: every record a restarted node
-        // holds is then covered. Nothing is lost by it: whoever could have appended to the files
-        // while the node was down had its disk, and with it its key.
+        // tick) are signed now, before anything new is appended, so a restarted node's log is
+        // covered. The trail says so first: whoever could write the data volume while the node
+        // was down (its key may live elsewhere, in a Secret) could have appended those records,
+        // and an auditor can tell them from records signed as they were written.
+        if writer.seq > writer.checkpointed_seq {
+            let (first, last) = (writer.checkpointed_seq + 1, writer.seq);
+            tracing::warn!(
+                first,
+                last,
+                "audit records recovered past the last checkpoint"
+            );
+            writer.append_batch(&[Entry {
+                principal: format!("node:{node}"),
+                role: "node".into(),
+                action: "AuditRecovered".into(),
+                purpose: format!(
+                    "records {first}-{last} were found past the last checkpoint at start; signed from here"
+                ),
+                allowed: true,
+                ..Entry::default()
+            }])?;
+        }
         writer.checkpoint()?;
         let (tx, mut rx) = mpsc::unbounded_channel::<Cmd>();
         let task = tokio::task::spawn_blocking(move || {

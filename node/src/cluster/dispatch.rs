@@ -31,7 +31,8 @@ pub(crate) enum Kind {
     /// One reveal taken from a principal's allowance (`RevealCharge`).
     Charge,
     /// A client's request forwarded with its proof, for the gRPC service whose path starts with
-    /// this prefix (for example `/dsm.v1.OrderGateway/`).
+    /// this prefix (for example `/dsm.v1.OrderGateway/`); the longest matching prefix wins, so
+    /// an empty prefix catches what no service claims.
     Call(&'static str),
 }
 
@@ -109,9 +110,15 @@ impl Dispatch {
             (Kind::Call(prefix), Body::Call(call)) => call.method.starts_with(prefix),
             _ => false,
         };
+        // The most specific registration wins (a service's own prefix over a catch-all).
+        let specificity = |kind: &Kind| match kind {
+            Kind::Call(prefix) => prefix.len(),
+            _ => 0,
+        };
         self.handlers()
             .iter()
-            .find(|(kind, _)| wanted(kind))
+            .filter(|(kind, _)| wanted(kind))
+            .max_by_key(|(kind, _)| specificity(kind))
             .map(|(_, service)| service.clone())
             .ok_or_else(|| match body {
                 Body::Call(call) => {

@@ -111,22 +111,34 @@ impl Mesh {
     /// whether the request carries its client's end-to-end proof, without which no other node
     /// may serve it on the client's behalf.
     pub fn route(&self, p: Partition, signed: bool) -> Route {
-        let Some(layouts) = self.layouts() else {
-            return Route::Serve;
-        };
-        let owner = layouts.current.owner_of(p);
-        let moving = self.moving();
-        if owner.node_id != self.node_id {
-            if moving.holding.contains(&p) {
+        // The owners are read under the layouts lock (cloning two members, not the layouts), and
+        // the lock is released before the moving sets are read: the two locks never nest.
+        let (owner, previous_owner) = {
+            let layouts = self
+                .layouts
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some(l) = layouts.as_ref() else {
                 return Route::Serve;
+            };
+            let owner = l.current.owner_of(p);
+            if owner.node_id != self.node_id {
+                (Some(owner.clone()), None)
+            } else {
+                (
+                    None,
+                    l.previous.as_ref().map(|prev| prev.owner_of(p).clone()),
+                )
             }
-            return Route::Forward(owner.clone());
-        }
-        match layouts.previous {
-            Some(previous) if signed && moving.pending.contains(&p) => {
-                Route::Relay(previous.owner_of(p).clone())
+        };
+        let moving = self.moving();
+        match (owner, previous_owner) {
+            (Some(_), _) if moving.holding.contains(&p) => Route::Serve,
+            (Some(owner), _) => Route::Forward(owner),
+            (None, Some(previous)) if signed && moving.pending.contains(&p) => {
+                Route::Relay(previous)
             }
-            _ => Route::Serve,
+            (None, _) => Route::Serve,
         }
     }
 

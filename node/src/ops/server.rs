@@ -215,7 +215,7 @@ fn local_addr(
 fn open(config: &Config) -> Result<Foundation, StartError> {
     let keys = Arc::new(NodeKeys::load(&config.key_file)?);
     let metrics = Arc::new(Metrics::new(&config.node_id));
-    crate::storage::durable_fs::create_dir_all(&config.data_dir)
+    crate::durable_fs::create_dir_all(&config.data_dir)
         .map_err(|e| StorageError::Io(format!("creating the data directory: {e}")))?;
     let store = Arc::new(Store::open(&config.data_dir, keys, Some(metrics.clone()))?);
     // Live credentials: every TLS endpoint follows their reloads (rotation, revocation).

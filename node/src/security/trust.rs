@@ -432,7 +432,7 @@ impl Trust {
                 reason: e.to_string(),
             };
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(write)?;
+                crate::durable_fs::create_dir_all(dir).map_err(write)?;
             }
             let tmp = path.with_extension("tmp");
             std::fs::write(&tmp, out.as_bytes()).map_err(write)?;
@@ -440,6 +440,10 @@ impl Trust {
                 .and_then(|f| f.sync_all())
                 .map_err(write)?;
             std::fs::rename(&tmp, path).map_err(write)?;
+            // The rename is the revocation taking effect: it must survive a power cut too.
+            if let Some(dir) = path.parent() {
+                crate::durable_fs::sync_dir(dir).map_err(write)?;
+            }
         }
         self.reload()
     }

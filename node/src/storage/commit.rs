@@ -173,12 +173,16 @@ fn writer(
         number += 1;
         let started = std::time::Instant::now();
         let result = commit_group(&spaces, &mut group, number, &progress).map_err(Arc::new);
-        // Readers waiting on this group go on either way: synced, or failed (and then the engine
-        // refuses everything after it, so nothing it made visible is answered as written).
-        progress.synced.send_replace(number);
         if let Err(e) = &result {
-            tracing::error!(error = %e, writes = group.len(), "store group commit failed");
+            // After a failed commit or fsync the state of the journal on disk is unknown, and what
+            // the group made visible may be served by readers and never reach the disk (the
+            // "fsyncgate" lesson). The only safe answer is PostgreSQL's: stop, and let the restart
+            // recover from what the journal really holds. No waiter was told its write is durable.
+            tracing::error!(error = %e, writes = group.len(), "store group commit failed; stopping the node");
+            eprintln!("mesh-node: the store could not make a write durable ({e}); stopping");
+            std::process::abort();
         }
+        progress.synced.send_replace(number);
         observer.flushed(group.len(), started.elapsed().as_secs_f64());
         for (_, waiter) in group.drain(..) {
             let _ = waiter.send(result.clone());
@@ -201,6 +205,8 @@ fn commit_group(
     for (writes, _) in group.iter_mut() {
         merged.append(&mut writes.ops);
     }
+    let has_import = merged.contains_key(&(Space::Meta, b"pending".to_vec()))
+        && merged.keys().any(|(space, _)| *space == Space::Data);
     if !merged.is_empty() {
         // Raised before the batch is visible, so a reader that sees it also sees this number.
         progress.visible.store(number, Ordering::SeqCst);
@@ -213,6 +219,10 @@ fn commit_group(
             }
         }
         batch.commit()?;
+        // A partition import (data with the pending set, in one batch): committed, not yet synced.
+        if has_import {
+            crate::fault::point("handoff-imported");
+        }
     }
     #[cfg(test)]
     let _held = progress

@@ -202,9 +202,8 @@ impl Store {
         } else {
             None
         };
-        // The crash point sits between commit and fsync: the writer thread owns both, so the
-        // closest a test can get is "written to the OS, not yet acknowledged".
-        crate::fault::point("handoff-imported");
+        // The `handoff-imported` crash point is in the writer, between this batch's commit and
+        // its sync (`commit.rs`).
         self.write(batch).await?;
         Ok(stats)
     }

@@ -16,11 +16,11 @@
 //! sled-based releases (format 1) is refused with a message, and nothing in it is touched.
 
 pub mod commit;
-pub mod durable_fs;
 pub mod handoff;
 pub mod keys;
 
 use crate::domain::ids::{ContactHandle, OrderId, Partition, partition_of};
+use crate::durable_fs;
 use crate::security::crypto::{CryptoError, DataKey, NodeKeys};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -174,6 +174,16 @@ fn pending_bits(pending: &[Partition]) -> Vec<u8> {
     bits
 }
 
+/// Whether `dir` holds anything sled 0.34 writes at the top of its directory.
+fn is_sled_directory(dir: &Path) -> bool {
+    ["conf", "db", "blobs"].iter().any(|n| dir.join(n).exists())
+        || std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("snap."))
+        })
+}
+
 /// Where an order lives: its customer hash, customer key and order key.
 type Located = (Hash, Vec<u8>, Vec<u8>);
 
@@ -213,8 +223,9 @@ impl Store {
         keys: Arc<NodeKeys>,
         observer: Option<Arc<dyn FlushObserver>>,
     ) -> Result<Store, StorageError> {
-        // sled kept `conf` and `db` at the top of the data directory.
-        if dir.join("conf").is_file() && dir.join("db").is_file() {
+        // sled kept `conf`, `db`, `blobs/` and `snap.*` at the top of the data directory; any one
+        // of them (a power cut may have taken the others) marks a directory of the old format.
+        if is_sled_directory(dir) {
             return Err(StorageError::SledDirectory { dir: dir.into() });
         }
         // Its name must survive a power cut like its contents (fjall syncs what is inside).

@@ -38,6 +38,7 @@ pub(super) struct Resolve;
 
 impl Call for Create {
     const METHOD: Method = Method::CreateOrder;
+    const WRITES: bool = true;
     type Req = CreateOrderRequest;
     type Resp = CreateOrderResponse;
 
@@ -166,6 +167,7 @@ impl Call for Get {
 
 impl Call for Update {
     const METHOD: Method = Method::UpdateOrderStatus;
+    const WRITES: bool = true;
     type Req = UpdateOrderStatusRequest;
     type Resp = UpdateOrderStatusResponse;
 

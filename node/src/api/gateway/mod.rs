@@ -97,6 +97,9 @@ fn grpc_timeout<T>(req: &Request<T>) -> Option<Duration> {
 /// One gateway method, as the routing, forwarding and audit code sees it.
 trait Call: Send + 'static {
     const METHOD: Method;
+    /// Whether the method writes: its answer is then what its own durable write holds (its
+    /// customer's stripe is held until the write is on disk), and it waits for nobody else's.
+    const WRITES: bool = false;
     type Req: Message + Default + Clone + Send + Sync + 'static;
     /// The gRPC answer (for the streaming list: all of it, streamed by the service).
     type Resp: Message + Default + Send + 'static;
@@ -151,10 +154,13 @@ impl Gateway {
         }
     }
 
-    /// Registers the peer messages the gateway owns: forwarded gateway calls, and the reveal
-    /// ledger's charges.
+    /// Registers the peer messages the gateway owns: forwarded gateway calls (and every forwarded
+    /// call no other service claims, refused and recorded), and the reveal ledger's charges.
     pub(crate) fn register(&self, dispatch: &Dispatch) {
         dispatch.register(Kind::Call(SERVICE_PREFIX), Arc::new(self.clone()));
+        // Any other forwarded method is refused here, and the refusal recorded (as
+        // `unknown-forwarded-method`): a member cannot probe without leaving a trace.
+        dispatch.register(Kind::Call(""), Arc::new(self.clone()));
         self.ledger.register(dispatch);
     }
 
@@ -335,11 +341,15 @@ impl Gateway {
         if let Some(purpose) = C::purpose(&req) {
             self.purpose(caller, purpose, access)?;
         }
-        let answer = C::handle(self, caller, req, access).await?;
-        // No answer shows data a power cut could take back: a read that may have seen a write
-        // still on its way to disk waits for it (ARCHITECTURE.md, "Storage").
-        self.store.settled().await;
-        Ok(answer)
+        let answer = C::handle(self, caller, req, access).await;
+        // No answer, refusals included, shows data a power cut could take back: a request that
+        // may have seen a write still on its way to disk waits for it (ARCHITECTURE.md,
+        // "Storage"). A write answers only with what it made durable itself, so it does not wait
+        // for other requests' groups.
+        if !C::WRITES {
+            self.store.settled().await;
+        }
+        answer
     }
 
     /// A request forwarded by a peer. The owner keeps its one audit record, refusals included.

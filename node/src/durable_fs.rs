@@ -2,7 +2,9 @@
 //! `fsync`, but its name only once the directory holding it is synced too; a power cut otherwise
 //! takes the whole file with it (the power-loss drill, `tests/tests/power_loss.rs`, showed the
 //! audit log vanishing that way). Every file or directory the node creates and must find again
-//! after a restart goes through here.
+//! after a restart goes through here: the store's and the audit trail's directories, audit
+//! segments and checkpoints, the CRLs an admin pushes. It sits at the bottom of the layers, beside
+//! `fault`, so every layer may use it.
 
 use std::io;
 use std::path::Path;
