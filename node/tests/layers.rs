@@ -41,17 +41,42 @@ fn layer_of(src: &Path, file: &Path) -> Option<&'static str> {
     LAYERS.iter().copied().find(|l| *l == name)
 }
 
-/// Every `crate::<name>` a file mentions (imports and paths alike).
+fn ident(text: &str) -> String {
+    text.trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect()
+}
+
+/// Every `crate::<name>` a file mentions (imports and paths alike), including each name of a
+/// grouped import `crate::{a::x, b}`.
 fn crate_paths(text: &str) -> Vec<String> {
     let mut found = Vec::new();
     let mut rest = text;
     while let Some(i) = rest.find("crate::") {
         let after = &rest[i + "crate::".len()..];
-        let name: String = after
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        found.push(name);
+        if let Some(group) = after.strip_prefix('{') {
+            // The names at the top level of the group.
+            let mut depth = 0;
+            let mut start = 0;
+            for (j, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => {
+                        found.push(ident(&group[start..j]));
+                        break;
+                    }
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => {
+                        found.push(ident(&group[start..j]));
+                        start = j + 1;
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            found.push(ident(after));
+        }
         rest = after;
     }
     found
@@ -90,6 +115,14 @@ fn no_module_uses_a_layer_above_its_own() {
         upward.is_empty(),
         "edges that point up the layer table of ARCHITECTURE.md:\n{}",
         upward.join("\n")
+    );
+}
+
+#[test]
+fn grouped_imports_are_read_name_by_name() {
+    assert_eq!(
+        crate_paths("use crate::{api::x, domain::{ids, clock}, error};\nlet _ = crate::ops::y;"),
+        ["api", "domain", "error", "ops"]
     );
 }
 
