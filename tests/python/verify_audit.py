@@ -12,6 +12,7 @@ import datetime
 import glob
 import hashlib
 import json
+import re
 import os
 import sys
 
@@ -68,6 +69,14 @@ def verify(audit_dir, ca, node=None):
             return f"checkpoint seq {cp['seq']} belongs to node {cp['node']}, not {node}"
     if lines and not checkpoints:
         return "no signed checkpoint covers this log"
+    # The record ranges retention pruned, as AuditPrune records name them ("records A-B").
+    pruned_to = set()
+    for line in lines:
+        rec = json.loads(line)
+        if rec.get("action") == "AuditPrune":
+            m = re.search(r"records (\d+)-(\d+)", rec.get("purpose", ""))
+            if m:
+                pruned_to.add(int(m.group(2)))
     hashes_by_seq = {}
     prev_seq, prev_hash = None, None
     for i, line in enumerate(lines):
@@ -80,6 +89,8 @@ def verify(audit_dir, ca, node=None):
             )
             if not anchored:
                 return f"record seq {rec['seq']}: not anchored"
+            if rec["seq"] > 1 and rec["seq"] - 1 not in pruned_to:
+                return f"records before seq {rec['seq']} are missing and no AuditPrune record accounts for them"
         else:
             if rec["seq"] != prev_seq + 1:
                 return f"record seq {rec['seq']}: expected seq {prev_seq + 1}"

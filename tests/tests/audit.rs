@@ -310,6 +310,75 @@ async fn mesh_ctl_and_an_independent_verifier_detect_every_kind_of_tampering() {
     .await;
 }
 
+/// Deleting the oldest records up to a signed checkpoint leaves a chain that starts late but is
+/// anchored: only retention may do that, and it says so in the trail (an `AuditPrune` record
+/// naming the records it removed). Both verifiers refuse a late start no prune accounts for; before
+/// this they passed it, so the oldest accesses could vanish unnoticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_oldest_records_is_detected_by_both_verifiers() {
+    let python_ok = std::env::var("DSM_SKIP_PYTHON").map_or(true, |v| v != "1");
+    within(180, async {
+        let pki = Pki::new();
+        // Two runs: the first ends with a signed checkpoint, the second appends after it.
+        let mut node = node_with_history(&pki).await;
+        node.spawn().expect("restart");
+        let mut oms = node.client(&pki.client(Role::Oms)).await;
+        for i in 0..3u32 {
+            let _ = oms
+                .get_order(get_order_request(&format!("o1-0000-{i:020}")))
+                .await;
+        }
+        node.stop();
+        let audit = node.data_dir().join("audit");
+        let ca = pki.ca_cert();
+        assert_eq!(
+            ctl_verify(&audit, &ca).0,
+            Some(0),
+            "the intact log verifies"
+        );
+        let checkpoints: Vec<u64> = std::fs::read_to_string(audit.join("checkpoints.jsonl"))
+            .expect("checkpoints")
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).expect("json")["seq"]
+                    .as_u64()
+                    .expect("seq")
+            })
+            .collect();
+        let records = std::fs::read_to_string(segment(&audit))
+            .expect("segment")
+            .lines()
+            .count() as u64;
+        let cut = *checkpoints
+            .iter()
+            .find(|s| **s > 1 && **s < records)
+            .expect("a checkpoint inside the log (the first run's last)");
+        let tmp = tempfile::tempdir().expect("tempdir");
+        copy_dir(&audit, tmp.path());
+        edit_lines(tmp.path(), |l| {
+            l.drain(..usize::try_from(cut).expect("small"));
+        });
+        let (code, out) = ctl_verify(tmp.path(), &ca);
+        assert_eq!(
+            code,
+            Some(1),
+            "records 1-{cut} deleted, not detected: {out}"
+        );
+        assert!(
+            out.contains("AuditPrune"),
+            "the failure names what is missing: {out}"
+        );
+        if python_ok {
+            assert_eq!(
+                py_verify(tmp.path(), &ca)["ok"],
+                false,
+                "the independent verifier missed the deleted records 1-{cut}"
+            );
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_audit_record_cannot_be_written_reads_are_refused_and_return_nothing() {
     within(60, async {

@@ -13,7 +13,9 @@
 //!   bytes they read; nothing is re-serialised, so there is no canonicalisation to get wrong.
 //! - `seq` starts at 1 and grows by one; `prev` of record 1 is 64 zeros. After old segments are
 //!   pruned, the first remaining record's `prev` must equal the `head` of a signed checkpoint at
-//!   `seq - 1` (the anchor).
+//!   `seq - 1` (the anchor), and the log must hold the `AuditPrune` record that removed them: its
+//!   `purpose` names the range, `records A-B`, with `B = seq - 1`. A log that starts late without
+//!   one lost its oldest records to someone other than retention.
 //! - `customer` and `order` are keyed hashes (HMAC-SHA256 under the node's index key), never ids.
 //!
 //! Checkpoints are JSON lines too: `{"v":1,"node":..,"seq":..,"head":..,"ts":..,"sig":..,"cert":..}`
@@ -26,6 +28,19 @@ use aws_lc_rs::digest;
 use serde::{Deserialize, Serialize};
 
 pub const FORMAT: u32 = 1;
+/// The action of the record retention writes after it deletes old segments.
+pub const PRUNE_ACTION: &str = "AuditPrune";
+
+/// The record range an `AuditPrune` record's purpose names (`... records A-B ...`).
+pub fn pruned_range(purpose: &str) -> Option<(u64, u64)> {
+    let rest = &purpose[purpose.find("records ")? + "records ".len()..];
+    let range: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '-')
+        .collect();
+    let (a, b) = range.split_once('-')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
 pub(crate) const ZERO_HASH: &str =
     "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -99,6 +114,10 @@ pub enum ChainError {
         "record seq {seq}: the chain starts here but no signed checkpoint anchors seq {anchor}"
     )]
     Unanchored { seq: u64, anchor: u64 },
+    #[error(
+        "records before seq {seq} are missing and no AuditPrune record says retention pruned them (the oldest records were deleted)"
+    )]
+    Unpruned { seq: u64 },
     #[error("checkpoint for seq {seq}: signature invalid or not by node {node}")]
     CheckpointSignature { seq: u64, node: String },
     #[error("checkpoint for seq {seq}: head does not match record {seq} (the log was rewritten)")]
@@ -161,6 +180,13 @@ pub fn verify(
             });
         }
     }
+    // The ranges retention pruned, as the log itself records them.
+    let pruned_to: std::collections::HashSet<u64> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_slice::<Record>(l).ok())
+        .filter(|r| r.action == PRUNE_ACTION)
+        .filter_map(|r| pruned_range(&r.purpose).map(|(_, last)| last))
+        .collect();
     let mut out = Verified::default();
     let mut hashes: std::collections::HashMap<u64, String> = std::collections::HashMap::new();
     let mut prev: Option<(u64, String)> = None;
@@ -184,6 +210,9 @@ pub fn verify(
                         .iter()
                         .any(|cp| cp.seq == rec.seq - 1 && cp.head == rec.prev)
                 };
+                if anchored && rec.seq > 1 && !pruned_to.contains(&(rec.seq - 1)) {
+                    return Err(ChainError::Unpruned { seq: rec.seq });
+                }
                 if !anchored {
                     return Err(if rec.seq == 1 {
                         ChainError::Link {

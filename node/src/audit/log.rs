@@ -358,29 +358,35 @@ impl Writer {
         self.last_prune = std::time::Instant::now();
         let horizon = now_ms() - self.retention.keep.as_millis() as i64;
         let mut pruned = Vec::new();
+        // The records the pruned segments held, first and last: the trail names them, so a log
+        // that starts late can be told from one whose oldest records were deleted.
+        let mut records: Option<(u64, u64)> = None;
         for n in segments(&self.dir)?
             .into_iter()
             .filter(|n| *n < self.segment_no)
         {
             let path = segment_path(&self.dir, n);
-            let newest = read_lines(&path)?
-                .last()
-                .and_then(|l| serde_json::from_slice::<Record>(l).ok())
-                .map(|r| r.ts);
-            if newest.is_some_and(|ts| ts < horizon) {
+            let lines = read_lines(&path)?;
+            let seq_of = |l: &Vec<u8>| serde_json::from_slice::<Record>(l).ok();
+            let newest = lines.last().and_then(seq_of);
+            if newest.as_ref().is_some_and(|r| r.ts < horizon) {
+                let first = lines.first().and_then(seq_of).map_or(0, |r| r.seq);
+                let last = newest.map_or(0, |r| r.seq);
+                records = Some((records.map_or(first, |(a, _)| a), last));
                 std::fs::remove_file(&path).map_err(io)?;
                 pruned.push(n);
             } else {
                 break; // segments are in time order: the rest are newer
             }
         }
-        if let (Some(first), Some(last)) = (pruned.first(), pruned.last()) {
+        if let (Some(first), Some(last), Some((a, b))) = (pruned.first(), pruned.last(), records) {
             tracing::info!(first, last, "pruned audit segments past retention");
+            durable_fs::sync_dir(&self.dir).map_err(io)?;
             let entry = Entry {
                 principal: format!("node:{}", self.node),
                 role: "node".into(),
-                action: "AuditPrune".into(),
-                purpose: format!("segments {first}-{last}"),
+                action: chain::PRUNE_ACTION.into(),
+                purpose: format!("segments {first}-{last}; records {a}-{b}"),
                 allowed: true,
                 ..Entry::default()
             };
