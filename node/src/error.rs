@@ -35,6 +35,9 @@ pub enum Error {
     /// request's deadline; a client that sees it may retry too).
     #[error("{0}")]
     Moved(String),
+    /// Records a caller was promised but can no longer get (a watcher that fell behind).
+    #[error("{0}")]
+    DataLoss(String),
     /// A fault inside this node; the message says where to look, the details are in its log.
     #[error("{0}")]
     Internal(String),
@@ -54,6 +57,7 @@ impl Error {
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Unavailable(_) | Error::Moved(_) => Code::Unavailable,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::DataLoss(_) => Code::DataLoss,
             Error::Internal(_) => Code::Internal,
             Error::Remote(code, _) => *code,
         }

@@ -257,9 +257,9 @@ impl Audit for AuditService {
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                             return Some((
-                                Err(Status::data_loss(format!(
+                                Err(Status::from(Error::DataLoss(format!(
                                     "the watcher fell behind and missed {n} records; query them"
-                                ))),
+                                )))),
                                 rx,
                             ));
                         }

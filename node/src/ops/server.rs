@@ -348,9 +348,10 @@ async fn serve_gateway(
             if let Some(info) = req.extensions().get::<listener::PeerInfo>()
                 && let Err(reason) = gate.admits(&info.chain)
             {
-                return Err(tonic::Status::unauthenticated(format!(
+                return Err(crate::error::Error::Unauthenticated(format!(
                     "the client certificate is no longer accepted: {reason}"
-                )));
+                ))
+                .into());
             }
             Ok(req)
         },

@@ -464,9 +464,11 @@ impl PeerService for Gateway {
 async fn detached<T: Send + 'static>(
     work: impl Future<Output = Result<T, Status>> + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::spawn(work)
-        .await
-        .map_err(|_| Status::internal("the request handler failed; see the node's log"))?
+    tokio::spawn(work).await.map_err(|_| {
+        Status::from(Error::Internal(
+            "the request handler failed; see the node's log".into(),
+        ))
+    })?
 }
 
 type OrderStream =
