@@ -21,9 +21,24 @@ pub struct UpMesh {
 }
 
 impl UpMesh {
-    /// `mesh-ctl up --nodes n` on free ports, with extra node environment.
+    /// `mesh-ctl up --nodes n` on free ports, with extra node environment. A probed free port can
+    /// be taken by a concurrent test before a node binds it: then `up` exits, and it is started
+    /// again on fresh ports (as `TestMesh` does); any other early exit fails with what `up` said.
     pub fn start(n: usize, env: &[(&str, &str)]) -> UpMesh {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match UpMesh::try_start(n, env) {
+                Ok(mesh) => return mesh,
+                Err(said) if attempt < 4 && said.contains("in use") => {}
+                Err(said) => panic!("mesh-ctl up did not start a mesh: {said}"),
+            }
+        }
+    }
+
+    fn try_start(n: usize, env: &[(&str, &str)]) -> Result<UpMesh, String> {
         let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("up.log");
         let up = Command::new(mesh_ctl_bin())
             .args(["up", "--nodes", &n.to_string(), "--base-port", "0", "--dir"])
             .arg(dir.path())
@@ -31,21 +46,30 @@ impl UpMesh {
             .arg(mesh_node_bin())
             .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("up.log"))
             .spawn()
             .expect("mesh-ctl up");
-        let path = dir.path().join("mesh.json");
-        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        let mut mesh = UpMesh {
+            dir,
+            up,
+            file: serde_json::Value::Null,
+        };
+        let path = mesh.dir.path().join("mesh.json");
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
         while !path.exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "mesh-ctl up never wrote mesh.json"
-            );
+            let said = || std::fs::read_to_string(&log).unwrap_or_default();
+            if let Ok(Some(status)) = mesh.up.try_wait() {
+                return Err(format!("it exited ({status}) saying:\n{}", said()));
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("no mesh.json after 120 s; it said:\n{}", said()));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let file = serde_json::from_str(&std::fs::read_to_string(&path).expect("read"))
+        // Written once every node is ready; read it whole (it is written in one step).
+        mesh.file = serde_json::from_str(&std::fs::read_to_string(&path).expect("read"))
             .expect("mesh.json");
-        UpMesh { dir, up, file }
+        Ok(mesh)
     }
 
     /// Runs `mesh-ctl ARGS --dir <this mesh>`.
