@@ -23,7 +23,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use mesh_proto::v1::ClientProof;
 use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::{CertificateDer, UnixTime, pem::PemObject as _};
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,8 +32,6 @@ pub(crate) const PROOF_HEADER: &str = "x-dsm-proof";
 /// How far a proof's timestamp may be from the owner's clock.
 pub(crate) const FRESHNESS: Duration = Duration::from_secs(60);
 const NONCE_LEN: usize = 16;
-/// Beyond this many remembered nonces, expired ones are pruned.
-const PRUNE_AT: usize = 100_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProofError {
@@ -157,8 +154,52 @@ pub fn parse_header(value: &str) -> Result<(i64, Vec<u8>, Vec<u8>), ProofError> 
 /// Verifies forwarded proofs on the owner node.
 pub struct ProofVerifier {
     chain_verifier: Arc<dyn ClientCertVerifier>,
-    /// Nonces seen within the freshness window, with their timestamps.
-    seen: Mutex<HashMap<Vec<u8>, i64>>,
+    /// Nonces of the fresh proofs seen, by the time slot of their timestamp.
+    seen: Mutex<ReplayCache>,
+}
+
+/// Width of one time slot of the replay cache.
+const SLOT_MS: i64 = 5_000;
+
+/// The nonces of accepted proofs, bucketed by the time slot of the proof's timestamp. A replay
+/// carries the same signed timestamp as the original, so it is looked for in one slot; slots
+/// whose proofs can no longer be fresh are dropped whole. Insert and expiry cost the same however
+/// many proofs are remembered (the old cache pruned with a scan of every nonce under its lock
+/// once it held 100k, that is on every request past about 800 forwarded requests a second).
+#[derive(Debug, Default)]
+pub(crate) struct ReplayCache {
+    slots: std::collections::BTreeMap<i64, std::collections::HashSet<Vec<u8>>>,
+    len: usize,
+}
+
+impl ReplayCache {
+    /// Remembers `nonce` of a proof timestamped `ts` (already checked fresh at `now`); false if it
+    /// was seen before (a replay).
+    pub(crate) fn insert(&mut self, nonce: &[u8], ts: i64, now: i64) -> bool {
+        // A proof older than now - FRESHNESS is refused as stale before it gets here: its slot is
+        // no longer needed.
+        let oldest = (now - FRESHNESS.as_millis() as i64).div_euclid(SLOT_MS);
+        while let Some(entry) = self.slots.first_entry() {
+            if *entry.key() >= oldest {
+                break;
+            }
+            self.len -= entry.remove().len();
+        }
+        let fresh = self
+            .slots
+            .entry(ts.div_euclid(SLOT_MS))
+            .or_default()
+            .insert(nonce.to_vec());
+        if fresh {
+            self.len += 1;
+        }
+        fresh
+    }
+
+    /// How many nonces are remembered.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
 }
 
 impl std::fmt::Debug for ProofVerifier {
@@ -171,7 +212,7 @@ impl ProofVerifier {
     pub fn new(chain_verifier: Arc<dyn ClientCertVerifier>) -> ProofVerifier {
         ProofVerifier {
             chain_verifier,
-            seen: Mutex::new(HashMap::new()),
+            seen: Mutex::new(ReplayCache::default()),
         }
     }
 
@@ -215,14 +256,7 @@ impl ProofVerifier {
             .seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if seen.len() >= PRUNE_AT {
-            let horizon = now - 2 * FRESHNESS.as_millis() as i64;
-            seen.retain(|_, ts| *ts > horizon);
-        }
-        if seen
-            .insert(proof.nonce.clone(), proof.timestamp_unix_ms)
-            .is_some()
-        {
+        if !seen.insert(&proof.nonce, proof.timestamp_unix_ms, now) {
             return Err(ProofError::Replay);
         }
         Ok(identity)
@@ -268,6 +302,33 @@ mod tests {
             nonce,
             signature: sig,
         }
+    }
+
+    #[test]
+    fn the_replay_cache_refuses_a_nonce_while_fresh_and_forgets_it_after() {
+        let mut cache = ReplayCache::default();
+        let t = 1_800_000_000_000;
+        let window = FRESHNESS.as_millis() as i64;
+        assert!(cache.insert(b"n1", t, t));
+        assert!(
+            !cache.insert(b"n1", t, t + window / 2),
+            "a replay while fresh"
+        );
+        assert!(cache.insert(b"n2", t, t + 1));
+        // Many proofs over the window, and past it: what is kept stays within the window.
+        for i in 0..200_000i64 {
+            let ts = t + i * 10;
+            assert!(cache.insert(&i.to_be_bytes(), ts, ts));
+        }
+        let now = t + 200_000 * 10;
+        let per_window = usize::try_from((window + 2 * SLOT_MS) / 10).expect("small");
+        assert!(
+            cache.len() <= per_window,
+            "{} nonces kept, at most {per_window} can still be fresh",
+            cache.len()
+        );
+        // The first nonces are forgotten (their proofs are stale and refused as such anyway).
+        assert!(cache.insert(b"n1", now, now));
     }
 
     #[test]
