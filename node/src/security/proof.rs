@@ -197,6 +197,7 @@ impl ReplayCache {
     }
 
     /// How many nonces are remembered.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
