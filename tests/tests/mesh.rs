@@ -840,3 +840,51 @@ async fn shared_scenario_orders_written_anywhere_are_read_everywhere_on_processe
     })
     .await;
 }
+
+/// A peer's reveal charge names a client identity of this mesh, of bounded length: a breached node
+/// can no longer fill another node's ledger with arbitrary strings up to the message limit (it was
+/// granted before), nor charge a node certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reveal_charge_from_a_peer_must_name_a_client_of_this_mesh() {
+    within(60, async {
+        let mesh = TestMesh::start(2);
+        let stolen = stolen_transport(&mesh.pki.node("n2"));
+        let member = mesh.layout.member("n1").expect("member").clone();
+        let charge = |principal: String| PeerRequest {
+            deadline_unix_ms: 0,
+            body: Some(Body::Charge(mesh_proto::v1::RevealCharge { principal })),
+        };
+        let ask = |principal: String| {
+            let (stolen, member, req) = (&stolen, &member, charge(principal));
+            async move {
+                stolen
+                    .call(member, req, Instant::now() + Duration::from_secs(5))
+                    .await
+                    .expect("n1 answers")
+                    .result
+            }
+        };
+        let client = format!(
+            "spiffe://{}/client/support/agent-7",
+            mesh_tests::TRUST_DOMAIN
+        );
+        assert!(
+            matches!(ask(client).await, Some(PeerResult::Allowance(a)) if a.granted),
+            "a charge for a client of this mesh is taken"
+        );
+        for bad in [
+            "x".repeat(1 << 20),
+            "not an identity".to_owned(),
+            format!("spiffe://{}/node/n2", mesh_tests::TRUST_DOMAIN),
+            "spiffe://elsewhere.test/client/support/agent-7".to_owned(),
+        ] {
+            match ask(bad.clone()).await {
+                Some(PeerResult::Status(s)) => {
+                    assert_eq!(s.code, Code::InvalidArgument as i32, "{}", s.message)
+                }
+                other => panic!("a charge for `{:.40}` was not refused: {other:?}", bad),
+            }
+        }
+    })
+    .await;
+}

@@ -11,11 +11,15 @@ use crate::cluster::routing::Mesh;
 use crate::domain::clock::Clock;
 use crate::domain::ids::partition_of;
 use crate::error::Error;
+use crate::security::identity::Identity;
 use mesh_proto::v1::RevealAllowance;
 use mesh_proto::v1::peer_request::Body;
 use mesh_proto::v1::peer_response::Result as PeerResult;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The longest principal a peer may charge a reveal to (a SPIFFE URI of this mesh is far shorter).
+const MAX_PRINCIPAL_BYTES: usize = 512;
 
 #[derive(Debug)]
 pub(crate) struct RevealLedger {
@@ -102,7 +106,21 @@ impl RevealLedger {
 impl PeerService for RevealLedger {
     async fn serve(self: Arc<Self>, _from: String, body: Body) -> Result<PeerResult, Error> {
         match body {
-            Body::Charge(charge) => Ok(PeerResult::Allowance(self.take(&charge.principal))),
+            Body::Charge(charge) => {
+                // A peer names the principal: only a client identity of this mesh, of bounded
+                // length, may take a place in the ledger (not arbitrary strings up to the
+                // message limit).
+                if charge.principal.len() > MAX_PRINCIPAL_BYTES
+                    || !charge.principal.parse::<Identity>().is_ok_and(|i| {
+                        i.role().is_some() && i.trust_domain() == self.mesh.trust_domain
+                    })
+                {
+                    return Err(Error::InvalidArgument(
+                        "a reveal charge must name a client identity of this mesh".into(),
+                    ));
+                }
+                Ok(PeerResult::Allowance(self.take(&charge.principal)))
+            }
             _ => Err(Error::Unavailable(
                 "the ledger does not serve that message".into(),
             )),
