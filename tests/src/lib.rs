@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `wait` | [`assert_eventually!`], [`within`]: deadlines instead of guesses |
 //! | `bins` | the `mesh-node` and `mesh-ctl` binaries under test, and running `mesh-ctl` |
-//! | `pki` | a test CA ([`Pki`]) and the [`Credentials`] it issues |
+//! | `pki` | a test CA ([`Pki`]), the [`Credentials`] it issues, a [`stolen_transport`] |
 //! | `node` | one node process ([`NodeProcess`], [`NodeOptions`]), free ports, the ops port |
 //! | `harness` | [`MeshHarness`]: the one interface of the three meshes below; who owns what |
 //! | `mesh` | [`TestMesh`]: node processes the harness starts, changed with the real control plane |
@@ -46,7 +46,7 @@ pub use harness::{
 };
 pub use mesh::TestMesh;
 pub use node::{NodeOptions, NodeProcess, free_port, http_get};
-pub use pki::{Credentials, Pki, TRUST_DOMAIN};
+pub use pki::{Credentials, Pki, TRUST_DOMAIN, stolen_transport};
 pub use python::{python, python_venv};
 pub use scenario::{Written, orders_written_anywhere_are_read_everywhere};
 pub use up::UpMesh;

@@ -108,3 +108,18 @@ impl Default for Pki {
         Pki::new()
     }
 }
+
+/// A peer endpoint speaking the peer protocol directly with `creds`: what an attacker holding a
+/// node's stolen certificate and key can do (the containment tests).
+pub fn stolen_transport(creds: &Credentials) -> mesh_node::cluster::transport::PeerTransport {
+    use mesh_node::cluster::transport::{ALPN, PeerTransport};
+    use mesh_node::security::tls::{self, TlsMaterial};
+    let m = TlsMaterial::load(&creds.ca, &creds.cert, &creds.key).expect("material");
+    PeerTransport::bind_with(
+        "127.0.0.1:0".parse().expect("addr"),
+        tls::server_config(&m, &[ALPN]).expect("server tls"),
+        tls::client_config(&m, &[ALPN]).expect("client tls"),
+        TRUST_DOMAIN,
+    )
+    .expect("bind")
+}

@@ -9,7 +9,7 @@ use mesh_node::security::control_key::ControlKey;
 use mesh_node::security::identity::Identity;
 use mesh_node::security::pki::LeafSpec;
 use mesh_node::security::proof::{Signer, parse_header};
-use mesh_node::security::tls::{self, TlsMaterial};
+use mesh_node::security::tls::TlsMaterial;
 use mesh_proto::v1::admin_client::AdminClient;
 use mesh_proto::v1::peer_request::Body;
 use mesh_proto::v1::peer_response::Result as PeerResult;
@@ -19,7 +19,8 @@ use mesh_proto::v1::{
 };
 use mesh_tests::{
     Credentials, GatewayClient, MeshHarness as _, TestMesh, create_ok, get_order_request,
-    local_trail, orders_written_anywhere_are_read_everywhere, sample_order, within,
+    local_trail, orders_written_anywhere_are_read_everywhere, sample_order, stolen_transport,
+    within,
 };
 use prost::Message as _;
 use std::collections::BTreeSet;
@@ -187,18 +188,6 @@ async fn a_request_forwarded_without_a_client_proof_is_refused_with_a_clear_erro
             .expect("direct create");
     })
     .await;
-}
-
-/// A peer client with node A's stolen certificate and key, speaking the peer protocol directly.
-fn stolen_transport(creds: &Credentials) -> PeerTransport {
-    let m = TlsMaterial::load(&creds.ca, &creds.cert, &creds.key).expect("material");
-    PeerTransport::bind_with(
-        "127.0.0.1:0".parse().expect("addr"),
-        tls::server_config(&m, &[mesh_node::cluster::transport::ALPN]).expect("server tls"),
-        tls::client_config(&m, &[mesh_node::cluster::transport::ALPN]).expect("client tls"),
-        mesh_tests::TRUST_DOMAIN,
-    )
-    .expect("bind")
 }
 
 async fn peer_call(

@@ -485,3 +485,146 @@ async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_sh
     })
     .await;
 }
+
+/// A breached node keeps every signed layout it ever saw. Here n2 owned partition `p` in v1; v2
+/// moved `p` to n3 and v3 on to n4, which has not pulled it yet, so n3 still holds it. n2, with its
+/// own stolen identity, asks n3 for `p` naming v1, v2 and v3 in turn: each is refused (before,
+/// the v1 pull was answered with every customer's data key) and each refusal is on n3's trail.
+/// The pull of the real owner, naming the current layout, is served and recorded, and the
+/// imports and shreds of the v2 change are on the trails of n3 and n2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_signed_layout_pulls_nothing_and_every_handoff_step_is_audited() {
+    use mesh_node::cluster::layout::Member;
+    use mesh_node::domain::ids::partition_of;
+    use mesh_proto::v1::peer_request::Body;
+    use mesh_proto::v1::peer_response::Result as PeerResult;
+    use mesh_proto::v1::{HandoffPull, PeerRequest};
+    use mesh_tests::{local_trail, sample_order, stolen_transport};
+    within(240, async {
+        let mut mesh = TestMesh::start(2);
+        let control = CertificateAuthority::load_control_key(&mesh.pki.ca_dir()).expect("key");
+        let v1 = mesh.layout_now();
+        let v2 = mesh.change_members(&["n1", "n2", "n3"]).await;
+        // v3 adds n4, which never starts: n3 applies it and keeps what moves to n4.
+        let mut members = v2.members.clone();
+        members.push(Member {
+            node_id: "n4".into(),
+            peer_addr: "127.0.0.1:9".into(),
+            gateway_addr: "127.0.0.1:9".into(),
+        });
+        let v3 = v2.next(members).expect("v3");
+        let customer = (0..)
+            .map(|i| format!("stale-{i}"))
+            .find(|c| {
+                let p = partition_of(c);
+                [(&v1, "n2"), (&v2, "n3"), (&v3, "n4")]
+                    .iter()
+                    .all(|(l, id)| l.owner_of(p).node_id == *id)
+            })
+            .expect("a partition that went n2 -> n3 -> n4");
+        let p = partition_of(&customer);
+        let n3 = mesh.index("n3");
+        let sf = mesh.pki.client(Role::Storefront);
+        create_ok(
+            &mut mesh.nodes[n3].client(&sf).await,
+            sample_order(&customer, 1),
+        )
+        .await;
+        let admin = mesh.pki.client(Role::Admin);
+        AdminClient::new(mesh.nodes[n3].channel(&admin).await.expect("connect"))
+            .apply_layout(ApplyLayoutRequest {
+                layout: Some(v3.sign(&control)),
+            })
+            .await
+            .expect("n3 applies v3");
+
+        let to_n3 = v3.member("n3").expect("n3").clone();
+        let pull = |layout: &mesh_node::cluster::layout::Layout| PeerRequest {
+            deadline_unix_ms: 0,
+            body: Some(Body::Pull(HandoffPull {
+                partition: u32::from(p.get()),
+                layout: Some(layout.sign(&control)),
+            })),
+        };
+        let breached = stolen_transport(&mesh.pki.node("n2"));
+        for named in [&v1, &v2, &v3] {
+            let answer = breached
+                .call(
+                    &to_n3,
+                    pull(named),
+                    std::time::Instant::now() + Duration::from_secs(10),
+                )
+                .await
+                .expect("n3 answers");
+            match answer.result {
+                Some(PeerResult::Status(s)) => assert_eq!(
+                    s.code,
+                    Code::PermissionDenied as i32,
+                    "v{}: {}",
+                    named.version,
+                    s.message
+                ),
+                Some(PeerResult::Partition(d)) => panic!(
+                    "n3 sent partition {p} ({} customers, data keys included) to n2 for v{}",
+                    d.customers.len(),
+                    named.version
+                ),
+                other => panic!("v{}: {other:?}", named.version),
+            }
+        }
+        let refused = local_trail(&mesh.nodes[n3], &mesh.pki, "PartitionPull").await;
+        assert_eq!(refused.len(), 3, "{refused:?}");
+        for r in &refused {
+            assert_eq!(
+                (r.principal.as_str(), r.decision.as_str(), r.reason.as_str()),
+                ("node:n2", "deny", "PERMISSION_DENIED"),
+                "{r:?}"
+            );
+        }
+
+        // The owner in v3, naming v3, gets it, and n3 records what it sent.
+        let owner = stolen_transport(&mesh.pki.node("n4"));
+        let answer = owner
+            .call(
+                &to_n3,
+                pull(&v3),
+                std::time::Instant::now() + Duration::from_secs(10),
+            )
+            .await
+            .expect("n3 answers");
+        assert!(
+            matches!(&answer.result, Some(PeerResult::Partition(d)) if d.customers.len() == 1),
+            "{:?}",
+            answer.result.as_ref().map(|_| "not the partition")
+        );
+        let exported = local_trail(&mesh.nodes[n3], &mesh.pki, "PartitionExported").await;
+        assert_eq!(exported.len(), 1, "{exported:?}");
+        assert_eq!(exported[0].principal, "node:n4");
+        assert!(
+            exported[0]
+                .purpose
+                .contains(&format!("partition {p} sent to node n4"))
+                && exported[0].purpose.contains("1 customers, 1 orders"),
+            "{}",
+            exported[0].purpose
+        );
+        // The v2 change: n3 recorded each partition it received, n2 each it deleted.
+        let imported = local_trail(&mesh.nodes[n3], &mesh.pki, "PartitionImported").await;
+        assert_eq!(imported.len(), v2.partitions_of("n3").len());
+        let n2 = mesh.index("n2");
+        let moved_from_n2 = v2
+            .partitions_of("n3")
+            .into_iter()
+            .filter(|q| v1.owner_of(*q).node_id == "n2")
+            .count();
+        mesh_tests::assert_eventually!(
+            Duration::from_secs(30),
+            local_trail(&mesh.nodes[n2], &mesh.pki, "PartitionShredded")
+                .await
+                .len()
+                == moved_from_n2,
+            "n2 records every shred"
+        );
+    })
+    .await;
+}

@@ -33,6 +33,7 @@
 
 use crate::cluster::dispatch::{Kind, PeerService};
 use crate::cluster::layout::{LayoutError, Member};
+use crate::cluster::rebalance::journal::{Handoff, Journal, Step};
 use crate::cluster::routing::{Mesh, Moving, Route};
 use crate::domain::ids::{PARTITIONS, Partition};
 use crate::error::Error;
@@ -94,6 +95,8 @@ pub struct Rebalance {
     throttle: Throttle,
     rate: u64,
     wake: tokio::sync::Notify,
+    /// Where every export, import, shred and refused pull is recorded (the audit trail).
+    journal: Arc<dyn Journal>,
 }
 
 fn moved(p: Partition, owner: &Member) -> Error {
@@ -112,6 +115,7 @@ impl Rebalance {
         pending: Vec<Partition>,
         rate: u64,
         metrics: RebalanceMetrics,
+        journal: Arc<dyn Journal>,
     ) -> Result<Rebalance, StorageError> {
         let leftover = match mesh.layout() {
             None => BTreeSet::new(),
@@ -138,6 +142,7 @@ impl Rebalance {
             throttle: Throttle::new(rate),
             rate,
             wake: tokio::sync::Notify::new(),
+            journal,
         };
         rebalance.publish();
         Ok(rebalance)
@@ -326,6 +331,17 @@ impl Rebalance {
         let export = from_wire(p, data)?;
         let stats = self.store.import_partition(&export, true).await?;
         drop(export);
+        // Not served before it is on the record; an import is a replace, so a retry is harmless.
+        self.journal
+            .record(Handoff {
+                step: Step::Imported,
+                partition: p,
+                peer: from.node_id.clone(),
+                layout: layouts.current.version,
+                detail: format!("{} customers, {} orders", stats.customers, stats.orders),
+                refused: None,
+            })
+            .await?;
         crate::fault::point("handoff-received");
         self.moving().pending.remove(&p);
         self.publish();
@@ -377,27 +393,46 @@ impl Rebalance {
                 }
             }
         }
-        if theirs.owner_of(p).node_id != from {
-            return Err(Error::PermissionDenied(format!(
-                "node {from} does not own partition {p} in layout v{}",
-                theirs.version
-            )));
+        let named = theirs.version;
+        if let Err(refusal) = self.may_pull(from, p, named) {
+            let refused = crate::error::code_name(refusal.code());
+            self.journal
+                .record(Handoff {
+                    step: Step::Refused,
+                    partition: p,
+                    peer: from.to_owned(),
+                    layout: self.mesh.layout().map_or(0, |l| l.version),
+                    detail: refusal.to_string(),
+                    refused: Some(refused),
+                })
+                .await?;
+            return Err(refusal);
         }
         if self.is_pending(p) {
             return Err(Error::Moved(format!(
                 "partition {p} has not reached this node yet"
             )));
         }
-        if self.mesh.owns(p) {
-            return Err(Error::FailedPrecondition(format!(
-                "partition {p} belongs to this node in its layout"
-            )));
-        }
         // Wait for the requests this node admitted, then admit none: from here on the new owner
         // serves the partition (once it has imported this export).
         let _frozen = self.gate(p).write_owned().await;
-        self.moving().holding.remove(&p);
         let export = self.store.export_partition(p)?;
+        // Nothing leaves this node before it is on the record.
+        self.journal
+            .record(Handoff {
+                step: Step::Exported,
+                partition: p,
+                peer: from.to_owned(),
+                layout: named,
+                detail: format!(
+                    "{} customers, {} orders",
+                    export.customers.len(),
+                    export.orders()
+                ),
+                refused: None,
+            })
+            .await?;
+        self.moving().holding.remove(&p);
         crate::fault::point("handoff-exported");
         let data = to_wire(&export);
         self.metrics.sent_bytes.inc_by(data.encoded_len() as u64);
@@ -408,6 +443,34 @@ impl Rebalance {
             "partition sent"
         );
         Ok(data)
+    }
+
+    /// Whether `from` may pull `p` naming layout `named`: only the node that owns `p` in this node's
+    /// current layout, naming that layout, from the node that owned it in the layout before. Any
+    /// older signed layout a breached node kept would otherwise name it the owner of partitions
+    /// long gone elsewhere.
+    fn may_pull(&self, from: &str, p: Partition, named: u64) -> Result<(), Error> {
+        let layouts = self.mesh.layouts().ok_or_else(|| {
+            Error::FailedPrecondition("this node has no layout: it holds no partition".into())
+        })?;
+        let current = &layouts.current;
+        if named != current.version {
+            return Err(Error::PermissionDenied(format!(
+                "a pull must name this node's current layout v{} (it named v{named})",
+                current.version
+            )));
+        }
+        if current.owner_of(p).node_id != from {
+            return Err(Error::PermissionDenied(format!(
+                "node {from} does not own partition {p} in layout v{named}"
+            )));
+        }
+        match &layouts.previous {
+            Some(prev) if prev.owner_of(p).node_id == self.mesh.node_id => Ok(()),
+            _ => Err(Error::FailedPrecondition(format!(
+                "partition {p} was not this node's before layout v{named}: it has nothing to hand over"
+            ))),
+        }
     }
 
     /// Whether this node holds the partitions asked about (see [`Holding`]).
@@ -476,7 +539,7 @@ impl Rebalance {
                 let Some(p) = u16::try_from(h.partition).ok().and_then(Partition::new) else {
                     continue;
                 };
-                if confirmed && let Err(e) = self.shred(p).await {
+                if confirmed && let Err(e) = self.shred(p, &owner.node_id, layout.version).await {
                     tracing::warn!(partition = p.get(), error = %e, "shredding a moved partition failed");
                 }
             }
@@ -484,13 +547,25 @@ impl Rebalance {
         self.publish();
     }
 
-    async fn shred(&self, p: Partition) -> Result<(), StorageError> {
+    /// Deletes this node's copy of `p`, which `holder` confirmed it holds under layout `version`.
+    /// It stays a leftover (and is deleted again, a no-op) until the deletion is on the record.
+    async fn shred(&self, p: Partition, holder: &str, version: u64) -> Result<(), Error> {
         let _frozen = self.gate(p).write_owned().await;
         if self.mesh.owns(p) {
             return Ok(());
         }
         let records = self.store.drop_partition(p).await?;
         crate::fault::point("handoff-shredded");
+        self.journal
+            .record(Handoff {
+                step: Step::Shredded,
+                partition: p,
+                peer: holder.to_owned(),
+                layout: version,
+                detail: format!("{records} records deleted"),
+                refused: None,
+            })
+            .await?;
         self.moving().leftover.remove(&p);
         self.metrics.shredded_partitions.inc();
         tracing::info!(
@@ -574,6 +649,7 @@ impl PeerService for Rebalance {
     }
 }
 
+pub mod journal;
 mod plan;
 mod throttle;
 mod wire;

@@ -297,6 +297,7 @@ async fn join_mesh(
         pending,
         config.rebalance_rate,
         metrics.rebalance.clone(),
+        Arc::new(audit.clone()),
     )?);
     Ok(Cluster {
         mesh,
