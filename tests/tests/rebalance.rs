@@ -272,7 +272,7 @@ fn ctl(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_shrinks_it_leaving_nothing()
+async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_shrinks_it_below_its_start_leaving_nothing()
  {
     use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
     use std::process::{Command, Stdio};
@@ -434,7 +434,7 @@ async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_sh
             mesh_node::api::client::connect(
                 n4["gateway"].as_str().expect("gw").parse().expect("addr"),
                 "localhost",
-                oms_tls,
+                oms_tls.clone(),
             )
             .await
             .expect("connect"),
@@ -475,6 +475,45 @@ async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_sh
         );
         let bytes = read_tree(&n4_dir);
         assert!(!contains(&bytes, b"Meenakshi") && !contains(&bytes, b"Lakshmi Nagar"));
+
+        // Below the size `up` started with: n3, one of `up`'s own processes, leaves (`up` took its
+        // exit for a crash and stopped every node before), then comes back on its emptied
+        // directory. Every order is readable after each step.
+        for (n, through) in [("2", "n2"), ("3", "n3")] {
+            let out = scale(n).wait_with_output().expect("scale");
+            assert!(
+                out.status.success(),
+                "scale to {n}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let mesh: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(d.join("mesh.json")).expect("read"))
+                    .expect("mesh.json is still there: `up` still runs");
+            let nodes = mesh["nodes"].as_array().expect("nodes");
+            assert_eq!(nodes.len().to_string(), n, "{mesh}");
+            let gateway = nodes
+                .iter()
+                .find(|m| m["id"] == through)
+                .and_then(|m| m["gateway"].as_str())
+                .expect("gateway")
+                .parse()
+                .expect("addr");
+            let mut oms = OrderGatewayClient::new(
+                mesh_node::api::client::connect(gateway, "localhost", oms_tls.clone())
+                    .await
+                    .expect("connect"),
+            );
+            for id in &orders {
+                let req = get_order_request(id);
+                oms.get_order(oms_sign.signed(mesh_node::api::gateway::GET_ORDER, req))
+                    .await
+                    .unwrap_or_else(|s| panic!("order {id} after scaling to {n}: {s:?}"));
+            }
+            assert!(
+                up.try_wait().expect("wait").is_none(),
+                "mesh-ctl up exited after scaling to {n}"
+            );
+        }
 
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(up.id() as i32),

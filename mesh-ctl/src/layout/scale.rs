@@ -130,6 +130,7 @@ pub async fn run(args: ScaleArgs, output: Output) -> anyhow::Result<bool> {
                 partitions: 0,
                 pid,
                 data_dir: files.data_dir.clone(),
+                leaving: false,
             });
             mesh.save(&dir.dir)?;
             let ready = wait_ready(&add.node_id, &files, || {
@@ -158,7 +159,12 @@ pub async fn run(args: ScaleArgs, output: Output) -> anyhow::Result<bool> {
         .filter(|n| !current.is_member(&n.id))
         .cloned()
         .collect();
-    // Stopped first, then forgotten: a rerun after a kill -9 still finds them in mesh.json.
+    // Marked leaving (so `up` expects their exit), stopped, then forgotten: a rerun after a kill -9
+    // still finds them in mesh.json.
+    for n in &mut mesh.nodes {
+        n.leaving |= !current.is_member(&n.id);
+    }
+    mesh.save(&dir.dir)?;
     for n in &leaving {
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(n.pid as i32),

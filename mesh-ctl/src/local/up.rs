@@ -63,6 +63,9 @@ pub struct NodeEntry {
     pub partitions: usize,
     pub pid: u32,
     pub data_dir: PathBuf,
+    /// Set by `mesh-ctl scale` before it stops the node, so `up` knows the exit is expected.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -233,6 +236,8 @@ struct LocalNode {
     id: String,
     /// Killed on drop, so an `up` that fails half-way leaves no node behind.
     child: Child,
+    /// Its pid, which `child` forgets once it has exited.
+    pid: u32,
     files: NodeFiles,
 }
 
@@ -414,7 +419,13 @@ fn start_nodes(
             .spawn()
             .with_context(|| format!("starting {}", node_bin.display()))?;
         relay_output(&id, &mut child);
-        nodes.push(LocalNode { id, child, files });
+        let pid = child.id().context("a node exited as it started")?;
+        nodes.push(LocalNode {
+            id,
+            child,
+            pid,
+            files,
+        });
     }
     Ok(nodes)
 }
@@ -465,6 +476,7 @@ async fn wait_all_ready(
             partitions: loads.get(node.id.as_str()).copied().unwrap_or(0),
             pid: r.pid,
             data_dir: node.files.data_dir.clone(),
+            leaving: false,
         });
     }
     Ok(entries)
@@ -500,15 +512,19 @@ async fn supervise(
     nodes: &mut [LocalNode],
     mut term: tokio::signal::unix::Signal,
 ) -> anyhow::Result<()> {
-    // A node `mesh-ctl scale` retired is gone from mesh.json: its exit is expected.
+    // A process of `up`'s is expected to exit once `mesh-ctl scale` retires it: mesh.json then
+    // marks it leaving, drops it, or lists another process under its id (scale started it again).
     let died = async {
         loop {
             let listed = MeshFile::load(dir).ok();
             for node in nodes.iter_mut() {
                 if let Ok(Some(status)) = node.child.try_wait() {
-                    let retired = listed
-                        .as_ref()
-                        .is_some_and(|m| !m.nodes.iter().any(|n| n.id == node.id));
+                    let pid = node.pid;
+                    let retired = listed.as_ref().is_some_and(|m| {
+                        !m.nodes
+                            .iter()
+                            .any(|n| n.id == node.id && n.pid == pid && !n.leaving)
+                    });
                     if !retired {
                         return (node.id.clone(), status);
                     }
