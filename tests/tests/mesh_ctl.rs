@@ -11,6 +11,8 @@ use mesh_tests::{
 };
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// A channel to the gateway of `node`, an entry of mesh.json.
@@ -316,17 +318,52 @@ async fn up_starts_a_three_node_mesh_that_serves_orders_through_every_gateway() 
             .map(|r| r["node"].as_str().expect("node"))
             .collect();
         assert_eq!(record_nodes.len(), 3, "records from every node");
-        mesh_tests::assert_eventually!(
-            Duration::from_secs(10),
-            Command::new(mesh_ctl_bin())
-                .args(["audit", "verify", "--dir"])
+        // Verified while orders keep being written (each node asked for a fresh checkpoint first):
+        // a healthy live mesh passes at once, every time. It failed, every node "no signed
+        // checkpoint covers this log", until the next once-a-second checkpoint.
+        let writing = Arc::new(AtomicBool::new(true));
+        let writer = {
+            let writing = writing.clone();
+            let signer = mesh_node::security::proof::Signer::from_pem_file(&key).expect("signer");
+            let channel = gateway_channel(&mesh, &nodes[0], tls.clone()).await;
+            tokio::spawn(async move {
+                let mut c = 0u32;
+                while writing.load(Ordering::Relaxed) {
+                    let req = signer.signed(
+                        mesh_node::api::gateway::CREATE_ORDER,
+                        sample_order(&format!("burst-{c}"), c),
+                    );
+                    OrderGatewayClient::new(channel.clone())
+                        .create_order(req)
+                        .await
+                        .expect("create during verify");
+                    c += 1;
+                }
+                c
+            })
+        };
+        for run in 0..3 {
+            let verify = tokio::process::Command::new(mesh_ctl_bin())
+                .args(["audit", "verify", "-o", "json", "--dir"])
                 .arg(dir.path())
                 .output()
-                .expect("verify")
-                .status
-                .success(),
-            "mesh-ctl audit verify did not pass on a live mesh"
-        );
+                .await
+                .expect("verify");
+            assert!(
+                verify.status.success(),
+                "mesh-ctl audit verify failed on a healthy live mesh (run {run}):\n{}{}",
+                String::from_utf8_lossy(&verify.stdout),
+                String::from_utf8_lossy(&verify.stderr)
+            );
+            let report: serde_json::Value =
+                serde_json::from_slice(&verify.stdout).expect("json report");
+            let logs = report.as_array().expect("one entry per node");
+            assert_eq!(logs.len(), 3, "{report}");
+            assert!(logs.iter().all(|l| l["live"] == true), "{report}");
+        }
+        writing.store(false, Ordering::Relaxed);
+        let written = writer.await.expect("writer");
+        assert!(written > 0, "no order was written during the verify runs");
 
         // A live, merged watch over every node.
         let mut watch = Command::new(mesh_ctl_bin())

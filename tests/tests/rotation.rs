@@ -320,6 +320,51 @@ async fn a_revoked_client_and_a_revoked_node_are_refused_within_seconds_without_
         .await
         .expect("the storefront still writes");
 
+    // A revoked auditor's open watch ends within seconds as well: it streamed on, with reveal
+    // reasons opened, until the auditor disconnected.
+    let (auditor_tls, _) = mesh.tls_and_signer("auditor");
+    let channel = mesh_node::api::client::connect(mesh.gateway(0), "localhost", auditor_tls)
+        .await
+        .expect("connect");
+    let mut watch = mesh_proto::v1::audit_client::AuditClient::new(channel)
+        .watch(mesh_proto::v1::AuditWatchRequest::default())
+        .await
+        .expect("watch")
+        .into_inner();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), watch.message())
+            .await
+            .is_err(),
+        "the watch of a valid auditor ended by itself"
+    );
+    let (auditor_cert, _) = mesh.client_files("auditor");
+    let started = Instant::now();
+    ok(&mesh.ctl(&[
+        "cert",
+        "revoke",
+        "--cert",
+        auditor_cert.to_str().expect("path"),
+    ]));
+    loop {
+        match tokio::time::timeout(Duration::from_secs(6), watch.message()).await {
+            Err(_) => panic!("a revoked auditor's watch is still open 6 s later"),
+            Ok(Ok(Some(_))) => assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "a revoked auditor's watch still streams 10 s later"
+            ),
+            Ok(Err(s)) => {
+                assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+                assert!(s.message().contains("no longer accepted"), "{s:?}");
+                break;
+            }
+            Ok(Ok(None)) => panic!("the watch ended without saying why"),
+        }
+    }
+    eprintln!(
+        "revoked auditor's watch ended after {:?}",
+        started.elapsed()
+    );
+
     // Revoke node n3: within seconds n1 and n2 refuse it, in both directions.
     let started = Instant::now();
     let out = ok(&mesh.ctl(&["cert", "revoke", "--node", "n3"]));

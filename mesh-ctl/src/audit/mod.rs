@@ -1,19 +1,20 @@
 //! `mesh-ctl audit query` (the mesh-wide trail through any gateway, as an auditor), `mesh-ctl audit
 //! watch` (records as they are written, on one node) and `mesh-ctl audit verify` (each node's chain
-//! and checkpoint signatures, offline). `access` (`mesh-ctl access show`) is here too: the role
+//! and checkpoint signatures, read from disk up to a checkpoint each running node signs for the
+//! run). `access` (`mesh-ctl access show`) is here too: the role
 //! table is what the trail is read against.
 
 pub mod access;
 
 use crate::Output;
-use crate::local::up::MeshFile;
+use crate::local::up::{MeshFile, NodeEntry};
 use anyhow::Context as _;
 use base64::Engine as _;
 use mesh_node::audit::chain::{self, Checkpoint};
 use mesh_node::audit::log;
 use mesh_node::security::identity::Identity;
 use mesh_proto::v1::audit_client::AuditClient;
-use mesh_proto::v1::{AuditQueryRequest, AuditRecord};
+use mesh_proto::v1::{AuditCheckpointRequest, AuditQueryRequest, AuditRecord};
 use rustls_pki_types::{CertificateDer, UnixTime};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -113,21 +114,86 @@ fn checkpoint_genuine(
     .is_ok()
 }
 
-/// Verifies one node's audit directory.
+/// One node's log, verified as far as a checkpoint covers it.
+#[derive(Debug)]
+pub struct Checked {
+    pub verified: Result<chain::Verified, chain::ChainError>,
+    /// Records written after the checkpoint the verifier asked for (a live node keeps writing):
+    /// not checked by this run, and not suspect either.
+    pub pending: usize,
+    /// Whether the node signed a checkpoint for this run (else its log was read as it lay).
+    pub live: bool,
+}
+
+/// Verifies one node's audit directory, up to record `upto` when given (the last record of a
+/// checkpoint the node signed for this run; later ones are left as pending).
 pub fn verify_dir(
     dir: &Path,
     ca: &Path,
     node: Option<&str>,
-) -> anyhow::Result<Result<chain::Verified, chain::ChainError>> {
+    upto: Option<u64>,
+) -> anyhow::Result<Checked> {
     let roots = mesh_node::security::tls::load_certs(ca)?;
     let verifier = mesh_node::security::tls::client_verifier(&roots)?;
     // Checkpoints first: a live node only checkpoints records already on disk.
     let checkpoints = log::read_checkpoints(dir)?;
     let lines = log::read_all(dir)?;
-    let refs: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
-    Ok(chain::verify(&refs, &checkpoints, node, &|cp| {
-        checkpoint_genuine(cp, verifier.as_ref())
-    }))
+    // Cut by position, not by what the lines say: a deleted or inserted line still shows.
+    let first_seq = lines
+        .first()
+        .and_then(|l| serde_json::from_slice::<chain::Record>(l).ok())
+        .map(|r| r.seq);
+    let keep = match (upto, first_seq) {
+        (Some(upto), Some(first)) => usize::try_from((upto + 1).saturating_sub(first))
+            .unwrap_or(usize::MAX)
+            .min(lines.len()),
+        _ => lines.len(),
+    };
+    let refs: Vec<&[u8]> = lines[..keep].iter().map(Vec::as_slice).collect();
+    Ok(Checked {
+        verified: chain::verify(&refs, &checkpoints, node, &|cp| {
+            checkpoint_genuine(cp, verifier.as_ref())
+        }),
+        pending: lines.len() - keep,
+        live: upto.is_some(),
+    })
+}
+
+/// Asks a running node to sign its chain head now (`Audit/Checkpoint`, as the auditor); the last
+/// record the checkpoint covers.
+async fn fresh_checkpoint(mesh: &MeshFile, node: &NodeEntry) -> anyhow::Result<u64> {
+    let (_, tls) = auditor_tls(mesh)?;
+    let ask = async {
+        let channel =
+            mesh_node::api::client::connect(node.gateway.parse()?, &mesh.server_name, tls).await?;
+        let answer = AuditClient::new(channel)
+            .checkpoint(AuditCheckpointRequest {})
+            .await?
+            .into_inner();
+        anyhow::ensure!(
+            answer.node == node.id,
+            "{} answered for node {}",
+            node.gateway,
+            answer.node
+        );
+        Ok(answer.seq)
+    };
+    tokio::time::timeout(Duration::from_secs(5), ask)
+        .await
+        .context("no answer within 5 s")?
+}
+
+/// Verifies the log of a node of a local mesh: up to a checkpoint it signs for this run when it
+/// runs (so its newest records are covered, not taken for forgeries), else as it lies on disk.
+pub async fn verify_node(mesh: &MeshFile, node: &NodeEntry, ca: &Path) -> anyhow::Result<Checked> {
+    let upto = match fresh_checkpoint(mesh, node).await {
+        Ok(seq) => Some(seq),
+        Err(e) => {
+            tracing::debug!(node = %node.id, error = %format!("{e:#}"), "verifying the log as it lies");
+            None
+        }
+    };
+    verify_dir(&node.data_dir.join("audit"), ca, Some(&node.id), upto)
 }
 
 pub async fn run(cmd: AuditCommand, output: Output) -> anyhow::Result<bool> {
@@ -145,7 +211,7 @@ pub async fn run(cmd: AuditCommand, output: Output) -> anyhow::Result<bool> {
             audit_dir,
             ca,
             node,
-        } => verify(&dir, audit_dir, ca, node, output),
+        } => verify(&dir, audit_dir, ca, node, output).await,
     }
 }
 
@@ -254,28 +320,41 @@ async fn watch(dir: &Path, filter: Filter, output: Output) -> anyhow::Result<boo
     Ok(true)
 }
 
-/// One audit log to verify: the name to report, its directory, the CA bundle its checkpoints are
-/// checked against, and the node the log must belong to.
-type VerifyTarget = (String, PathBuf, PathBuf, Option<String>);
-
-/// `audit verify`: every node of the mesh in `dir`, or the one `--audit-dir`. Ok(false) when a
-/// chain is bad, so the command exits 1.
-fn verify(
+/// `audit verify`: every node of the mesh in `dir` (each asked for a fresh checkpoint first), or
+/// the one `--audit-dir`. Ok(false) when a chain is bad, so the command exits 1.
+async fn verify(
     dir: &Path,
     audit_dir: Option<PathBuf>,
     ca: Option<PathBuf>,
     node: Option<String>,
     output: Output,
 ) -> anyhow::Result<bool> {
-    let targets = verify_targets(dir, audit_dir, ca, node)?;
+    let checked: Vec<(String, Checked)> = match (audit_dir, ca) {
+        (Some(a), Some(ca)) => vec![(
+            a.display().to_string(),
+            verify_dir(&a, &ca, node.as_deref(), None)?,
+        )],
+        (Some(_), None) => anyhow::bail!("--audit-dir needs --ca"),
+        _ => {
+            let mesh = read_mesh(dir)?;
+            // Every CA the mesh has had: checkpoints signed before a CA rotation carry
+            // certificates from the old one.
+            let ca = crate::pki::rotation::history_path(&dir.join("ca"));
+            let mut checked = Vec::new();
+            for n in &mesh.nodes {
+                checked.push((n.id.clone(), verify_node(&mesh, n, &ca).await?));
+            }
+            checked
+        }
+    };
     let mut ok = true;
     let mut report = Vec::new();
-    for (name, audit, ca, node) in targets {
-        match verify_dir(&audit, &ca, node.as_deref())? {
-            Ok(v) => report.push(serde_json::json!({ "node": name, "ok": true, "records": v.records, "checkpoints": v.checkpoints, "last_seq": v.last_seq, "head": v.head })),
+    for (name, c) in checked {
+        match c.verified {
+            Ok(v) => report.push(serde_json::json!({ "node": name, "ok": true, "records": v.records, "checkpoints": v.checkpoints, "last_seq": v.last_seq, "head": v.head, "pending": c.pending, "live": c.live })),
             Err(e) => {
                 ok = false;
-                report.push(serde_json::json!({ "node": name, "ok": false, "error": e.to_string() }));
+                report.push(serde_json::json!({ "node": name, "ok": false, "error": e.to_string(), "live": c.live }));
             }
         }
     }
@@ -286,46 +365,20 @@ fn verify(
     Ok(ok)
 }
 
-/// The logs `audit verify` checks: the one given with `--audit-dir --ca`, else every node of the
-/// mesh in `dir`.
-fn verify_targets(
-    dir: &Path,
-    audit_dir: Option<PathBuf>,
-    ca: Option<PathBuf>,
-    node: Option<String>,
-) -> anyhow::Result<Vec<VerifyTarget>> {
-    Ok(match (audit_dir, ca) {
-        (Some(a), Some(ca)) => vec![(a.display().to_string(), a, ca, node)],
-        (Some(_), None) => anyhow::bail!("--audit-dir needs --ca"),
-        _ => {
-            let mesh = read_mesh(dir)?;
-            mesh.nodes
-                .iter()
-                .map(|n| {
-                    (
-                        n.id.clone(),
-                        n.data_dir.join("audit"),
-                        // Every CA the mesh has had: checkpoints signed before a CA
-                        // rotation carry certificates from the old one.
-                        crate::pki::rotation::history_path(&dir.join("ca")),
-                        Some(n.id.clone()),
-                    )
-                })
-                .collect()
-        }
-    })
-}
-
 /// The `audit verify` report as a table, one line per log.
 fn print_verify_table(report: &[serde_json::Value]) {
     for r in report {
         match r["ok"].as_bool() {
             Some(true) => println!(
-                "{:<8} ok   {} records, {} checkpoints, head {}",
+                "{:<8} ok   {} records, {} checkpoints, head {}{}",
                 r["node"].as_str().unwrap_or("?"),
                 r["records"],
                 r["checkpoints"],
-                r["head"].as_str().unwrap_or("")
+                r["head"].as_str().unwrap_or(""),
+                match r["pending"].as_u64() {
+                    Some(n) if n > 0 => format!(" ({n} newer records left for the next run)"),
+                    _ => String::new(),
+                }
             ),
             _ => println!(
                 "{:<8} FAIL {}",

@@ -1,10 +1,16 @@
-//! `dsm.v1.Audit`: query and watch the audit trail, for `auditor` certificates only.
+//! `dsm.v1.Audit`: query and watch the audit trail, and sign its head on demand, for `auditor`
+//! certificates only.
 //!
 //! A query through any gateway merges every member's trail: the node asks each peer with the
 //! auditor's own client proof (so peers authorise the auditor, not the asking node), answers from
 //! its local trail, and streams the union ordered by time. Queries are themselves audited.
+//!
+//! A watch is a long-lived stream: it re-checks the watcher's certificate against the live trust
+//! every [`RECHECK`] and ends once it is revoked or expired, as the next request on the connection
+//! would be refused (ARCHITECTURE.md, "The audit chain").
 
 use crate::api::authz::{self, Action};
+use crate::api::listener::PeerInfo;
 use crate::audit::chain::Record;
 use crate::audit::log::{self, AuditLog};
 use crate::audit::recorder::{Access, Recorder};
@@ -12,12 +18,14 @@ use crate::cluster::dispatch::{Dispatch, Kind, PeerService};
 use crate::cluster::routing::Mesh;
 use crate::error::Error;
 use crate::security::proof::PROOF_HEADER;
+use crate::security::trust::Trust;
 use crate::storage::{SEALED_NOTE, Store};
 use mesh_proto::v1::audit_server::Audit;
 use mesh_proto::v1::peer_request::Body;
 use mesh_proto::v1::peer_response::Result as PeerResult;
 use mesh_proto::v1::{
-    AuditQueryRequest, AuditRecord, AuditWatchRequest, ForwardedAuditRecords, ForwardedCall,
+    AuditCheckpointRequest, AuditCheckpointResponse, AuditQueryRequest, AuditRecord,
+    AuditWatchRequest, ForwardedAuditRecords, ForwardedCall,
 };
 use prost::Message as _;
 use std::pin::Pin;
@@ -26,6 +34,9 @@ use tonic::{Request, Response, Status};
 
 pub const QUERY: &str = "/dsm.v1.Audit/Query";
 pub const WATCH: &str = "/dsm.v1.Audit/Watch";
+pub const CHECKPOINT: &str = "/dsm.v1.Audit/Checkpoint";
+/// How often an open watch re-checks its watcher's certificate.
+pub(crate) const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
 /// Every audit method's path starts with this (the forwarded calls registered with `dispatch`).
 const SERVICE_PREFIX: &str = "/dsm.v1.Audit/";
 pub(crate) const MAX_RESULTS: u32 = 100_000;
@@ -37,6 +48,8 @@ pub(crate) struct AuditService {
     mesh: Arc<Mesh>,
     /// Opens notes sealed under customers' data keys for the auditor.
     store: Arc<Store>,
+    /// The live trust an open watch re-checks its watcher against.
+    trust: Arc<Trust>,
 }
 
 /// A record as an auditor reads it: `line` exactly as stored (for hash checks), `note` opened if
@@ -80,11 +93,17 @@ pub fn matches(q: &AuditQueryRequest, r: &Record) -> bool {
 }
 
 impl AuditService {
-    pub fn new(log: AuditLog, mesh: Arc<Mesh>, store: Arc<Store>) -> AuditService {
+    pub fn new(
+        log: AuditLog,
+        mesh: Arc<Mesh>,
+        store: Arc<Store>,
+        trust: Arc<Trust>,
+    ) -> AuditService {
         AuditService {
             recorder: Recorder::new(log),
             mesh,
             store,
+            trust,
         }
     }
 
@@ -232,6 +251,11 @@ impl Audit for AuditService {
         req: Request<AuditWatchRequest>,
     ) -> Result<Response<RecordStream>, Status> {
         self.admit(&req, WATCH).await?;
+        let chain = req
+            .extensions()
+            .get::<PeerInfo>()
+            .map(|i| i.chain.clone())
+            .unwrap_or_default();
         let w = req.into_inner();
         let q = AuditQueryRequest {
             principal: w.principal,
@@ -241,18 +265,33 @@ impl Audit for AuditService {
             ..Default::default()
         };
         let rx = self.recorder.log().subscribe();
-        let store = self.store.clone();
-        let stream = futures::stream::unfold(rx, move |mut rx| {
-            let q = q.clone();
-            let store = store.clone();
+        let (store, trust) = (self.store.clone(), self.trust.clone());
+        let mut recheck = tokio::time::interval(RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stream = futures::stream::unfold(Some((rx, recheck)), move |state| {
+            let (q, store, trust, chain) = (q.clone(), store.clone(), trust.clone(), chain.clone());
             async move {
+                let (mut rx, mut recheck) = state?;
                 loop {
-                    match rx.recv().await {
+                    let next = tokio::select! {
+                        next = rx.recv() => next,
+                        _ = recheck.tick() => {
+                            if let Err(reason) = trust.admits(&chain) {
+                                let end = Error::Unauthenticated(format!(
+                                    "the client certificate is no longer accepted: {reason}; the watch ends"
+                                ));
+                                return Some((Err(Status::from(end)), None));
+                            }
+                            continue;
+                        }
+                    };
+                    match next {
                         Ok(line) => {
                             if let Ok(r) = serde_json::from_str::<Record>(&line)
                                 && matches(&q, &r)
                             {
-                                return Some((Ok(to_proto(r, line.to_string(), &store)), rx));
+                                let record = to_proto(r, line.to_string(), &store);
+                                return Some((Ok(record), Some((rx, recheck))));
                             }
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -260,7 +299,7 @@ impl Audit for AuditService {
                                 Err(Status::from(Error::DataLoss(format!(
                                     "the watcher fell behind and missed {n} records; query them"
                                 )))),
-                                rx,
+                                Some((rx, recheck)),
                             ));
                         }
                         Err(_) => return None,
@@ -269,5 +308,22 @@ impl Audit for AuditService {
             }
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn checkpoint(
+        &self,
+        req: Request<AuditCheckpointRequest>,
+    ) -> Result<Response<AuditCheckpointResponse>, Status> {
+        // Recorded first, so the checkpoint covers this call's own record too.
+        self.admit(&req, CHECKPOINT).await?;
+        let seq = self.recorder.log().checkpoint().await.map_err(|e| {
+            Status::from(Error::Unavailable(format!(
+                "the audit trail could not sign a checkpoint ({e}); retry"
+            )))
+        })?;
+        Ok(Response::new(AuditCheckpointResponse {
+            node: self.mesh.node_id.clone(),
+            seq,
+        }))
     }
 }

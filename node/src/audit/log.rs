@@ -80,7 +80,7 @@ pub(crate) struct Entry {
 
 enum Cmd {
     Append(Box<Entry>, oneshot::Sender<Result<u64, AuditError>>),
-    Checkpoint(oneshot::Sender<Result<(), AuditError>>),
+    Checkpoint(oneshot::Sender<Result<u64, AuditError>>),
 }
 
 /// Handle to a node's audit log.
@@ -395,9 +395,10 @@ impl Writer {
         Ok(())
     }
 
-    fn checkpoint(&mut self) -> Result<(), AuditError> {
+    /// Signs the head (if anything is new since the last checkpoint); the last seq covered.
+    fn checkpoint(&mut self) -> Result<u64, AuditError> {
         if self.seq == self.checkpointed_seq {
-            return Ok(());
+            return Ok(self.seq);
         }
         self.signer.refresh();
         let ts = now_ms();
@@ -419,7 +420,7 @@ impl Writer {
         f.write_all(&line).map_err(io)?;
         f.sync_data().map_err(io)?;
         self.checkpointed_seq = self.seq;
-        Ok(())
+        Ok(self.seq)
     }
 }
 
@@ -568,8 +569,8 @@ impl AuditLog {
         rx.await.map_err(|_| AuditError::Stopped)?
     }
 
-    /// Writes a signed checkpoint of the current head now.
-    pub async fn checkpoint(&self) -> Result<(), AuditError> {
+    /// Writes a signed checkpoint of the current head now; the last record it covers.
+    pub async fn checkpoint(&self) -> Result<u64, AuditError> {
         let (done, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Checkpoint(done))

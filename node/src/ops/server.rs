@@ -149,7 +149,8 @@ pub async fn start(config: &Config) -> Result<RunningNode, StartError> {
         audit.clone(),
         trust.clone(),
     );
-    let audit_service = AuditService::new(audit.clone(), mesh.clone(), store.clone());
+    let audit_service =
+        AuditService::new(audit.clone(), mesh.clone(), store.clone(), trust.clone());
     // Each component answers its own peer messages (ARCHITECTURE.md, "Layers").
     let dispatch = Arc::new(Dispatch::new());
     rebalance.register(&dispatch);
