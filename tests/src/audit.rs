@@ -5,15 +5,27 @@ use crate::{NodeProcess, Pki};
 use mesh_node::access::policy::Role;
 use mesh_proto::v1::{AuditQueryRequest, AuditRecord};
 
-/// Every audit record matching `q`, read through `node`'s gateway as an auditor.
+/// Every audit record matching `q`, read through `node`'s gateway as an auditor (this node's
+/// own, or with `local_only` false those of `node` and every other member the layout names).
 pub async fn audit_query(node: &NodeProcess, pki: &Pki, q: AuditQueryRequest) -> Vec<AuditRecord> {
+    mesh_query(node, pki, &[node.id.as_str()], q).await
+}
+
+/// [`audit_query`] for a mesh of `members`: the query carries one auditor proof per member, each
+/// naming it, as a mesh-wide query must.
+pub async fn mesh_query(
+    node: &NodeProcess,
+    pki: &Pki,
+    members: &[&str],
+    q: AuditQueryRequest,
+) -> Vec<AuditRecord> {
     let auditor = pki.client(Role::Auditor);
     let signer = auditor.signer();
     let mut client = mesh_proto::v1::audit_client::AuditClient::new(
         node.channel(&auditor).await.expect("connect"),
     );
     let mut stream = client
-        .query(signer.signed(mesh_node::api::audit::QUERY, q))
+        .query(signer.signed_for_members(mesh_node::api::audit::QUERY, q, members))
         .await
         .expect("query")
         .into_inner();

@@ -36,7 +36,7 @@ mod scenario;
 mod up;
 mod wait;
 
-pub use audit::{audit_query, local_trail, local_trail_where};
+pub use audit::{audit_query, local_trail, local_trail_where, mesh_query};
 pub use bins::{bin_dir, mesh_ctl, mesh_ctl_bin, mesh_node_bin, workspace_root};
 pub use fixtures::{
     contact_handle, contains, create_ok, get_order_request, keyed_order, read_tree, sample_order,

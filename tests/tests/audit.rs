@@ -416,9 +416,10 @@ async fn a_query_through_any_gateway_merges_every_nodes_trail() {
                 .await
                 .expect("create on owner");
         }
-        let records = query(
+        let records = mesh_tests::mesh_query(
             &mesh.nodes[0],
             &mesh.pki,
+            &["n1", "n2", "n3"],
             AuditQueryRequest {
                 action: CREATE_ORDER.into(),
                 ..Default::default()
@@ -433,6 +434,78 @@ async fn a_query_through_any_gateway_merges_every_nodes_trail() {
                 .windows(2)
                 .all(|w| w[0].ts_unix_ms <= w[1].ts_unix_ms),
             "merged in time order"
+        );
+
+        // A proof for any node does not go mesh-wide: each member needs one naming it.
+        let auditor = mesh.pki.client(Role::Auditor);
+        let signer = auditor.signer();
+        let q = AuditQueryRequest::default();
+        let refused = AuditClient::new(mesh.nodes[0].channel(&auditor).await.expect("connect"))
+            .query(signer.signed(mesh_node::api::audit::QUERY, q.clone()))
+            .await
+            .expect_err("a query without member proofs");
+        assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+        assert!(refused.message().contains("per member"), "{refused:?}");
+
+        // A breached n2 passes the auditor's call on to n3 before answering it: with the proof it
+        // received (for n2), or with one for any node, n3 answers nothing. Before, each proof
+        // covered only method and body, and every member returned its trail to n2.
+        let breached = mesh_tests::stolen_transport(&mesh.pki.node("n2"));
+        let to_n3 = mesh.layout.member("n3").expect("n3").clone();
+        let chain: Vec<Vec<u8>> =
+            mesh_node::security::tls::TlsMaterial::load(&auditor.ca, &auditor.cert, &auditor.key)
+                .expect("material")
+                .chain
+                .iter()
+                .map(|d| d.to_vec())
+                .collect();
+        let body = prost::Message::encode_to_vec(&q);
+        let ask = |audience: &str| {
+            let header = signer.proof_header_for(audience, mesh_node::api::audit::QUERY, &body);
+            let proof = mesh_proto::v1::ClientProof {
+                chain: chain.clone(),
+                ..mesh_node::security::proof::parse_header(&header).expect("header")
+            };
+            let req = mesh_proto::v1::PeerRequest {
+                deadline_unix_ms: 0,
+                body: Some(mesh_proto::v1::peer_request::Body::Call(
+                    mesh_proto::v1::ForwardedCall {
+                        method: mesh_node::api::audit::QUERY.into(),
+                        request: body.clone(),
+                        proof: Some(proof),
+                    },
+                )),
+            };
+            let (breached, to_n3) = (&breached, &to_n3);
+            async move {
+                breached
+                    .call(
+                        to_n3,
+                        req,
+                        std::time::Instant::now() + std::time::Duration::from_secs(10),
+                    )
+                    .await
+                    .expect("n3 answers")
+                    .result
+            }
+        };
+        use mesh_proto::v1::peer_response::Result as PeerResult;
+        for audience in ["n2", ""] {
+            match ask(audience).await {
+                Some(PeerResult::Status(s)) => {
+                    assert_eq!(s.code, Code::Unauthenticated as i32, "{}", s.message);
+                }
+                Some(PeerResult::Response(_)) => {
+                    panic!("n3 sent its trail for a proof for `{audience}` passed on by n2")
+                }
+                other => panic!("n3 answered a proof for `{audience}` with {other:?}"),
+            }
+        }
+        // The auditor's proof for n3 is what n3 answers (so the refusals above are about the
+        // audience, not the shape of the call).
+        assert!(
+            matches!(ask("n3").await, Some(PeerResult::Response(_))),
+            "n3 refused its own proof"
         );
     })
     .await;

@@ -40,13 +40,10 @@ fn chain_of(c: &Credentials) -> Vec<Vec<u8>> {
 
 /// A proof for `request` to `method`, signed by `signer`, claiming `chain`.
 fn proof_for(signer: &Signer, chain: &[Vec<u8>], method: &str, request: &[u8]) -> ClientProof {
-    let (timestamp_unix_ms, nonce, signature) =
-        parse_header(&signer.proof_header(method, request)).expect("header");
+    let parsed = parse_header(&signer.proof_header(method, request)).expect("header");
     ClientProof {
         chain: chain.to_vec(),
-        timestamp_unix_ms,
-        nonce,
-        signature,
+        ..parsed
     }
 }
 
@@ -874,6 +871,117 @@ async fn a_reveal_charge_from_a_peer_must_name_a_client_of_this_mesh() {
                 other => panic!("a charge for `{:.40}` was not refused: {other:?}", bad),
             }
         }
+    })
+    .await;
+}
+
+/// Sends `proof` for a GetOrder of `order` to node `to` as node `via` would forward it.
+async fn forward_get(
+    via: &PeerTransport,
+    to: &mesh_node::cluster::layout::Member,
+    order: &str,
+    proof: ClientProof,
+) -> Result<(), (i32, String)> {
+    let req = PeerRequest {
+        deadline_unix_ms: 0,
+        body: Some(Body::Call(ForwardedCall {
+            method: GET_ORDER.into(),
+            request: get_order_request(order).encode_to_vec(),
+            proof: Some(proof),
+        })),
+    };
+    match via
+        .call(to, req, Instant::now() + Duration::from_secs(10))
+        .await
+    {
+        Ok(r) => match r.result {
+            Some(PeerResult::Response(_)) => Ok(()),
+            Some(PeerResult::Status(s)) => Err((s.code, s.message)),
+            other => Err((-1, format!("{other:?}"))),
+        },
+        Err(e) => Err((-2, e.to_string())),
+    }
+}
+
+/// A proof is spent once per mesh: a breached node that forwarded a client's GetOrder replays its
+/// proof to the owner after the owner restarted (its replay cache was in memory) and to the
+/// partition's next owner after a move. Both answered the order before; both refuse now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_proof_is_refused_after_the_owner_restarts_and_after_its_partition_moves() {
+    within(240, async {
+        let mut mesh = TestMesh::start(2);
+        let v1 = mesh.layout_now();
+        // v2 adds n3; the customer's partition is n2's in v1 and n3's in v2.
+        let mut members = v1.members.clone();
+        members.push(mesh_node::cluster::layout::Member {
+            node_id: "n3".into(),
+            peer_addr: "127.0.0.1:9".into(),
+            gateway_addr: "127.0.0.1:9".into(),
+        });
+        let v2 = v1.next(members).expect("v2");
+        let customer = (0..)
+            .map(|i| format!("spent-{i}"))
+            .find(|c| {
+                let p = mesh_node::domain::ids::partition_of(c);
+                v1.owner_of(p).node_id == "n2" && v2.owner_of(p).node_id == "n3"
+            })
+            .expect("a partition that moves n2 -> n3");
+        let sf = mesh.pki.client(Role::Storefront);
+        let order = create_ok(
+            &mut mesh.nodes[1].client(&sf).await,
+            sample_order(&customer, 1),
+        )
+        .await;
+        let oms = mesh.pki.client(Role::Oms);
+        let (signer, chain) = (oms.signer(), chain_of(&oms));
+        let get = get_order_request(&order.order_id).encode_to_vec();
+        let breached = stolen_transport(&mesh.pki.node("n1"));
+        let n2 = v1.member("n2").expect("n2").clone();
+
+        // Restart: spent, then the owner restarts, then replayed.
+        let proof = proof_for(&signer, &chain, GET_ORDER, &get);
+        forward_get(&breached, &n2, &order.order_id, proof.clone())
+            .await
+            .expect("the genuine request is served");
+        let err = forward_get(&breached, &n2, &order.order_id, proof.clone())
+            .await
+            .expect_err("a replay");
+        assert!(err.1.contains("replay"), "{err:?}");
+        mesh.kill(1).await.expect("kill");
+        mesh.restart(1).await.expect("restart");
+        // The breached node's connection to n2 died with it: a new one.
+        let breached = stolen_transport(&mesh.pki.node("n1"));
+        let err = forward_get(&breached, &n2, &order.order_id, proof)
+            .await
+            .expect_err("replayed to the restarted owner");
+        assert_eq!(err.0, Code::Unauthenticated as i32, "{err:?}");
+        assert!(err.1.contains("before this node started"), "{err:?}");
+
+        // Move: n3 is up, the proof is spent on n2, the partition moves to n3, then the proof is
+        // replayed to n3 (which started before it was signed: its spent nonce refuses it).
+        mesh.start_node("n3", &[]);
+        let proof = proof_for(&signer, &chain, GET_ORDER, &get);
+        forward_get(&breached, &n2, &order.order_id, proof.clone())
+            .await
+            .expect("the genuine request is served");
+        let now = mesh.change_members(&["n1", "n2", "n3"]).await;
+        let p = mesh_node::domain::ids::partition_of(&customer);
+        assert_eq!(now.owner_of(p).node_id, "n3");
+        let n3 = now.member("n3").expect("n3").clone();
+        let err = forward_get(&breached, &n3, &order.order_id, proof)
+            .await
+            .expect_err("replayed to the new owner");
+        assert_eq!(err.0, Code::Unauthenticated as i32, "{err:?}");
+        assert!(err.1.contains("replay"), "{err:?}");
+        // A fresh proof is served by the new owner.
+        forward_get(
+            &breached,
+            &n3,
+            &order.order_id,
+            proof_for(&signer, &chain, GET_ORDER, &get),
+        )
+        .await
+        .expect("a fresh proof at the new owner");
     })
     .await;
 }

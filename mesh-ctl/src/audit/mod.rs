@@ -245,8 +245,10 @@ async fn query(
         limit,
         ..Default::default()
     };
+    // One proof per member, each naming it: the gateway forwards each member only its own.
+    let members: Vec<&str> = mesh.nodes.iter().map(|n| n.id.as_str()).collect();
     let mut stream = AuditClient::new(channel)
-        .query(signer.signed(mesh_node::api::audit::QUERY, q))
+        .query(signer.signed_for_members(mesh_node::api::audit::QUERY, q, &members))
         .await?
         .into_inner();
     if output == Output::Table {

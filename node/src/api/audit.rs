@@ -17,7 +17,7 @@ use crate::audit::recorder::{Access, Recorder};
 use crate::cluster::dispatch::{Dispatch, Kind, PeerService};
 use crate::cluster::routing::Mesh;
 use crate::error::Error;
-use crate::security::proof::PROOF_HEADER;
+use crate::security::proof::MEMBER_PROOF_HEADER;
 use crate::security::trust::Trust;
 use crate::storage::{SEALED_NOTE, Store};
 use mesh_proto::v1::audit_server::Audit;
@@ -147,7 +147,20 @@ impl AuditService {
                     call.method
                 )));
             }
-            let identity = authz::proof_identity(&self.mesh, from, &call, &mut access)?;
+            // Bound to this node: a member passing the call on gets nothing from the others.
+            let audience = call.proof.as_ref().map(|p| p.audience.as_str());
+            if audience.is_some_and(|a| a != self.mesh.node_id) {
+                return Err(Error::Unauthenticated(format!(
+                    "a forwarded audit query needs the auditor's proof for this node ({}); this one \
+                     is for {}",
+                    self.mesh.node_id,
+                    match audience {
+                        Some("") | None => "any node".to_owned(),
+                        Some(a) => format!("node {}", a.chars().take(128).collect::<String>()),
+                    }
+                )));
+            }
+            let identity = authz::proof_identity(&self.mesh, from, &call, None, &mut access)?;
             authz::authorize(&self.mesh.trust_domain, identity, Action::ReadAudit)?;
             let q = AuditQueryRequest::decode(call.request.as_slice())
                 .map_err(|_| Error::InvalidArgument("query does not decode".into()))?;
@@ -165,7 +178,8 @@ impl AuditService {
         self.recorder.record(action, access, result).await
     }
 
-    /// Every member's records matching `q` but this node's, asked with the auditor's proof.
+    /// Every member's records matching `q` but this node's, each asked with the auditor's proof
+    /// for that member (a proof one member received is refused by every other).
     async fn members(
         &self,
         req: &Request<AuditQueryRequest>,
@@ -180,9 +194,11 @@ impl AuditService {
             .iter()
             .filter(|m| m.node_id != self.mesh.node_id)
         {
-            let mut call = authz::forwarded_call(req, QUERY, || {
+            let mut call = authz::forwarded_call(req, QUERY, Some(&m.node_id), || {
                 Error::Unauthenticated(format!(
-                    "a mesh-wide query must carry the auditor's client proof ({PROOF_HEADER}); or set local_only"
+                    "a mesh-wide query must carry one client proof of the auditor per member, \
+                     each naming it ({MEMBER_PROOF_HEADER}); none names node {}; or set local_only",
+                    m.node_id
                 ))
             })?;
             call.request = q.encode_to_vec();

@@ -56,11 +56,13 @@ pub(crate) fn tls_identity<T>(
 }
 
 /// The client behind a request forwarded by node `from`, from its end-to-end proof (which spends
-/// its nonce), noted in the request's audit record.
+/// its nonce, remembered with `partition` if the request is for one), noted in the request's
+/// audit record.
 pub(crate) fn proof_identity(
     mesh: &Mesh,
     from: &str,
     call: &ForwardedCall,
+    partition: Option<crate::domain::ids::Partition>,
     access: &mut Access,
 ) -> Result<Arc<Identity>, Error> {
     let proof = call.proof.as_ref().ok_or_else(|| {
@@ -68,7 +70,7 @@ pub(crate) fn proof_identity(
     })?;
     let identity = Arc::new(
         mesh.proofs
-            .verify(&call.method, &call.request, proof)
+            .verify(&call.method, &call.request, proof, partition)
             .map_err(|e| Error::Unauthenticated(format!("client proof refused: {e}")))?,
     );
     access.caller(&identity);
@@ -147,18 +149,32 @@ pub(crate) fn admit<T>(
 /// A request of this node's client, made ready to be served by another node: its method, its
 /// encoded body, and the client's end-to-end proof (header `x-dsm-proof`) with the certificate
 /// chain the client presented here. `missing` says why a request without a proof cannot go.
+///
+/// With `member`, the proof is the one of the request's member proofs (`x-dsm-member-proof`) that
+/// names that node: a call fanned out to every member carries one for each.
 pub(crate) fn forwarded_call<T: prost::Message>(
     req: &Request<T>,
     method: &str,
+    member: Option<&str>,
     missing: impl FnOnce() -> Error,
 ) -> Result<ForwardedCall, Error> {
-    let header = req
-        .metadata()
-        .get(PROOF_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(missing)?;
-    let (timestamp_unix_ms, nonce, signature) =
-        proof::parse_header(header).map_err(|e| Error::Unauthenticated(e.to_string()))?;
+    let proof = match member {
+        None => {
+            let header = req
+                .metadata()
+                .get(PROOF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(missing)?;
+            proof::parse_header(header).map_err(|e| Error::Unauthenticated(e.to_string()))?
+        }
+        Some(node) => req
+            .metadata()
+            .get_all(proof::MEMBER_PROOF_HEADER)
+            .iter()
+            .filter_map(|v| proof::parse_header(v.to_str().ok()?).ok())
+            .find(|p| p.audience == node)
+            .ok_or_else(missing)?,
+    };
     let chain = req
         .extensions()
         .get::<PeerInfo>()
@@ -167,11 +183,6 @@ pub(crate) fn forwarded_call<T: prost::Message>(
     Ok(ForwardedCall {
         method: method.to_owned(),
         request: req.get_ref().encode_to_vec(),
-        proof: Some(ClientProof {
-            chain,
-            timestamp_unix_ms,
-            nonce,
-            signature,
-        }),
+        proof: Some(ClientProof { chain, ..proof }),
     })
 }

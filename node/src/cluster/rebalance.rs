@@ -328,7 +328,7 @@ impl Rebalance {
                 ))
             })?;
         let bytes = data.encoded_len();
-        let export = from_wire(p, data)?;
+        let (export, spent) = from_wire(p, data)?;
         let stats = self.store.import_partition(&export, true).await?;
         drop(export);
         // Not served before it is on the record; an import is a replace, so a retry is harmless.
@@ -342,6 +342,8 @@ impl Rebalance {
                 refused: None,
             })
             .await?;
+        // Before it is served here: the proofs spent on it there are spent here too.
+        self.mesh.proofs.import_spent(p, spent);
         crate::fault::point("handoff-received");
         self.moving().pending.remove(&p);
         self.publish();
@@ -434,7 +436,7 @@ impl Rebalance {
             .await?;
         self.moving().holding.remove(&p);
         crate::fault::point("handoff-exported");
-        let data = to_wire(&export);
+        let data = to_wire(&export, self.mesh.proofs.export_spent(p));
         self.metrics.sent_bytes.inc_by(data.encoded_len() as u64);
         tracing::info!(
             partition = p.get(),

@@ -273,7 +273,7 @@ async fn join_mesh(
         config.control_public_key.clone(),
         layouts,
         PeerClient::new(transport.clone()),
-        ProofVerifier::new(trust.clone()),
+        ProofVerifier::new(trust.clone(), &config.node_id),
     ));
     // The audit trail, in the data directory, checkpoints signed with this node's key.
     let checkpoint_signer = CheckpointSigner::live(trust.clone()).map_err(StartError::Audit)?;

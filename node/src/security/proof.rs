@@ -14,8 +14,20 @@
 //! window, and the nonce against a replay cache, and only then takes the role from the leaf's
 //! identity. A forwarding node therefore cannot invent a request, change one, or change its role;
 //! holding only its own node key it cannot sign as any client.
+//!
+//! A proof may name the one node it is for (its *audience*): then the header has a fourth part,
+//! `.<node id>`, and the signed text starts `"dsm-req-v2" \n <node id> \n` before the method.
+//! Any other node refuses it. A mesh-wide audit query needs one such proof per member (see
+//! `api::audit`); a gateway call may name no node, since only its partition's owner serves it.
+//!
+//! A proof is spent once per mesh, not only once per node (ARCHITECTURE.md, "Request life"):
+//! - the replay cache is in memory, so a node refuses proofs signed before it started;
+//! - a proof spent on a request for partition `p` is remembered with `p`, and the nonces still
+//!   fresh travel with the partition when it moves ([`ProofVerifier::export_spent`],
+//!   [`ProofVerifier::import_spent`]), together with the exporter's own floor.
 
 use crate::domain::clock::now_ms;
+use crate::domain::ids::Partition;
 use crate::security::identity::{Identity, IdentityError};
 use aws_lc_rs::{digest, rand, signature};
 use base64::Engine as _;
@@ -29,6 +41,9 @@ use std::time::Duration;
 
 /// gRPC metadata key carrying the proof.
 pub(crate) const PROOF_HEADER: &str = "x-dsm-proof";
+/// gRPC metadata key, repeated, carrying one proof per member for a mesh-wide call (each naming
+/// its member as audience).
+pub const MEMBER_PROOF_HEADER: &str = "x-dsm-member-proof";
 /// How far a proof's timestamp may be from the owner's clock.
 pub(crate) const FRESHNESS: Duration = Duration::from_secs(60);
 const NONCE_LEN: usize = 16;
@@ -51,23 +66,39 @@ pub enum ProofError {
     Signature,
     #[error("proof was already used (replay)")]
     Replay,
+    #[error("proof is for node {0}, not this one")]
+    OtherNode(String),
+    #[error(
+        "proof was signed before this node started serving the request's data (it restarted, or \
+         the partition moved here, since); sign the request again"
+    )]
+    BeforeServing,
 }
 
-/// The bytes a client signs.
+/// The bytes a client signs, for `audience` (a node id) or for any node (empty).
 pub(crate) fn signing_payload(
+    audience: &str,
     method: &str,
     timestamp_ms: i64,
     nonce: &[u8],
     request: &[u8],
 ) -> Vec<u8> {
     let digest = digest::digest(&digest::SHA256, request);
+    let version = if audience.is_empty() {
+        "dsm-req-v1".to_owned()
+    } else {
+        format!("dsm-req-v2\n{audience}")
+    };
     format!(
-        "dsm-req-v1\n{method}\n{timestamp_ms}\n{}\n{}",
+        "{version}\n{method}\n{timestamp_ms}\n{}\n{}",
         hex::encode(nonce),
         hex::encode(digest.as_ref())
     )
     .into_bytes()
 }
+
+/// Longest audience (a node id) a proof may name.
+const MAX_AUDIENCE: usize = 128;
 
 /// A client's signing key (the private key of its mesh certificate).
 pub struct Signer {
@@ -108,8 +139,14 @@ impl Signer {
             .to_vec()
     }
 
-    /// The `x-dsm-proof` header value for `request` (its prost encoding) sent to `method`.
+    /// The `x-dsm-proof` header value for `request` (its prost encoding) sent to `method`, for
+    /// any node.
     pub fn proof_header(&self, method: &str, request: &[u8]) -> String {
+        self.proof_header_for("", method, request)
+    }
+
+    /// The same for the one node `audience` (any node when empty).
+    pub fn proof_header_for(&self, audience: &str, method: &str, request: &[u8]) -> String {
         let mut nonce = [0u8; NONCE_LEN];
         rand::fill(&mut nonce).expect("system CSPRNG is available");
         let ts = now_ms();
@@ -117,10 +154,33 @@ impl Signer {
             .key
             .sign(
                 &rand::SystemRandom::new(),
-                &signing_payload(method, ts, &nonce, request),
+                &signing_payload(audience, method, ts, &nonce, request),
             )
             .expect("ECDSA signing of an in-memory message cannot fail");
-        format!("{ts}.{}.{}", hex::encode(nonce), B64.encode(sig.as_ref()))
+        let header = format!("{ts}.{}.{}", hex::encode(nonce), B64.encode(sig.as_ref()));
+        if audience.is_empty() {
+            header
+        } else {
+            format!("{header}.{audience}")
+        }
+    }
+
+    /// `msg` as a tonic request carrying one proof for each of `members` (each naming it), for a
+    /// call the receiving node fans out to every member (`Audit/Query`), and a proof for any node.
+    pub fn signed_for_members<T: prost::Message>(
+        &self,
+        method: &str,
+        msg: T,
+        members: &[&str],
+    ) -> tonic::Request<T> {
+        let bytes = msg.encode_to_vec();
+        let mut req = self.signed(method, msg);
+        for m in members {
+            if let Ok(v) = self.proof_header_for(m, method, &bytes).parse() {
+                req.metadata_mut().append(MEMBER_PROOF_HEADER, v);
+            }
+        }
+        req
     }
 
     /// `msg` as a tonic request carrying its proof.
@@ -134,29 +194,72 @@ impl Signer {
     }
 }
 
-/// Parses an `x-dsm-proof` header into (timestamp, nonce, signature).
-pub fn parse_header(value: &str) -> Result<(i64, Vec<u8>, Vec<u8>), ProofError> {
-    let mut parts = value.split('.');
-    let (Some(ts), Some(nonce), Some(sig), None) =
+/// Parses an `x-dsm-proof` header into its proof (without the certificate chain, which comes
+/// from the TLS handshake).
+pub fn parse_header(value: &str) -> Result<ClientProof, ProofError> {
+    // The audience is last and may itself hold dots (node ids may).
+    let mut parts = value.splitn(4, '.');
+    let (Some(ts), Some(nonce), Some(sig), audience) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(ProofError::Malformed);
     };
+    let audience = audience.unwrap_or_default();
+    if audience.len() > MAX_AUDIENCE || (value.ends_with('.') && audience.is_empty()) {
+        return Err(ProofError::Malformed);
+    }
     let ts = ts.parse().map_err(|_| ProofError::Malformed)?;
     let nonce = hex::decode(nonce)
         .ok()
         .filter(|n| n.len() == NONCE_LEN)
         .ok_or(ProofError::Malformed)?;
-    let sig = B64.decode(sig).map_err(|_| ProofError::Malformed)?;
-    Ok((ts, nonce, sig))
+    let signature = B64.decode(sig).map_err(|_| ProofError::Malformed)?;
+    Ok(ClientProof {
+        chain: Vec::new(),
+        timestamp_unix_ms: ts,
+        nonce,
+        signature,
+        audience: audience.to_owned(),
+    })
 }
 
 /// Verifies forwarded proofs on the owner node.
 pub struct ProofVerifier {
     chain_verifier: Arc<dyn ClientCertVerifier>,
-    /// Nonces of the fresh proofs seen, by the time slot of their timestamp.
-    seen: Mutex<ReplayCache>,
+    /// This node: a proof naming another node is refused.
+    node_id: String,
+    /// When this node started (unix ms): its replay cache knows nothing older.
+    started_ms: i64,
+    spent: Mutex<Spent>,
 }
+
+/// What the verifier remembers of the proofs it accepted.
+#[derive(Debug, Default)]
+struct Spent {
+    /// Nonces of the fresh proofs seen, by the time slot of their timestamp.
+    seen: ReplayCache,
+    /// Per partition served here: the proofs spent on it (timestamp, nonce; oldest first) and
+    /// the oldest timestamp accepted for it (the floor of the node it came from).
+    partitions: std::collections::HashMap<Partition, PartitionProofs>,
+}
+
+#[derive(Debug, Default)]
+struct PartitionProofs {
+    spent: std::collections::VecDeque<(i64, Vec<u8>)>,
+    not_before: i64,
+}
+
+/// The proofs spent on one partition that are still fresh, and the oldest timestamp its next
+/// owner may accept: what travels with the partition.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SpentProofs {
+    pub nonces: Vec<(i64, Vec<u8>)>,
+    pub not_before_ms: i64,
+}
+
+/// The most spent proofs one partition's handoff may carry (a peer bound, far above what a
+/// partition sees in a freshness window).
+pub const MAX_SPENT_PER_PARTITION: usize = 1 << 20;
 
 /// Width of one time slot of the replay cache.
 const SLOT_MS: i64 = 5_000;
@@ -210,20 +313,36 @@ impl std::fmt::Debug for ProofVerifier {
 }
 
 impl ProofVerifier {
-    pub fn new(chain_verifier: Arc<dyn ClientCertVerifier>) -> ProofVerifier {
+    /// The verifier of node `node_id`, starting now.
+    pub fn new(chain_verifier: Arc<dyn ClientCertVerifier>, node_id: &str) -> ProofVerifier {
         ProofVerifier {
             chain_verifier,
-            seen: Mutex::new(ReplayCache::default()),
+            node_id: node_id.to_owned(),
+            started_ms: now_ms(),
+            spent: Mutex::new(Spent::default()),
         }
     }
 
-    /// The identity that provably sent `request` to `method`.
+    fn spent(&self) -> std::sync::MutexGuard<'_, Spent> {
+        self.spent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The identity that provably sent `request` to `method`, spending the proof. `partition` is
+    /// the partition the request is for (its owner is this node, and it is admitted there), if any.
     pub fn verify(
         &self,
         method: &str,
         request: &[u8],
         proof: &ClientProof,
+        partition: Option<Partition>,
     ) -> Result<Identity, ProofError> {
+        if !proof.audience.is_empty() && proof.audience != self.node_id {
+            return Err(ProofError::OtherNode(
+                proof.audience.chars().take(MAX_AUDIENCE).collect(),
+            ));
+        }
         let (leaf, intermediates) = proof.chain.split_first().ok_or(ProofError::Missing)?;
         let leaf = CertificateDer::from(leaf.as_slice());
         let intermediates: Vec<CertificateDer<'_>> = intermediates
@@ -239,6 +358,13 @@ impl ProofVerifier {
         if (now - proof.timestamp_unix_ms).unsigned_abs() > FRESHNESS.as_millis() as u64 {
             return Err(ProofError::Stale);
         }
+        let not_before = partition
+            .and_then(|p| self.spent().partitions.get(&p).map(|pp| pp.not_before))
+            .unwrap_or(0)
+            .max(self.started_ms);
+        if proof.timestamp_unix_ms < not_before {
+            return Err(ProofError::BeforeServing);
+        }
         let spki = {
             use x509_parser::prelude::*;
             let (_, cert) = X509Certificate::from_der(&leaf)
@@ -247,20 +373,69 @@ impl ProofVerifier {
         };
         signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_ASN1, spki)
             .verify(
-                &signing_payload(method, proof.timestamp_unix_ms, &proof.nonce, request),
+                &signing_payload(
+                    &proof.audience,
+                    method,
+                    proof.timestamp_unix_ms,
+                    &proof.nonce,
+                    request,
+                ),
                 &proof.signature,
             )
             .map_err(|_| ProofError::Signature)?;
 
         // Only a valid proof may occupy the replay cache.
-        let mut seen = self
+        let mut spent = self.spent();
+        if !spent
             .seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !seen.insert(&proof.nonce, proof.timestamp_unix_ms, now) {
+            .insert(&proof.nonce, proof.timestamp_unix_ms, now)
+        {
             return Err(ProofError::Replay);
         }
+        if let Some(p) = partition {
+            let pp = spent.partitions.entry(p).or_default();
+            let stale = now - FRESHNESS.as_millis() as i64;
+            while pp.spent.front().is_some_and(|(ts, _)| *ts < stale) {
+                pp.spent.pop_front();
+            }
+            pp.spent
+                .push_back((proof.timestamp_unix_ms, proof.nonce.clone()));
+        }
         Ok(identity)
+    }
+
+    /// What partition `p`'s next owner must know to refuse the proofs already spent on it here:
+    /// the fresh ones, and this node's floor for it. The partition is forgotten here.
+    pub fn export_spent(&self, p: Partition) -> SpentProofs {
+        let stale = now_ms() - FRESHNESS.as_millis() as i64;
+        let pp = self.spent().partitions.remove(&p).unwrap_or_default();
+        SpentProofs {
+            not_before_ms: pp.not_before.max(self.started_ms),
+            nonces: pp
+                .spent
+                .into_iter()
+                .filter(|(ts, _)| *ts >= stale)
+                .collect(),
+        }
+    }
+
+    /// Takes over what the previous owner of partition `p` spent (see [`Self::export_spent`]).
+    pub fn import_spent(&self, p: Partition, proofs: SpentProofs) {
+        let now = now_ms();
+        let stale = now - FRESHNESS.as_millis() as i64;
+        let fresh: Vec<(i64, Vec<u8>)> = proofs
+            .nonces
+            .into_iter()
+            .filter(|(ts, nonce)| *ts >= stale && nonce.len() == NONCE_LEN)
+            .collect();
+        let mut spent = self.spent();
+        for (ts, nonce) in &fresh {
+            spent.seen.insert(nonce, *ts, now);
+        }
+        let pp = spent.partitions.entry(p).or_default();
+        pp.not_before = pp.not_before.max(proofs.not_before_ms);
+        // Passed on again if the partition moves on within the window.
+        pp.spent.extend(fresh);
     }
 }
 
@@ -288,7 +463,7 @@ mod tests {
             .unwrap();
         let verifier = crate::security::tls::client_verifier(&m.roots).unwrap();
         (
-            ProofVerifier::new(verifier),
+            ProofVerifier::new(verifier, "n1"),
             Signer::from_pem_file(&key).unwrap(),
             m.chain[0].to_vec(),
             dir,
@@ -296,12 +471,9 @@ mod tests {
     }
 
     fn proof(signer: &Signer, chain: &[u8], method: &str, request: &[u8]) -> ClientProof {
-        let (ts, nonce, sig) = parse_header(&signer.proof_header(method, request)).unwrap();
         ClientProof {
             chain: vec![chain.to_vec()],
-            timestamp_unix_ms: ts,
-            nonce,
-            signature: sig,
+            ..parse_header(&signer.proof_header(method, request)).unwrap()
         }
     }
 
@@ -337,33 +509,94 @@ mod tests {
         let (v, s, chain, _d) = setup();
         let p = proof(&s, &chain, "/m", b"req");
         assert!(matches!(
-            v.verify("/m", b"req", &p),
+            v.verify("/m", b"req", &p, None),
             Ok(Identity::Client {
                 role: Role::Oms,
                 ..
             })
         ));
-        assert_eq!(v.verify("/m", b"req", &p), Err(ProofError::Replay));
+        assert_eq!(v.verify("/m", b"req", &p, None), Err(ProofError::Replay));
+    }
+
+    #[test]
+    fn a_proof_for_one_node_is_refused_by_every_other() {
+        let (v, s, chain, _d) = setup();
+        let for_n2 = |s: &Signer| ClientProof {
+            chain: vec![chain.clone()],
+            ..parse_header(&s.proof_header_for("n2", "/m", b"req")).unwrap()
+        };
+        assert_eq!(
+            v.verify("/m", b"req", &for_n2(&s), None),
+            Err(ProofError::OtherNode("n2".into()))
+        );
+        // Re-addressed to this node: the signature covers the audience.
+        let readdressed = ClientProof {
+            audience: "n1".into(),
+            ..for_n2(&s)
+        };
+        assert_eq!(
+            v.verify("/m", b"req", &readdressed, None),
+            Err(ProofError::Signature)
+        );
+        let n2 = ProofVerifier::new(v.chain_verifier.clone(), "n2");
+        assert!(n2.verify("/m", b"req", &for_n2(&s), None).is_ok());
+        // Node ids may hold dots: the audience is the rest of the header.
+        let dotted = parse_header(&s.proof_header_for("n2.dc-1", "/m", b"req")).unwrap();
+        assert_eq!(dotted.audience, "n2.dc-1");
+    }
+
+    #[test]
+    fn a_spent_proof_travels_with_its_partition() {
+        let (old, s, chain, _d) = setup();
+        let p = Partition::new(7).unwrap();
+        let spent = proof(&s, &chain, "/m", b"req");
+        let other = proof(&s, &chain, "/m", b"other");
+        old.verify("/m", b"req", &spent, Some(p)).unwrap();
+        old.verify("/m", b"other", &other, Some(Partition::new(8).unwrap()))
+            .unwrap();
+        let new = ProofVerifier::new(old.chain_verifier.clone(), "n2");
+        let moved = old.export_spent(p);
+        assert_eq!(moved.nonces.len(), 1, "only partition 7's proof travels");
+        assert_eq!(moved.not_before_ms, old.started_ms);
+        new.import_spent(p, moved);
+        assert_eq!(
+            new.verify("/m", b"req", &spent, Some(p)),
+            Err(ProofError::Replay)
+        );
+        // The floor travels too: a proof older than the old owner's start is refused for p.
+        let mut older = proof(&s, &chain, "/m", b"req");
+        older.timestamp_unix_ms = old.started_ms - 1;
+        new.import_spent(
+            p,
+            SpentProofs {
+                nonces: Vec::new(),
+                not_before_ms: old.started_ms,
+            },
+        );
+        assert_eq!(
+            new.verify("/m", b"req", &older, Some(p)),
+            Err(ProofError::BeforeServing)
+        );
     }
 
     #[test]
     fn altered_requests_methods_and_times_are_refused() {
         let (v, s, chain, _d) = setup();
         assert_eq!(
-            v.verify("/m", b"other", &proof(&s, &chain, "/m", b"req")),
+            v.verify("/m", b"other", &proof(&s, &chain, "/m", b"req"), None),
             Err(ProofError::Signature)
         );
         assert_eq!(
-            v.verify("/other", b"req", &proof(&s, &chain, "/m", b"req")),
+            v.verify("/other", b"req", &proof(&s, &chain, "/m", b"req"), None),
             Err(ProofError::Signature)
         );
         let mut old = proof(&s, &chain, "/m", b"req");
         old.timestamp_unix_ms -= 10 * 60 * 1000;
-        assert_eq!(v.verify("/m", b"req", &old), Err(ProofError::Stale));
+        assert_eq!(v.verify("/m", b"req", &old, None), Err(ProofError::Stale));
         let mut garbage = proof(&s, &chain, "/m", b"req");
         garbage.chain = vec![b"not a certificate".to_vec()];
         assert!(matches!(
-            v.verify("/m", b"req", &garbage),
+            v.verify("/m", b"req", &garbage, None),
             Err(ProofError::Chain(_))
         ));
     }

@@ -48,6 +48,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::OwnedRwLockReadGuard;
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
@@ -224,7 +225,7 @@ impl Gateway {
         to: &Member,
         p: Partition,
     ) -> Result<Resp, Error> {
-        let call = authz::forwarded_call(req, path, || {
+        let call = authz::forwarded_call(req, path, None, || {
             Error::Unauthenticated(format!(
                 "partition {p} is served by node {} ({}); a request another node forwards must carry a client proof \
                  ({PROOF_HEADER}, see SECURITY.md) - sign it, or send it to that node's gateway",
@@ -291,14 +292,14 @@ impl Gateway {
                         // here now, serve it. (Any other failure may have been applied there, so
                         // it is not run again here.)
                         Err(Error::Moved(_)) if self.mesh.route(p, false) == Route::Serve => {
-                            self.owned::<C>(&caller, req.get_ref().clone(), access)
+                            self.owned::<C>(&caller, req.get_ref().clone(), access, None)
                                 .await
                         }
                         answer => answer,
                     }
                 }
                 Some((_, Route::Serve)) | None => {
-                    self.owned::<C>(&caller, req.get_ref().clone(), access)
+                    self.owned::<C>(&caller, req.get_ref().clone(), access, None)
                         .await
                 }
             };
@@ -326,12 +327,14 @@ impl Gateway {
         caller: &Caller,
         req: C::Req,
         access: &mut Access,
+        admitted: Option<OwnedRwLockReadGuard<()>>,
     ) -> Result<C::Resp, Error> {
         trace::record_caller(caller.role, C::partition(&req));
         // Held until the request is done, so the partition cannot be handed off under it.
-        let _admitted = match C::partition(&req) {
-            Some(p) => Some(self.rebalance.admit(p).await?),
-            None => None,
+        let _admitted = match (admitted, C::partition(&req)) {
+            (Some(guard), _) => Some(guard),
+            (None, Some(p)) => Some(self.rebalance.admit(p).await?),
+            (None, None) => None,
         };
         if let Some(id) = C::order_id(&req)
             && id.parse::<OrderId>().is_ok()
@@ -392,9 +395,10 @@ impl Gateway {
     }
 
     /// Handles a forwarded call of method `C` on this node: relays it while its partition is
-    /// still on its way here, and checks the partition is served here before the proof is
-    /// verified (so a request sent back to be routed again keeps its unspent nonce for the next
-    /// node); then verifies the proof, authorises that client, and handles it.
+    /// still on its way here, and admits it to the partition before the proof is verified (so a
+    /// request sent back to be routed again keeps its unspent nonce for the next node, and a
+    /// proof spent here is spent before the partition can be exported, so it travels with it);
+    /// then verifies the proof, authorises that client, and handles it.
     async fn owner_call<C: Call>(
         &self,
         from: &str,
@@ -403,26 +407,29 @@ impl Gateway {
     ) -> Result<Vec<u8>, Error> {
         let req = C::Req::decode(call.request.as_slice())
             .map_err(|_| Error::Unauthenticated("forwarded request does not decode".into()))?;
-        if let Some(p) = C::partition(&req) {
-            if let Route::Relay(previous) = self.mesh.route(p, true) {
-                // Anything but a definite refusal may have run there, so it must not run here too.
-                let deadline = Instant::now() + self.forward_timeout;
-                match self
-                    .mesh
-                    .peers
-                    .hop(Hop::Relay, &previous, call.clone(), deadline, p)
-                    .await
-                {
-                    Err(Error::Moved(_)) => {}
-                    answer => {
-                        access.forwarded = matches!(answer, Ok(_) | Err(Error::Remote(..)));
-                        return answer;
-                    }
+        if let Some(p) = C::partition(&req)
+            && let Route::Relay(previous) = self.mesh.route(p, true)
+        {
+            // Anything but a definite refusal may have run there, so it must not run here too.
+            let deadline = Instant::now() + self.forward_timeout;
+            match self
+                .mesh
+                .peers
+                .hop(Hop::Relay, &previous, call.clone(), deadline, p)
+                .await
+            {
+                Err(Error::Moved(_)) => {}
+                answer => {
+                    access.forwarded = matches!(answer, Ok(_) | Err(Error::Remote(..)));
+                    return answer;
                 }
             }
-            self.rebalance.ready(p).await?;
         }
-        let identity = authz::proof_identity(&self.mesh, from, &call, access)?;
+        let admitted = match C::partition(&req) {
+            Some(p) => Some(self.rebalance.admit(p).await?),
+            None => None,
+        };
+        let identity = authz::proof_identity(&self.mesh, from, &call, C::partition(&req), access)?;
         let fields = C::buyer_fields(&req);
         let caller = authz::authorize(
             &self.mesh.trust_domain,
@@ -430,7 +437,11 @@ impl Gateway {
             Action::Gateway(C::METHOD, &fields),
         )?;
         let resp = self
-            .observe(C::METHOD, Some(from), self.owned::<C>(&caller, req, access))
+            .observe(
+                C::METHOD,
+                Some(from),
+                self.owned::<C>(&caller, req, access, admitted),
+            )
             .await?;
         Ok(resp.encode_to_vec())
     }
