@@ -27,6 +27,8 @@ pub mod domain;
 pub mod durable_fs;
 pub mod error;
 pub mod fault;
+#[cfg(test)]
+mod fuzz;
 pub mod ops;
 pub mod security;
 pub mod storage;

@@ -1491,3 +1491,119 @@ async fn forwarded_requests_meet_the_owners_limits_windows_and_purposes() {
     })
     .await;
 }
+
+/// The reason given for a reveal is evidence: an auditor reads it on the node that recorded it
+/// for as long as the trail is kept, also after the customer's partition moved to another node
+/// and the old copy (data key included) was shredded. It was sealed under the customer's data
+/// key before, and became unreadable with the move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reveal_reasons_stay_readable_to_auditors_after_the_partition_moves() {
+    within(180, async {
+        let mut mesh = TestMesh::start(2);
+        let v1 = mesh.layout_now();
+        let mut members = v1.members.clone();
+        members.push(mesh_node::cluster::layout::Member {
+            node_id: "n3".into(),
+            peer_addr: "127.0.0.1:9".into(),
+            gateway_addr: "127.0.0.1:9".into(),
+        });
+        let v2 = v1.next(members).expect("v2");
+        let customer = (0..)
+            .map(|i| format!("evidence-{i}"))
+            .find(|c| {
+                let p = mesh_node::domain::ids::partition_of(c);
+                v1.owner_of(p).node_id == "n1" && v2.owner_of(p).node_id == "n3"
+            })
+            .expect("a partition that moves n1 -> n3");
+        let order = shipped_order(&mesh.nodes[0], &mesh.pki, &customer, 4242).await;
+        let why = "courier could not find the gate; buyer asked for a call";
+        mesh.nodes[0]
+            .client(&mesh.pki.client(Role::Oms))
+            .await
+            .reveal_field(RevealFieldRequest {
+                order_id: order.order_id.clone(),
+                field: "customer.phone".into(),
+                reason_code: "ndr-callback".into(),
+                reason_text: why.into(),
+            })
+            .await
+            .expect("reveal");
+        let noted = |records: Vec<mesh_proto::v1::AuditRecord>| {
+            records
+                .into_iter()
+                .filter(|r| r.decision == "allow")
+                .map(|r| r.note)
+                .collect::<Vec<_>>()
+        };
+        let reveal = mesh_node::api::gateway::REVEAL_FIELD;
+        assert_eq!(
+            noted(local_trail(&mesh.nodes[0], &mesh.pki, reveal).await),
+            [why]
+        );
+        let now = mesh.change_members(&["n1", "n2", "n3"]).await;
+        let p = mesh_node::domain::ids::partition_of(&customer);
+        assert_eq!(now.owner_of(p).node_id, "n3");
+        // n1 no longer holds the customer (its copy and data key are shredded) ...
+        mesh_tests::assert_eventually!(
+            Duration::from_secs(30),
+            local_trail(&mesh.nodes[0], &mesh.pki, "PartitionShredded")
+                .await
+                .iter()
+                .any(|r| r.purpose.contains(&format!("partition {p} deleted here"))),
+            "n1 never shredded partition {p}"
+        );
+        // ... and its trail still shows the auditor why the phone number was revealed.
+        assert_eq!(
+            noted(local_trail(&mesh.nodes[0], &mesh.pki, reveal).await),
+            [why]
+        );
+    })
+    .await;
+}
+
+/// A home node that grants every reveal (breached, or here misconfigured with a limit of 1000)
+/// cannot lift a principal's limit on the other nodes: the owner of the order keeps its own
+/// ceiling per principal. Before, n1 revealed as often as n2 granted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_home_node_that_grants_every_reveal_cannot_lift_the_limit_on_other_owners() {
+    within(120, async {
+        let mut mesh = TestMesh::start_with_env(2, &[("DSM_ACCESS_REVEAL_LIMIT", "3")]);
+        mesh.nodes[1].stop();
+        mesh.start_node("n2", &[("DSM_ACCESS_REVEAL_LIMIT", "1000")]);
+        let layout = mesh.layout_now();
+        // An oms desk homed on n2 (its allowance is kept there), revealing on n1's orders.
+        let desk = (0..)
+            .map(|i| format!("desk-{i}"))
+            .find(|name| {
+                let principal = format!("spiffe://{}/client/oms/{name}", mesh_tests::TRUST_DOMAIN);
+                layout
+                    .owner_of(mesh_node::domain::ids::partition_of(&principal))
+                    .node_id
+                    == "n2"
+            })
+            .expect("a principal homed on n2");
+        let customer = mesh.customer_on(0, "ceiling");
+        let order = shipped_order(&mesh.nodes[0], &mesh.pki, &customer, 777).await;
+        let mut oms = mesh.nodes[0]
+            .client(&mesh.pki.client_named(Role::Oms, &desk))
+            .await;
+        let reveal = || RevealFieldRequest {
+            order_id: order.order_id.clone(),
+            field: "customer.phone".into(),
+            reason_code: "ndr-callback".into(),
+            reason_text: "buyer asked for a call back".into(),
+        };
+        for i in 0..3 {
+            oms.reveal_field(reveal())
+                .await
+                .unwrap_or_else(|s| panic!("reveal {i}: {s:?}"));
+        }
+        let s = oms
+            .reveal_field(reveal())
+            .await
+            .expect_err("a fourth reveal on n1's orders");
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        assert!(s.message().contains("this node's orders"), "{s:?}");
+    })
+    .await;
+}

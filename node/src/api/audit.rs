@@ -58,7 +58,7 @@ fn to_proto(r: Record, line: String, store: &Store) -> AuditRecord {
     let note = if r.note.starts_with(SEALED_NOTE) {
         store
             .open_note(&r.note, &r.customer)
-            .unwrap_or_else(|| "(sealed; the customer's data key no longer exists)".into())
+            .unwrap_or_else(|| "(sealed; it opens only on the node that wrote it)".into())
     } else {
         r.note
     };

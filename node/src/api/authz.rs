@@ -14,7 +14,7 @@ use crate::audit::recorder::Access;
 use crate::cluster::routing::Mesh;
 use crate::error::Error;
 use crate::security::identity::Identity;
-use crate::security::proof::{self, PROOF_HEADER};
+use crate::security::proof::{self, PROOF_HEADER, ProofError};
 use mesh_proto::v1::{ClientProof, ForwardedCall};
 use std::sync::Arc;
 use tonic::Request;
@@ -71,7 +71,14 @@ pub(crate) fn proof_identity(
     let identity = Arc::new(
         mesh.proofs
             .verify(&call.method, &call.request, proof, partition)
-            .map_err(|e| Error::Unauthenticated(format!("client proof refused: {e}")))?,
+            .map_err(|e| match e {
+                // A genuine request can meet this (signed just before the owner restarted): the
+                // client retries with a new proof, as it does after any UNAVAILABLE.
+                ProofError::BeforeServing => {
+                    Error::Unavailable(format!("client proof refused: {e}; retry"))
+                }
+                e => Error::Unauthenticated(format!("client proof refused: {e}")),
+            })?,
     );
     access.caller(&identity);
     tracing::debug!(forwarded_by = from, principal = %identity, method = %call.method, "forwarded request");

@@ -4,6 +4,10 @@
 //! (`partition_of(principal)`), so spreading reveals over shards does not multiply the limit. A
 //! reveal on any node takes one from it there (a `Charge` peer message, registered here). Fails
 //! closed: if the home node cannot be asked, the reveal is refused.
+//!
+//! Each node also keeps its own ceiling per principal, with the same limit and window, for the
+//! reveals it serves: a home node that grants without counting (breached, or misconfigured) lifts
+//! a principal's limit to at most one allowance per owner node, never to unlimited.
 
 use crate::access::windows::{Exhausted, RevealLimiter};
 use crate::cluster::dispatch::{Dispatch, Kind, PeerService};
@@ -26,21 +30,27 @@ pub(crate) struct RevealLedger {
     mesh: Arc<Mesh>,
     /// The allowances of the principals homed on this node.
     limiter: RevealLimiter,
+    /// Every principal's reveals of orders owned here, whatever its home node answers.
+    ceiling: RevealLimiter,
     clock: Clock,
     /// How long asking the home node may take.
     timeout: Duration,
 }
 
 impl RevealLedger {
+    /// `limiter` keeps the allowances homed here, `ceiling` (same limit and window) this node's
+    /// own count of the reveals it serves.
     pub fn new(
         mesh: Arc<Mesh>,
         limiter: RevealLimiter,
+        ceiling: RevealLimiter,
         clock: Clock,
         timeout: Duration,
     ) -> RevealLedger {
         RevealLedger {
             mesh,
             limiter,
+            ceiling,
             clock,
             timeout,
         }
@@ -51,8 +61,17 @@ impl RevealLedger {
         dispatch.register(Kind::Charge, self.clone());
     }
 
-    /// Takes one reveal from `principal`'s allowance; the reveals left.
+    /// Takes one reveal from `principal`'s allowance (and from this node's ceiling for it); the
+    /// reveals left.
     pub(crate) async fn charge(&self, principal: &str) -> Result<u32, Error> {
+        let local = self.ceiling.take(principal, self.clock.now()).map_err(|e| {
+            Error::ResourceExhausted(format!(
+                "reveal limit reached: {} per {} for this principal on this node's orders; the next reveal is possible in {}",
+                e.limit,
+                humantime::format_duration(e.window),
+                humantime::format_duration(Duration::from_secs(e.retry_after.as_secs().max(1)))
+            ))
+        })?;
         let allowance = match self.mesh.owner_elsewhere(partition_of(principal)) {
             None => self.limiter.take(principal, self.clock.now()),
             Some(home) => {
@@ -74,7 +93,8 @@ impl RevealLedger {
                 }
             }
         };
-        allowance.map_err(|e| {
+        // The home node's count, unless this node's own ceiling is lower.
+        allowance.map(|mesh_wide| mesh_wide.min(local)).map_err(|e| {
             Error::ResourceExhausted(format!(
                 "reveal limit reached: {} per {} for this principal across the mesh; the next reveal is possible in {}",
                 e.limit,

@@ -548,13 +548,15 @@ mod tests {
     #[test]
     fn a_spent_proof_travels_with_its_partition() {
         let (old, s, chain, _d) = setup();
+        // Both started before the proofs were signed.
+        let new = ProofVerifier::new(old.chain_verifier.clone(), "n2");
+        std::thread::sleep(Duration::from_millis(2));
         let p = Partition::new(7).unwrap();
         let spent = proof(&s, &chain, "/m", b"req");
         let other = proof(&s, &chain, "/m", b"other");
         old.verify("/m", b"req", &spent, Some(p)).unwrap();
         old.verify("/m", b"other", &other, Some(Partition::new(8).unwrap()))
             .unwrap();
-        let new = ProofVerifier::new(old.chain_verifier.clone(), "n2");
         let moved = old.export_spent(p);
         assert_eq!(moved.nonces.len(), 1, "only partition 7's proof travels");
         assert_eq!(moved.not_before_ms, old.started_ms);

@@ -101,12 +101,22 @@ impl From<StorageError> for crate::error::Error {
     }
 }
 
-/// Prefix of an audit note sealed under a customer's data key.
-pub(crate) const SEALED_NOTE: &str = "sealed:v1:";
+/// Prefix of an audit note sealed for the trail (v2, under the node's key) or, in logs written
+/// before, under a customer's data key (v1).
+pub(crate) const SEALED_NOTE: &str = "sealed:v";
+const NOTE_V1: &str = "sealed:v1:";
+const NOTE_V2: &str = "sealed:v2:";
 
 fn note_aad(customer_key: &[u8]) -> Vec<u8> {
     let mut aad = b"dsm-audit-note-v1".to_vec();
     aad.extend_from_slice(customer_key);
+    aad
+}
+
+/// A v2 note is bound to the customer subject of its record: it opens for no other record.
+fn note_aad_v2(customer_subject: &[u8]) -> Vec<u8> {
+    let mut aad = b"dsm-audit-note-v2".to_vec();
+    aad.extend_from_slice(customer_subject);
     aad
 }
 
@@ -565,23 +575,31 @@ impl Store {
         Ok(orders)
     }
 
-    /// Seals a caller's justification for the audit trail under the customer's data key, so the
-    /// trail holds no readable free text and shredding the customer's key erases it too. The
-    /// result is `sealed:v1:<base64url(partition ‖ nonce ‖ ciphertext)>`.
-    pub(crate) fn seal_note(&self, customer_id: &str, text: &str) -> Result<String, StorageError> {
-        let p = partition_of(customer_id);
-        let ck = keys::customer_key(p, &keys::customer_hash(&self.keys, customer_id));
-        let dek = self.data_key(&ck)?.ok_or(StorageError::NotFound)?;
-        let mut blob = p.to_be_bytes().to_vec();
-        blob.extend(dek.seal(text.as_bytes(), &note_aad(&ck)));
-        Ok(format!("{SEALED_NOTE}{}", B64.encode(blob)))
+    /// Seals a caller's justification (screened for contact details before it gets here) for the
+    /// audit trail under this node's key, bound to the record's customer subject: the trail holds
+    /// no readable free text, and the evidence stays readable to auditors through this node for as
+    /// long as the trail is kept, also after the customer's partition moved away and its data key
+    /// was shredded here. The result is `sealed:v2:<base64url(nonce ‖ ciphertext)>`.
+    pub(crate) fn seal_note(&self, customer_subject: &str, text: &str) -> String {
+        let sealed = self
+            .keys
+            .seal_with_kek(text.as_bytes(), &note_aad_v2(customer_subject.as_bytes()));
+        format!("{NOTE_V2}{}", B64.encode(sealed))
     }
 
-    /// Opens a note sealed by [`Store::seal_note`] for the customer whose audit subject (hex keyed
-    /// hash) is `customer_subject`. `None` if it is not a sealed note or cannot be opened here
-    /// (another node's record, or the customer's key no longer exists).
+    /// Opens a note sealed by [`Store::seal_note`] for the record whose customer subject (hex
+    /// keyed hash) is `customer_subject`. `None` if it is not a sealed note or cannot be opened
+    /// here (another node's record; for a v1 note, also once the customer's key is gone).
     pub(crate) fn open_note(&self, note: &str, customer_subject: &str) -> Option<String> {
-        let blob = B64.decode(note.strip_prefix(SEALED_NOTE)?).ok()?;
+        if let Some(v2) = note.strip_prefix(NOTE_V2) {
+            let sealed = B64.decode(v2).ok()?;
+            let text = self
+                .keys
+                .open_with_kek(&sealed, &note_aad_v2(customer_subject.as_bytes()))
+                .ok()?;
+            return String::from_utf8(text).ok();
+        }
+        let blob = B64.decode(note.strip_prefix(NOTE_V1)?).ok()?;
         let (p, sealed) = blob.split_at_checked(2)?;
         let p = Partition::new(u16::from_be_bytes(p.try_into().ok()?))?;
         let ch: Hash = hex::decode(customer_subject).ok()?.try_into().ok()?;

@@ -136,9 +136,11 @@ impl Gateway {
         rebalance: Arc<Rebalance>,
     ) -> Gateway {
         let limiter = RevealLimiter::new(rules.reveal_limit, rules.reveal_window);
+        let ceiling = RevealLimiter::new(rules.reveal_limit, rules.reveal_window);
         let ledger = Arc::new(RevealLedger::new(
             mesh.clone(),
             limiter,
+            ceiling,
             clock.clone(),
             forward_timeout,
         ));
