@@ -165,6 +165,56 @@ fn segment(dir: &Path) -> std::path::PathBuf {
     dir.join("segment-00000001.jsonl")
 }
 
+/// Rewrites every record (another principal), re-links the chain, and re-signs every checkpoint
+/// of node n1 over the new heads with the key and certificate in `cert`/`key` (PEM files): what
+/// someone who can rewrite the log would do with a key that is not n1's own.
+fn rewrite_and_resign(dir: &Path, cert: &Path, key: &Path) {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut heads = std::collections::BTreeMap::new();
+    edit_lines(dir, |l| {
+        let mut prev = "0".repeat(64);
+        for line in l.iter_mut() {
+            let mut rec: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(line).expect("json");
+            rec.insert(
+                "principal".into(),
+                "spiffe://mesh.test/client/oms/nobody".into(),
+            );
+            rec.insert("prev".into(), prev.clone().into());
+            *line = serde_json::to_string(&rec).expect("json");
+            prev = mesh_node::audit::chain::hash_line(line.as_bytes());
+            heads.insert(rec["seq"].as_u64().expect("seq"), prev.clone());
+        }
+    });
+    let pem = std::fs::read_to_string(cert).expect("cert");
+    let der = b64
+        .decode(
+            pem.lines()
+                .filter(|l| !l.starts_with("-----"))
+                .collect::<String>(),
+        )
+        .expect("pem body");
+    let signer = mesh_node::security::proof::Signer::from_pem_file(key).expect("key");
+    let path = dir.join("checkpoints.jsonl");
+    let text = std::fs::read_to_string(&path).expect("checkpoints");
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut cp: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(line).expect("json");
+        let seq = cp["seq"].as_u64().expect("seq");
+        let ts = cp["ts"].as_i64().expect("ts");
+        let head = heads[&seq].clone();
+        let payload = mesh_node::audit::chain::checkpoint_payload("n1", seq, &head, ts);
+        cp.insert("head".into(), head.into());
+        cp.insert("sig".into(), b64.encode(signer.sign(&payload)).into());
+        cp.insert("cert".into(), b64.encode(&der).into());
+        out.push_str(&serde_json::to_string(&cp).expect("json"));
+        out.push('\n');
+    }
+    std::fs::write(&path, out).expect("write checkpoints");
+}
+
 fn edit_lines(dir: &Path, f: impl FnOnce(&mut Vec<String>)) {
     let text = std::fs::read_to_string(segment(dir)).expect("read");
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
@@ -237,7 +287,50 @@ async fn mesh_ctl_and_an_independent_verifier_detect_every_kind_of_tampering() {
             String::from_utf8_lossy(&out.stdout)
         );
         type Tamper = Box<dyn Fn(&Path)>;
+        // Keys a forger might hold: a CA of its own that names n1, an n1 certificate of the real
+        // CA that was not valid when the checkpoints were signed, and n2's genuine key.
+        let forger = tempfile::tempdir().expect("tempdir");
+        let n1 = mesh_node::security::identity::Identity::Node {
+            trust_domain: mesh_tests::TRUST_DOMAIN.into(),
+            node_id: "n1".into(),
+        };
+        let own_ca = mesh_node::security::pki::CertificateAuthority::create(
+            mesh_tests::TRUST_DOMAIN,
+            std::time::Duration::from_secs(3600),
+        )
+        .expect("a forger's CA");
+        let self_made = own_ca
+            .issue(&mesh_node::security::pki::LeafSpec::new(
+                n1.clone(),
+                std::time::Duration::from_secs(3600),
+            ))
+            .expect("issue")
+            .write(forger.path(), "n1-self-made")
+            .expect("write");
+        let mut lapsed = mesh_node::security::pki::LeafSpec::new(n1, std::time::Duration::ZERO);
+        lapsed.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(2);
+        lapsed.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        let expired = pki.issue(&lapsed, "n1-expired");
+        let n2 = pki.node("n2");
+        let resigned = |cert: std::path::PathBuf, key: std::path::PathBuf| -> Tamper {
+            Box::new(move |d| rewrite_and_resign(d, &cert, &key))
+        };
         let cases: Vec<(&str, &str, Tamper)> = vec![
+            (
+                "re-hashed, re-signed by a self-made CA's n1",
+                "signature invalid",
+                resigned(self_made.0.clone(), self_made.1.clone()),
+            ),
+            (
+                "re-hashed, re-signed by an expired n1 certificate",
+                "signature invalid",
+                resigned(expired.cert.clone(), expired.key.clone()),
+            ),
+            (
+                "re-hashed, re-signed with n2's real key",
+                "signature invalid",
+                resigned(n2.cert.clone(), n2.key.clone()),
+            ),
             (
                 "flip a byte",
                 "seq 6",
