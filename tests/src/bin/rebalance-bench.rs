@@ -50,6 +50,27 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 struct Phase {
     latencies: Mutex<Vec<f64>>,
     failures: AtomicU64,
+    /// Each failure's gRPC code and message (messages name partitions and nodes, never PII).
+    why: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl Phase {
+    fn failed(&self, status: &tonic::Status) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        // Digits vary per partition and order: group by the message's shape.
+        let shape: String = status
+            .message()
+            .chars()
+            .map(|c| if c.is_ascii_digit() { '#' } else { c })
+            .take(200)
+            .collect();
+        *self
+            .why
+            .lock()
+            .expect("why")
+            .entry(format!("{:?}: {shape}", status.code()))
+            .or_default() += 1;
+    }
 }
 
 #[tokio::main]
@@ -130,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
                 x ^= x << 17;
                 let id = ids[(x % ids.len() as u64) as usize].clone();
                 let t = Instant::now();
-                let ok = if x % 4 == 0 {
+                let result = if x.is_multiple_of(4) {
                     let req = UpdateOrderStatusRequest {
                         order_id: id,
                         status: OrderStatus::Packed as i32,
@@ -139,7 +160,7 @@ async fn main() -> anyhow::Result<()> {
                     client
                         .update_order_status(sign.signed(Method::UpdateOrderStatus.path(), req))
                         .await
-                        .is_ok()
+                        .map(|_| ())
                 } else {
                     let req = GetOrderRequest {
                         order_id: id,
@@ -148,16 +169,16 @@ async fn main() -> anyhow::Result<()> {
                     client
                         .get_order(sign.signed(Method::GetOrder.path(), req))
                         .await
-                        .is_ok()
+                        .map(|_| ())
                 };
                 let p = phase.lock().expect("phase").clone();
-                if ok {
-                    p.latencies
+                match result {
+                    Ok(()) => p
+                        .latencies
                         .lock()
                         .expect("lat")
-                        .push(t.elapsed().as_secs_f64() * 1000.0);
-                } else {
-                    p.failures.fetch_add(1, Ordering::Relaxed);
+                        .push(t.elapsed().as_secs_f64() * 1000.0),
+                    Err(status) => p.failed(&status),
                 }
                 tokio::time::sleep(think).await;
             }
@@ -216,6 +237,9 @@ async fn main() -> anyhow::Result<()> {
             p50,
             p99
         );
+        for (why, n) in p.why.lock().expect("why").iter() {
+            println!("         {n:>5} x {why}");
+        }
         p99
     };
     println!(
