@@ -9,6 +9,8 @@
 //!   owner, partition and its "received" mark committed in one batch, not yet synced), `handoff-received` (new
 //!   owner, durable and marked, not yet serving), `handoff-shredded` (old owner, copy deleted, not
 //!   yet forgotten).
+//!   A handoff point may name one partition, `<name>@<partition>`, so a test crashes the handoff
+//!   of a partition it knows holds orders ([`point_at`]); bare, it fires on the first handoff.
 //! - failure points ([`fails`]): the operation there reports an error instead of running.
 //!   `audit-append` (every audit append fails, so the node must refuse the access it records).
 //!
@@ -17,6 +19,16 @@
 #[cfg(feature = "fault-injection")]
 fn armed(name: &str) -> bool {
     std::env::var("DSM_FAULT_POINT").is_ok_and(|v| v.split(',').any(|p| p == name))
+}
+
+/// A crash point in the handoff of `partition`: aborts when `name` or `name@<partition>` is armed.
+#[cfg(feature = "fault-injection")]
+pub fn point_at(name: &str, partition: u16) {
+    let qualified = format!("{name}@{partition}");
+    if armed(name) || armed(&qualified) {
+        eprintln!("fault injection: aborting at {qualified}");
+        std::process::abort();
+    }
 }
 
 /// A crash point: aborts the process when `name` is armed.
@@ -37,6 +49,10 @@ pub fn fails(name: &str) -> bool {
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
 pub fn point(_name: &str) {}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn point_at(_name: &str, _partition: u16) {}
 
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]

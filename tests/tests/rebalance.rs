@@ -168,8 +168,9 @@ async fn forged_or_skipping_layouts_are_refused_by_every_node_and_by_mesh_ctl() 
     .await;
 }
 
-/// Adds n3 to a 2-node mesh under load, with node `victim` set to abort at `point` of its first
-/// handoff; restarts it, finishes the rebalance, and checks the history.
+/// Adds n3 to a 2-node mesh under load, with node `victim` set to abort at `point` of the handoff
+/// of a partition that holds orders (it moves from n1 to n3); restarts it, finishes the
+/// rebalance, checks the history and reads that partition's orders back from n3.
 async fn handoff_survives_a_crash(point: &str, victim: &str) {
     within(300, async {
         let mut mesh = TestMesh::start(2);
@@ -177,7 +178,32 @@ async fn handoff_survives_a_crash(point: &str, victim: &str) {
         let history = History::start(&mesh.pki, gateways.clone(), 3, "crash");
         progress(&history, 40).await;
 
-        let fault = [("DSM_FAULT_POINT", point)];
+        // A partition that moves n1 -> n3, with orders in it: the crash hits a real handoff (a
+        // bare point fires on the first partition handed over, which almost never holds data).
+        let v1 = mesh.layout_now();
+        let mut members = v1.members.clone();
+        members.push(mesh_node::cluster::layout::Member {
+            node_id: "n3".into(),
+            peer_addr: "127.0.0.1:9".into(),
+            gateway_addr: "127.0.0.1:9".into(),
+        });
+        let v2 = v1.next(members).expect("v2");
+        let customer = (0..)
+            .map(|i| format!("crashed-{i}"))
+            .find(|c| {
+                let p = mesh_node::domain::ids::partition_of(c);
+                v1.owner_of(p).node_id == "n1" && v2.owner_of(p).node_id == "n3"
+            })
+            .expect("a partition that moves n1 -> n3");
+        let p = mesh_node::domain::ids::partition_of(&customer);
+        let sf = mesh.pki.client(Role::Storefront);
+        let mut n1 = mesh.nodes[mesh.index("n1")].client(&sf).await;
+        let mut planted = Vec::new();
+        for k in 0..3 {
+            planted.push(create_ok(&mut n1, mesh_tests::sample_order(&customer, k)).await);
+        }
+        let armed = format!("{point}@{p}");
+        let fault = [("DSM_FAULT_POINT", armed.as_str())];
         if victim == "n1" {
             // Restart the old owner with the crash point armed.
             let i = mesh.index("n1");
@@ -202,8 +228,8 @@ async fn handoff_survives_a_crash(point: &str, victim: &str) {
         assert!(
             mesh.nodes[v]
                 .log_tail(20)
-                .contains(&format!("aborting at {point}")),
-            "{victim} died, but not at {point}:\n{}",
+                .contains(&format!("aborting at {armed}")),
+            "{victim} died, but not at {armed}:\n{}",
             mesh.nodes[v].log_tail(20)
         );
         // Restart it disarmed; applying the same version again resumes the change.
@@ -229,6 +255,24 @@ async fn handoff_survives_a_crash(point: &str, victim: &str) {
         let status: serde_json::Value = serde_json::from_str(&status).expect("json");
         assert_eq!(status["complete"], true, "{status}");
         assert_eq!(status["moved"], status["moving"], "{status}");
+        // The crashed partition's orders, from its new owner.
+        let oms = mesh.pki.client(Role::Oms);
+        let mut n3 = mesh.nodes[mesh.index("n3")].client(&oms).await;
+        for o in &planted {
+            let got = n3
+                .get_order(get_order_request(&o.order_id))
+                .await
+                .unwrap_or_else(|s| {
+                    panic!(
+                        "order {} of partition {p} after the crash: {s:?}",
+                        o.order_id
+                    )
+                })
+                .into_inner()
+                .order
+                .expect("order");
+            assert_eq!(got.customer_id, customer);
+        }
     })
     .await;
 }

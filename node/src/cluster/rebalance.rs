@@ -344,7 +344,7 @@ impl Rebalance {
             .await?;
         // Before it is served here: the proofs spent on it there are spent here too.
         self.mesh.proofs.import_spent(p, spent);
-        crate::fault::point("handoff-received");
+        crate::fault::point_at("handoff-received", p.get());
         self.moving().pending.remove(&p);
         self.publish();
         self.throttle.charge(bytes);
@@ -435,7 +435,7 @@ impl Rebalance {
             })
             .await?;
         self.moving().holding.remove(&p);
-        crate::fault::point("handoff-exported");
+        crate::fault::point_at("handoff-exported", p.get());
         let data = to_wire(&export, self.mesh.proofs.export_spent(p));
         self.metrics.sent_bytes.inc_by(data.encoded_len() as u64);
         tracing::info!(
@@ -557,7 +557,7 @@ impl Rebalance {
             return Ok(());
         }
         let records = self.store.drop_partition(p).await?;
-        crate::fault::point("handoff-shredded");
+        crate::fault::point_at("handoff-shredded", p.get());
         self.journal
             .record(Handoff {
                 step: Step::Shredded,

@@ -205,8 +205,16 @@ fn commit_group(
     for (writes, _) in group.iter_mut() {
         merged.append(&mut writes.ops);
     }
-    let has_import = merged.contains_key(&(Space::Meta, b"pending".to_vec()))
-        && merged.keys().any(|(space, _)| *space == Space::Data);
+    // Data keys start with their partition (big-endian), so an import names its partition.
+    let imported = merged
+        .contains_key(&(Space::Meta, b"pending".to_vec()))
+        .then(|| {
+            merged
+                .keys()
+                .find(|(space, key)| *space == Space::Data && key.len() >= 2)
+                .map(|(_, key)| u16::from_be_bytes([key[0], key[1]]))
+        })
+        .flatten();
     if !merged.is_empty() {
         // Raised before the batch is visible, so a reader that sees it also sees this number.
         progress.visible.store(number, Ordering::SeqCst);
@@ -220,8 +228,8 @@ fn commit_group(
         }
         batch.commit()?;
         // A partition import (data with the pending set, in one batch): committed, not yet synced.
-        if has_import {
-            crate::fault::point("handoff-imported");
+        if let Some(p) = imported {
+            crate::fault::point_at("handoff-imported", p);
         }
     }
     #[cfg(test)]
