@@ -70,6 +70,31 @@ pub struct Counts {
     pub acked: AtomicU64,
     pub failed_attempts: AtomicU64,
     pub reads: AtomicU64,
+    /// Why attempts failed: gRPC code and message (digits masked), or `connect`, with counts.
+    pub why: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl Counts {
+    /// One failed attempt, and why.
+    fn failed(&self, why: String) {
+        self.failed_attempts.fetch_add(1, Ordering::Relaxed);
+        *self
+            .why
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(why)
+            .or_default() += 1;
+    }
+
+    fn failed_status(&self, s: &tonic::Status) {
+        let shape: String = s
+            .message()
+            .chars()
+            .map(|c| if c.is_ascii_digit() { '#' } else { c })
+            .take(160)
+            .collect();
+        self.failed(format!("{:?}: {shape}", s.code()));
+    }
 }
 
 struct Clients {
@@ -292,7 +317,7 @@ async fn writer(
             g[rng.below(g.len())]
         };
         let Some((_, mut oms)) = clients.pair(gateway).await else {
-            counts.failed_attempts.fetch_add(1, Ordering::Relaxed);
+            counts.failed("connect".into());
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
@@ -337,12 +362,14 @@ async fn writer(
                                 counts.acked.fetch_add(1, Ordering::Relaxed);
                                 break;
                             }
-                            Err(_) => {
+                            Err(s) => {
+                                counts.failed_status(&s);
                                 clients.cache.remove(&gateway);
                             }
                         }
+                    } else {
+                        counts.failed("connect".into());
                     }
-                    counts.failed_attempts.fetch_add(1, Ordering::Relaxed);
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
@@ -386,8 +413,8 @@ async fn writer(
                             ));
                             break;
                         }
-                        Err(_) => {
-                            counts.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                        Err(s) => {
+                            counts.failed_status(&s);
                             log.orders[k].maybe = Some(next);
                             clients.cache.remove(&gateway);
                             if stop.load(Ordering::SeqCst) {
@@ -441,8 +468,8 @@ async fn writer(
                             s.message()
                         ));
                     }
-                    Err(_) => {
-                        counts.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    Err(s) => {
+                        counts.failed_status(&s);
                         clients.cache.remove(&gateway);
                     }
                 }

@@ -38,6 +38,11 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
+    /// See [`PeerTransport::forget_failures`].
+    pub(crate) fn forget_failures<'a>(&self, nodes: impl IntoIterator<Item = &'a str>) {
+        self.transport.forget_failures(nodes);
+    }
+
     pub fn new(transport: Arc<PeerTransport>) -> PeerClient {
         PeerClient { transport }
     }

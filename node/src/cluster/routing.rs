@@ -185,6 +185,14 @@ impl Mesh {
             "layout applied"
         );
         let previous = layouts.take().map(|l| l.current);
+        // A node that joins (or rejoins) is up now, whatever its last failure here was.
+        self.peers.forget_failures(
+            layout
+                .members
+                .iter()
+                .filter(|m| previous.as_ref().is_none_or(|p| !p.is_member(&m.node_id)))
+                .map(|m| m.node_id.as_str()),
+        );
         *layouts = Some(Layouts {
             current: layout,
             signed,

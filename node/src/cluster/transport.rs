@@ -198,6 +198,19 @@ impl PeerTransport {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Forgets the failures of `nodes`, so the next call dials them at once: a layout that makes
+    /// them members says they are (back) up, and a backoff from when one was down would otherwise
+    /// refuse requests for its partitions for up to [`BACKOFF_MAX`].
+    pub fn forget_failures<'a>(&self, nodes: impl IntoIterator<Item = &'a str>) {
+        let mut peers = self.state();
+        for node in nodes {
+            if let Some(s) = peers.get_mut(node) {
+                s.failures = 0;
+                s.retry_at = None;
+            }
+        }
+    }
+
     fn fail(&self, node: &str, reason: String) -> TransportError {
         tracing::debug!(peer = node, %reason, "peer call failed");
         let mut peers = self.state();
