@@ -35,11 +35,8 @@
 //! The long run uses the test (debug) profile on purpose: it keeps overflow checks, so an
 //! arithmetic overflow on hostile input panics there instead of wrapping silently as in release.
 //! SECURITY.md records the runs. Every crash or broken property found is kept at the end of this
-//! file as a plain `#[test]` with its minimal input (`regression_*`). While the code it names is
-//! not fixed the test is `#[ignore]`d and [`KNOWN_BUGS`] makes the targets skip that one input
-//! class, so CI stays green and the targets keep looking for new faults; the fix un-ignores the
-//! test and sets `KNOWN_BUGS` to `false` (`cargo test -p mesh-node --lib fuzz:: -- --include-ignored`
-//! shows what is still open).
+//! file as a plain `#[test]` with its minimal input (`regression_*`), and each one was fixed where
+//! it failed; an input class a target once skipped is fuzzed again.
 
 use crate::audit::chain::{self, Checkpoint, Record};
 use crate::audit::log::{self, AuditLog, CheckpointSigner};
@@ -67,10 +64,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 // ---- The runner ----
-
-/// Skip the inputs of the crashes found so far, whose regression tests below are `#[ignore]`d
-/// until the code is fixed; set to `false` (and un-ignore the tests) with the fix.
-const KNOWN_BUGS: bool = true;
 
 /// Cases per target: `DSM_FUZZ_CASES`, else 256 (the quick pass CI runs).
 fn cases() -> u32 {
@@ -653,10 +646,6 @@ fn fuzz_layout_never_panics() {
                 crate::cluster::rebalance::plan(&base.members[0].node_id, Some(base), &layout, 0);
         }
         let _ = crate::cluster::rebalance::plan(&layout.members[0].node_id, None, &layout, 0);
-        if KNOWN_BUGS && layout.version == u64::MAX {
-            // `regression_layout_at_the_last_version` (ignored until fixed).
-            return Ok(());
-        }
         // As the current layout: what the next one is checked against, and computed from.
         for base in &bases {
             let _ = base.may_replace(Some(&layout));
@@ -913,10 +902,6 @@ fn fuzz_proof_verify_never_panics() {
     fuzz("proof_verify", proof_case(), |case| {
         let (proof, method, request) = build_proof(&f, &case);
         let partition = case.partition.and_then(Partition::new);
-        if KNOWN_BUGS && proof_time_overflows(proof.timestamp_unix_ms) {
-            // `regression_proof_time_overflow` (ignored until fixed).
-            return Ok(());
-        }
         let first = f.verifier.verify(&method, &request, &proof, partition);
         let untouched = case.edits.is_empty() && !matches!(case.audience, Audience::Other(_));
         if untouched {
@@ -1046,27 +1031,35 @@ fn handoff_input(wire_seeds: Vec<Vec<u8>>) -> impl Strategy<Value = HandoffInput
 
 struct HandoffFixture {
     rt: tokio::runtime::Runtime,
-    store: Store,
+    keys: Arc<NodeKeys>,
+    /// The store and its directory. Replaced by a fresh one every [`STORE_ROUNDS`] cases: every
+    /// accepted import deletes the partition's previous records, and a memtable that never
+    /// flushes keeps each deleted version, so prefix scans slow down as a long run goes on.
+    store: std::cell::RefCell<(Store, tempfile::TempDir)>,
+    rounds: std::cell::Cell<u32>,
     verifier: ProofVerifier,
     p: Partition,
     customers: Vec<String>,
     /// Encoded valid orders, per customer.
     orders: Vec<Vec<Vec<u8>>>,
-    _dir: tempfile::TempDir,
+}
+
+const STORE_ROUNDS: u32 = 2_000;
+
+fn open_store(rt: &tokio::runtime::Runtime, keys: &Arc<NodeKeys>) -> (Store, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let _in = rt.enter();
+    (Store::open(dir.path(), keys.clone(), None).unwrap(), dir)
 }
 
 fn handoff_fixture() -> HandoffFixture {
-    let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
     let keys = Arc::new(NodeKeys::parse(&generate_key_file()).unwrap());
-    let store = {
-        let _in = rt.enter();
-        Store::open(dir.path(), keys, None).unwrap()
-    };
+    let store = std::cell::RefCell::new(open_store(&rt, &keys));
     let (p, customers) = handoff_partition();
     let orders = customers
         .iter()
@@ -1079,12 +1072,13 @@ fn handoff_fixture() -> HandoffFixture {
     let pf = proof_fixture();
     HandoffFixture {
         rt,
+        keys,
         store,
+        rounds: std::cell::Cell::new(0),
         verifier: pf.verifier,
         p,
         customers,
         orders,
-        _dir: dir,
     }
 }
 
@@ -1139,11 +1133,7 @@ fn build_partition_data(
 /// What the new owner does with a handoff answer for partition `p`: the checks of
 /// `rebalance::wire::from_wire` (private to `rebalance`, so repeated here step by step), then the
 /// spent proofs into the verifier and the export into the store.
-fn receive_handoff(
-    f: &HandoffFixture,
-    bytes: &[u8],
-    known_bugs: bool,
-) -> Result<(), TestCaseError> {
+fn receive_handoff(f: &HandoffFixture, bytes: &[u8]) -> Result<(), TestCaseError> {
     let Ok(data) = pb::PartitionData::decode(bytes) else {
         return Ok(());
     };
@@ -1182,11 +1172,15 @@ fn receive_handoff(
         partition: f.p,
         customers,
     };
-    let imported = f.rt.block_on(f.store.import_partition(&export, false));
-    if known_bugs && names_a_customer_twice(&export) {
-        // `regression_handoff_naming_a_customer_twice` (ignored until fixed).
-        return Ok(());
+    f.rounds.set(f.rounds.get() + 1);
+    if f.rounds.get().is_multiple_of(STORE_ROUNDS) {
+        let fresh = open_store(&f.rt, &f.keys);
+        let _in = f.rt.enter();
+        drop(f.store.replace(fresh));
     }
+    let store = f.store.borrow();
+    let store = &store.0;
+    let imported = f.rt.block_on(store.import_partition(&export, false));
     if imported.is_ok() {
         // An accepted import is readable: every order it carried is found and opens.
         for c in &export.customers {
@@ -1202,7 +1196,7 @@ fn receive_handoff(
                     .order_id
                     .parse()
                     .map_err(|e| TestCaseError::fail(format!("accepted a bad order id: {e}")))?;
-                let got = f.store.get_order(&id);
+                let got = store.get_order(&id);
                 prop_assert!(
                     matches!(got, Ok(Some(_))),
                     "order {} was imported but reads back as {:?}",
@@ -1251,7 +1245,7 @@ fn fuzz_handoff_chunk_never_panics() {
                 build_partition_data(&f, partition, &customers, &spent, not_before).encode_to_vec()
             }
         };
-        receive_handoff(&f, &bytes, KNOWN_BUGS)
+        receive_handoff(&f, &bytes)
     });
 }
 
@@ -1394,6 +1388,65 @@ enum LineEdit {
     Swap(usize, usize),
     Insert(usize, Vec<u8>),
     Truncate(usize),
+    /// A field of a record or checkpoint set, the line re-serialised (it stays valid JSON).
+    Field(usize, FieldEdit),
+}
+
+#[derive(Debug, Clone)]
+enum FieldEdit {
+    Seq(u64),
+    Node(String),
+    /// The record becomes retention's `AuditPrune` naming records `a-b`.
+    Prune(u64, u64),
+    /// `prev` (a checkpoint's `head`) becomes the hash of another line, or of nothing.
+    Link(Option<usize>),
+    Time(i64),
+}
+
+fn field_edit() -> impl Strategy<Value = FieldEdit> {
+    let seq = prop_oneof![
+        Just(0u64),
+        Just(1),
+        Just(u64::MAX),
+        Just(u64::MAX - 1),
+        0..12u64,
+        any::<u64>()
+    ];
+    prop_oneof![
+        3 => seq.clone().prop_map(FieldEdit::Seq),
+        1 => prop_oneof![Just(AUDIT_NODE.to_owned()), Just("n2".to_owned()), name_like()]
+            .prop_map(FieldEdit::Node),
+        1 => (seq.clone(), seq).prop_map(|(a, b)| FieldEdit::Prune(a, b)),
+        2 => prop::option::of(any::<usize>()).prop_map(FieldEdit::Link),
+        1 => any::<i64>().prop_map(FieldEdit::Time),
+    ]
+}
+
+/// `line` with `edit` applied to its record or checkpoint fields; unchanged if it is neither.
+fn edit_fields(line: &[u8], edit: &FieldEdit, link: &str) -> Vec<u8> {
+    if let Ok(mut r) = serde_json::from_slice::<Record>(line) {
+        match edit {
+            FieldEdit::Seq(n) => r.seq = *n,
+            FieldEdit::Node(n) => r.node = n.clone(),
+            FieldEdit::Prune(a, b) => {
+                r.action = chain::PRUNE_ACTION.into();
+                r.purpose = format!("segments 1-1; records {a}-{b}");
+            }
+            FieldEdit::Link(_) => r.prev = link.to_owned(),
+            FieldEdit::Time(t) => r.ts = *t,
+        }
+        return serde_json::to_vec(&r).unwrap();
+    }
+    if let Ok(mut c) = serde_json::from_slice::<Checkpoint>(line) {
+        match edit {
+            FieldEdit::Seq(n) | FieldEdit::Prune(_, n) => c.seq = *n,
+            FieldEdit::Node(n) => c.node = n.clone(),
+            FieldEdit::Link(_) => c.head = link.to_owned(),
+            FieldEdit::Time(t) => c.ts = *t,
+        }
+        return serde_json::to_vec(&c).unwrap();
+    }
+    line.to_vec()
 }
 
 fn line_edit() -> impl Strategy<Value = LineEdit> {
@@ -1404,6 +1457,7 @@ fn line_edit() -> impl Strategy<Value = LineEdit> {
         1 => (any::<usize>(), any::<usize>()).prop_map(|(a, b)| LineEdit::Swap(a, b)),
         1 => (any::<usize>(), vec(any::<u8>(), 0..40)).prop_map(|(i, b)| LineEdit::Insert(i, b)),
         1 => any::<usize>().prop_map(LineEdit::Truncate),
+        4 => (any::<usize>(), field_edit()).prop_map(|(i, e)| LineEdit::Field(i, e)),
     ]
 }
 
@@ -1435,6 +1489,16 @@ fn edit_lines(pool: &[Vec<u8>], mut lines: Vec<Vec<u8>>, edits: &[LineEdit]) -> 
             }
             LineEdit::Insert(i, bytes) => lines.insert(at(i, n + 1), bytes.clone()),
             LineEdit::Truncate(i) => lines.truncate(at(i, n + 1)),
+            LineEdit::Field(i, edit) => {
+                if n > 0 {
+                    let link = match edit {
+                        FieldEdit::Link(Some(j)) => chain::hash_line(&pool[at(j, pool.len())]),
+                        _ => chain::ZERO_HASH.to_owned(),
+                    };
+                    let k = at(i, n);
+                    lines[k] = edit_fields(&lines[k], edit, &link);
+                }
+            }
         }
     }
     lines
@@ -1791,11 +1855,6 @@ fn fuzz_crl_never_panics() {
             prop_assert!(reset.is_ok(), "{:?}", reset);
         }
         let installed = f.trust.install_crls(&bytes);
-        if KNOWN_BUGS && refused_by_the_tls_stack(&installed) {
-            // A list x509-parser accepts and webpki refuses is stored anyway:
-            // `regression_crl_*` (ignored until fixed).
-            return Ok(());
-        }
         if installed.is_ok() || f.files.pushed_crl.exists() {
             // What was stored lets the node reload and restart with it.
             let reloaded = f.trust.reload();
@@ -2053,19 +2112,11 @@ fn first_der_crl(pem_text: &str) -> Vec<u8> {
 
 // ---- Regressions: crashes the targets found, as minimal inputs ----
 
-/// A timestamp so far in the past that `now - timestamp` overflows an `i64`.
-fn proof_time_overflows(timestamp_unix_ms: i64) -> bool {
-    crate::domain::clock::now_ms()
-        .checked_sub(timestamp_unix_ms)
-        .is_none()
-}
-
 /// Found by `fuzz_proof_verify_never_panics`: a client with a valid certificate sends
 /// `x-dsm-proof: -9223372036854775808.<nonce>.<any signature>`; the freshness check in
 /// `ProofVerifier::verify` (`security/proof.rs`) computes `now - timestamp`, which overflows
 /// before the signature is checked: a panic in debug builds, a wrapped difference in release.
 #[test]
-#[ignore = "panics until ProofVerifier::verify checks freshness without overflow (security/proof.rs)"]
 fn regression_proof_time_overflow() {
     let f = proof_fixture();
     let header = format!("-9223372036854775808.{}.AA", "00".repeat(16));
@@ -2080,19 +2131,6 @@ fn regression_proof_time_overflow() {
     );
 }
 
-/// Whether `install_crls` failed because the TLS stack (webpki) refused a list it had stored.
-fn refused_by_the_tls_stack(installed: &Result<bool, crate::security::trust::TrustError>) -> bool {
-    use crate::security::tls::TlsError;
-    use crate::security::trust::TrustError;
-    use rustls::server::VerifierBuilderError;
-    matches!(
-        installed,
-        Err(TrustError::Tls(TlsError::Verifier(
-            VerifierBuilderError::InvalidCrl(_)
-        )))
-    )
-}
-
 /// Found by `fuzz_crl_never_panics`: a CRL signed by the mesh CA that revokes a certificate as of
 /// a time before 1970 (here 1969-12-31T23:59:59Z, as `mesh-ctl` writes it from a `revoked.json`
 /// entry with a negative `at`). `Trust::install_crls` (`security/trust.rs`) checks pushed lists
@@ -2100,7 +2138,6 @@ fn refused_by_the_tls_stack(installed: &Result<bool, crate::security::trust::Tru
 /// (webpki) refuses the list, `install_crls` answers an error, but the list stays stored, so
 /// every later reload fails and the node no longer starts (`Trust::load` fails the same way).
 #[test]
-#[ignore = "fails until Trust::install_crls refuses what the TLS stack cannot use (security/trust.rs)"]
 fn regression_crl_dated_before_1970_is_stored_then_breaks_reload() {
     let f = crl_fixture();
     let at = time::OffsetDateTime::from_unix_timestamp(-1).unwrap();
@@ -2114,7 +2151,6 @@ fn regression_crl_dated_before_1970_is_stored_then_breaks_reload() {
 /// (no `version` field, as `openssl ca -gencrl` writes without CRL extensions) signed by the mesh
 /// CA. x509-parser accepts it, webpki refuses it (a parse error); it stays stored.
 #[test]
-#[ignore = "fails until Trust::install_crls refuses what the TLS stack cannot use (security/trust.rs)"]
 fn regression_crl_version_1_is_stored_then_breaks_reload() {
     let f = crl_fixture();
     let der = first_der_crl(&f.ca.crl_pem(1, &[]).unwrap());
@@ -2138,22 +2174,6 @@ fn regression_crl_version_1_is_stored_then_breaks_reload() {
     assert!(Trust::load(f.files.clone(), node("n1"), None).is_ok());
 }
 
-/// Whether two customers of an export carry orders of the same customer.
-fn names_a_customer_twice(export: &PartitionExport) -> bool {
-    let mut seen = std::collections::HashSet::new();
-    export.customers.iter().any(|c| {
-        let dek = c.data_key.data_key();
-        let ids: std::collections::HashSet<String> = c
-            .orders
-            .iter()
-            .filter_map(|(k, sealed)| dek.open(sealed, k).ok())
-            .filter_map(|plain| pb::Order::decode(plain.as_slice()).ok())
-            .map(|o| o.customer_id)
-            .collect();
-        ids.into_iter().any(|id| !seen.insert(id))
-    })
-}
-
 /// Found by `fuzz_handoff_chunk_never_panics`: a handoff answer whose `PartitionData` lists the
 /// same customer twice, each entry with its own data key and one valid order sealed under it.
 /// `Store::import_partition` (`storage/handoff.rs`) accepts it: the customer's stored key is the
@@ -2161,7 +2181,6 @@ fn names_a_customer_twice(export: &PartitionExport) -> bool {
 /// never be read again (`get_order` answers `Corrupt("order")`), although the import promises to
 /// refuse, changing nothing, an export whose records do not open with their keys.
 #[test]
-#[ignore = "fails until Store::import_partition refuses a customer listed twice (storage/handoff.rs)"]
 fn regression_handoff_naming_a_customer_twice() {
     let f = handoff_fixture();
     let entry = |key: u8, order: usize| CustomerCase {
@@ -2175,15 +2194,14 @@ fn regression_handoff_naming_a_customer_twice() {
         }],
     };
     let data = build_partition_data(&f, None, &[entry(0, 0), entry(1, 1)], &[], 0);
-    receive_handoff(&f, &data.encode_to_vec(), false).unwrap();
+    receive_handoff(&f, &data.encode_to_vec()).unwrap();
 }
 
 /// Found by `fuzz_layout_never_panics`: a layout signed at version `u64::MAX` verifies
 /// (`Layout::check` asks only for a version of at least 1); `Layout::next` then computes
-/// `version + 1` and `Layout::may_replace` (with it as the current layout) `c.version + 1`
-/// (`cluster/layout/mod.rs`), which overflow: a panic in debug builds, a wrap to 0 in release.
+/// `self.version + 1` (`cluster/layout/mod.rs`), which overflows: a panic in debug builds, a wrap
+/// to version 0 in release (refused then by `check`).
 #[test]
-#[ignore = "panics until Layout::next and may_replace handle the last version (cluster/layout/mod.rs)"]
 fn regression_layout_at_the_last_version() {
     let (key, _) = ControlKey::generate();
     let base = Layout::initial((0..3).map(member).collect()).unwrap();
@@ -2191,5 +2209,44 @@ fn regression_layout_at_the_last_version() {
     inner.version = u64::MAX;
     let last = Layout::verify(&resign(inner.encode_to_vec(), &key), &key.public()).unwrap();
     assert!(last.next((0..4).map(member).collect()).is_err());
-    assert!(base.may_replace(Some(&last)).is_err());
+}
+
+/// Found by `fuzz_audit_chain_never_panics`: a log whose first record has `"seq":0`.
+/// `chain::verify` (`audit/chain.rs`) computes `rec.seq - 1` for the anchor it looks for (with
+/// checkpoints) and for the `Unanchored` error it returns (without), which overflows: a panic in
+/// debug builds (`mesh-ctl audit verify` on a tampered directory), an anchor of `u64::MAX` in the
+/// error in release.
+#[test]
+fn regression_audit_chain_starting_at_seq_0() {
+    let f = audit_fixture();
+    let line = edit_fields(&f.logs[0].0[0], &FieldEdit::Seq(0), "");
+    let verified = chain::verify(&[line.as_slice()], &[], Some(AUDIT_NODE), &|_| true);
+    assert!(verified.is_err());
+}
+
+/// Found by `fuzz_audit_files_never_panics`: an audit directory whose last record has
+/// `"seq":18446744073709551615` beyond the last checkpoint. `AuditLog::open` recovers it and
+/// appends `AuditRecovered`: `append_batch` (`audit/log.rs`) computes `seq += 1`, which
+/// overflows: the node panics at start in debug builds and writes a record with seq 0 in release.
+#[test]
+fn regression_audit_recovery_after_the_last_seq() {
+    let f = audit_fixture();
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("audit");
+    let (lines, cps) = &f.logs[2];
+    let lines = vec![edit_fields(&lines[0], &FieldEdit::Seq(u64::MAX), "")];
+    write_audit_dir(&dir, &lines, cps, &[], 0);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let signer = CheckpointSigner {
+        signer: Signer::from_pem(&f.key_pem).unwrap(),
+        cert_der: f.cert_der.clone(),
+        live: None,
+    };
+    rt.block_on(async {
+        if let Ok((log, task)) = AuditLog::open(&dir, AUDIT_NODE, signer, log::Retention::default())
+        {
+            drop(log);
+            task.await.unwrap();
+        }
+    });
 }

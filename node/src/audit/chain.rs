@@ -201,6 +201,13 @@ pub fn verify(
             });
         }
         match &prev {
+            // Sequence numbers start at 1: a record 0 was never written by a node.
+            None if rec.seq == 0 => {
+                return Err(ChainError::Sequence {
+                    seq: 0,
+                    expected: 1,
+                });
+            }
             None => {
                 out.first_seq = rec.seq;
                 let anchored = if rec.seq == 1 {

@@ -300,7 +300,10 @@ impl Writer {
         let mut lines = Vec::with_capacity(entries.len());
         let mut seqs = Vec::with_capacity(entries.len());
         for e in entries {
-            seq += 1;
+            // A log at the last sequence number (only a hand-edited one can be) takes no more.
+            seq = seq.checked_add(1).ok_or_else(|| {
+                AuditError::Io("the audit log is at its last sequence number".into())
+            })?;
             let rec = Record {
                 v: chain::FORMAT,
                 seq,

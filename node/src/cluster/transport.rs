@@ -449,7 +449,9 @@ impl PeerTransport {
                             let Ok(req) = PeerRequest::decode(bytes.as_slice()) else {
                                 return;
                             };
-                            let left = req.deadline_unix_ms - crate::domain::clock::now_ms();
+                            let left = req
+                                .deadline_unix_ms
+                                .saturating_sub(crate::domain::clock::now_ms());
                             if left <= 0 {
                                 return;
                             }

@@ -355,7 +355,7 @@ impl ProofVerifier {
         let identity = Identity::from_certificate(&leaf)?;
 
         let now = now_ms();
-        if (now - proof.timestamp_unix_ms).unsigned_abs() > FRESHNESS.as_millis() as u64 {
+        if now.abs_diff(proof.timestamp_unix_ms) > FRESHNESS.as_millis() as u64 {
             return Err(ProofError::Stale);
         }
         let not_before = partition

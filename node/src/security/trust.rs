@@ -222,6 +222,9 @@ fn verified_crls(
             }
             continue;
         }
+        // The TLS stack parses CRLs more strictly than x509-parser (a revocation dated before
+        // 1970, a version-1 list): one it refuses would be stored and then fail every reload.
+        tls_stack_accepts(&der, roots).map_err(|e| bad(format!("unusable CRL: {e}")))?;
         out.push(VerifiedCrl {
             issuer: crl.issuer().as_raw().to_vec(),
             number: crl
@@ -233,6 +236,23 @@ fn verified_crls(
         });
     }
     Ok(out)
+}
+
+/// Whether rustls (webpki) takes `der` as a CRL, as the verifiers built from it will have to.
+fn tls_stack_accepts(
+    der: &CertificateRevocationListDer<'static>,
+    roots: &[CertificateDer<'static>],
+) -> Result<(), String> {
+    let mut store = RootCertStore::empty();
+    for root in roots {
+        store.add(root.clone()).map_err(|e| e.to_string())?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(store), tls::provider())
+        .with_crls([der.clone()])
+        .allow_unknown_revocation_status()
+        .build()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Big-endian unsigned comparison of CRL numbers.

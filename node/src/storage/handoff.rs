@@ -137,6 +137,9 @@ impl Store {
             batch.delete(Space::Data, kv.key()?.to_vec());
         }
         let mut stats = ImportStats::default();
+        // Each customer once: a second entry would overwrite the first's data key, and the first
+        // entry's orders could never be opened again.
+        let mut seen = std::collections::HashSet::new();
         for customer in &export.customers {
             let dek = customer.data_key.data_key();
             let mut ch: Option<(String, Hash)> = None;
@@ -164,6 +167,11 @@ impl Store {
                     }
                     None => {
                         let h = keys::customer_hash(&self.keys, &order.customer_id);
+                        if !seen.insert(h) {
+                            return Err(StorageError::Rejected(format!(
+                                "a transferred partition {p} lists one customer twice"
+                            )));
+                        }
                         let ck = keys::customer_key(p, &h);
                         let wrapped = self.keys.import_data_key(&customer.data_key, &ck);
                         batch.put(Space::Data, ck, versioned(&wrapped));

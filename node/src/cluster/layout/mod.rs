@@ -100,7 +100,11 @@ impl Layout {
                     .copied()
             })
             .collect();
-        Layout::compute(self.version + 1, sorted, &previous)
+        let version = self
+            .version
+            .checked_add(1)
+            .ok_or_else(|| LayoutError::Invalid("layout version is at its maximum".into()))?;
+        Layout::compute(version, sorted, &previous)
     }
 
     fn compute(
