@@ -1607,3 +1607,53 @@ async fn a_home_node_that_grants_every_reveal_cannot_lift_the_limit_on_other_own
     })
     .await;
 }
+
+/// Fail-closed reveals: when the principal's home node (which keeps its allowance) cannot be
+/// asked, the owner refuses the reveal and says why, and the refusal is on its trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reveal_is_refused_when_the_principals_home_node_is_unreachable() {
+    within(120, async {
+        let mut mesh = TestMesh::start(2);
+        let layout = mesh.layout_now();
+        let desk = (0..)
+            .map(|i| format!("desk-{i}"))
+            .find(|name| {
+                let principal = format!("spiffe://{}/client/oms/{name}", mesh_tests::TRUST_DOMAIN);
+                layout
+                    .owner_of(mesh_node::domain::ids::partition_of(&principal))
+                    .node_id
+                    == "n2"
+            })
+            .expect("a principal homed on n2");
+        let customer = mesh.customer_on(0, "ledger-down");
+        let order = shipped_order(&mesh.nodes[0], &mesh.pki, &customer, 31).await;
+        mesh.nodes[1].stop();
+        let mut oms = mesh.nodes[0]
+            .client(&mesh.pki.client_named(Role::Oms, &desk))
+            .await;
+        let s = oms
+            .reveal_field(RevealFieldRequest {
+                order_id: order.order_id.clone(),
+                field: "customer.phone".into(),
+                reason_code: "ndr-callback".into(),
+                reason_text: "buyer asked for a call back".into(),
+            })
+            .await
+            .expect_err("no ledger, no reveal");
+        assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+        assert!(
+            s.message().contains("reveal ledger") && s.message().contains("n2"),
+            "{s:?}"
+        );
+        let refused = local_trail_where(
+            &mesh.nodes[0],
+            &mesh.pki,
+            mesh_node::api::gateway::REVEAL_FIELD,
+            |r| r.decision == "deny",
+        )
+        .await;
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].reason, "UNAVAILABLE");
+    })
+    .await;
+}
