@@ -125,3 +125,52 @@ async fn refuses_bad_clients_and_accepts_a_good_one() {
     })
     .await;
 }
+
+/// What the handshake actually agrees, not what the provider lists: the gateway negotiates the
+/// hybrid post-quantum group X25519MLKEM768 with a mesh client, over TLS 1.3. And the mesh CA
+/// issues no certificate for another trust domain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_negotiates_x25519mlkem768_and_the_ca_issues_for_its_trust_domain_only() {
+    within(60, async {
+        let pki = Pki::new();
+        let node = NodeProcess::start(&pki, "n1");
+        let good = pki.client(Role::Storefront);
+        let tcp = tokio::net::TcpStream::connect(node.gateway)
+            .await
+            .expect("tcp");
+        let connector = tokio_rustls::TlsConnector::from(good.tls());
+        let tls = connector
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+                tcp,
+            )
+            .await
+            .expect("handshake");
+        let group = tls
+            .get_ref()
+            .1
+            .negotiated_key_exchange_group()
+            .expect("a key exchange group")
+            .name();
+        assert_eq!(group, rustls::NamedGroup::X25519MLKEM768);
+        assert_eq!(
+            tls.get_ref().1.protocol_version(),
+            Some(rustls::ProtocolVersion::TLSv1_3)
+        );
+
+        let id = Identity::Client {
+            trust_domain: "elsewhere.test".into(),
+            role: Role::Storefront,
+            name: "foreign-domain".into(),
+        };
+        // The mesh CA will not issue one (so no chain to the mesh CA can carry one); another CA's
+        // certificates are refused in the handshake (`refuses_bad_clients_and_accepts_a_good_one`).
+        let refused = pki
+            .ca
+            .issue(&LeafSpec::new(id, std::time::Duration::from_secs(3600)))
+            .map(|_| ())
+            .expect_err("the mesh CA issues for its own trust domain only");
+        assert!(refused.to_string().contains("elsewhere.test"), "{refused}");
+    })
+    .await;
+}
