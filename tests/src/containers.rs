@@ -34,22 +34,17 @@ const OPS_PORT: u16 = 9090;
 /// Label naming who created a container or network: `<hostname>/<pid>`.
 const OWNER_LABEL: &str = "dev.dsm.test-owner";
 
-/// True when the tests should run; false (after saying so) when `DSM_SKIP_DOCKER=1` asks to skip
-/// them. Panics with what is missing when there is no usable Docker engine.
-pub fn docker_or_skip() -> bool {
-    if std::env::var("DSM_SKIP_DOCKER").is_ok_and(|v| v == "1") {
-        eprintln!("DSM_SKIP_DOCKER=1: skipping the container tests by request");
-        return false;
-    }
+/// Panics with what is missing when there is no usable Docker engine. (To leave the container
+/// tests out, run with `NEXTEST_PROFILE=no-docker`: they are then counted as skipped.)
+pub fn docker_required() {
     if let Err(e) = docker_available() {
         panic!("{e}");
     }
-    true
 }
 
 /// Whether the docker CLI exists and its daemon answers, with a message saying which is missing.
 pub fn docker_available() -> Result<(), String> {
-    let skip = "or set DSM_SKIP_DOCKER=1 to skip the container tests explicitly";
+    let skip = "or leave the container tests out with NEXTEST_PROFILE=no-docker";
     match std::process::Command::new("docker")
         .args(["version", "--format", "{{.Server.Version}}"])
         .output()

@@ -55,7 +55,7 @@ pub fn python_venv(name: &str, requirements: &str) -> PathBuf {
                 .status()
                 .context(
                     "python3 is required for the Python-based tests (apt-get install python3 \
-                     python3-venv), or set DSM_SKIP_PYTHON=1 to skip them on purpose",
+                     python3-venv), or leave them out with NEXTEST_PROFILE=no-python",
                 )?;
             anyhow::ensure!(s.success(), "python3 -m venv failed (install python3-venv)");
         }

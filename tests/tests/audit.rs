@@ -259,7 +259,6 @@ fn py_verify(dir: &Path, ca: &Path) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesh_ctl_and_an_independent_verifier_detect_every_kind_of_tampering() {
-    let python_ok = std::env::var("DSM_SKIP_PYTHON").map_or(true, |v| v != "1");
     within(180, async {
         let pki = Pki::new();
         let node = node_with_history(&pki).await;
@@ -267,7 +266,7 @@ async fn mesh_ctl_and_an_independent_verifier_detect_every_kind_of_tampering() {
         let ca = pki.ca_cert();
         let (code, out) = ctl_verify(&audit, &ca);
         assert_eq!(code, Some(0), "pristine log: {out}");
-        if python_ok {
+        {
             let py = py_verify(&audit, &ca);
             assert_eq!(py["ok"], true, "{py}");
             assert!(py["records"].as_u64().expect("records") >= 24);
@@ -391,7 +390,7 @@ async fn mesh_ctl_and_an_independent_verifier_detect_every_kind_of_tampering() {
                 out.contains(needle),
                 "{what}: `{needle}` not named in {out}"
             );
-            if python_ok {
+            {
                 assert_eq!(
                     py_verify(tmp.path(), &ca)["ok"],
                     false,
@@ -409,7 +408,6 @@ async fn mesh_ctl_and_an_independent_verifier_detect_every_kind_of_tampering() {
 /// this they passed it, so the oldest accesses could vanish unnoticed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_the_oldest_records_is_detected_by_both_verifiers() {
-    let python_ok = std::env::var("DSM_SKIP_PYTHON").map_or(true, |v| v != "1");
     within(180, async {
         let pki = Pki::new();
         // Two runs: the first ends with a signed checkpoint, the second appends after it.
@@ -461,7 +459,7 @@ async fn deleting_the_oldest_records_is_detected_by_both_verifiers() {
             out.contains("AuditPrune"),
             "the failure names what is missing: {out}"
         );
-        if python_ok {
+        {
             assert_eq!(
                 py_verify(tmp.path(), &ca)["ok"],
                 false,
@@ -667,7 +665,6 @@ async fn watch_streams_records_as_they_are_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruning_past_retention_keeps_the_rest_verifiable() {
-    let python_ok = std::env::var("DSM_SKIP_PYTHON").map_or(true, |v| v != "1");
     within(120, async {
         let pki = Pki::new();
         let mut node = NodeProcess::start_with_env(
@@ -707,7 +704,7 @@ async fn pruning_past_retention_keeps_the_rest_verifiable() {
         );
         let (code, out) = ctl_verify(&audit, &pki.ca_cert());
         assert_eq!(code, Some(0), "the pruned log must still verify: {out}");
-        if python_ok {
+        {
             assert_eq!(py_verify(&audit, &pki.ca_cert())["ok"], true);
         }
     })

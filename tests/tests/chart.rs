@@ -14,7 +14,7 @@
 //!
 //! The Python tooling (`tests/python/requirements-chart.txt`, checkov and friends) lives in its own
 //! venv, `target/py-chart-venv`, apart from the grpcio one the client test uses. Needs python3 with
-//! venv and PyPI on first use; `DSM_SKIP_PYTHON=1` opts out explicitly, as for the other Python test.
+//! venv and PyPI on first use; `NEXTEST_PROFILE=no-python` leaves these two tests out.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,10 +33,6 @@ fn chart_python() -> PathBuf {
 
 #[test]
 fn helm_chart_renders_lints_and_passes_schema_and_security_checks_offline() {
-    if std::env::var("DSM_SKIP_PYTHON").is_ok_and(|v| v == "1") {
-        eprintln!("DSM_SKIP_PYTHON=1: skipping the chart validation by request");
-        return;
-    }
     let py = chart_python();
     let root = workspace_root();
     let script = root.join("tests/chart/validate.py");
@@ -286,10 +282,6 @@ fn check_objects(release: &Release, dir: &Path, out: &Path) {
 
 #[test]
 fn mesh_ctl_k8s_manifests_are_what_the_chart_mounts() {
-    if std::env::var("DSM_SKIP_PYTHON").is_ok_and(|v| v == "1") {
-        eprintln!("DSM_SKIP_PYTHON=1: skipping the mesh-ctl manifest contract by request");
-        return;
-    }
     let py = chart_python();
     let root = workspace_root();
     let tmp = tempfile::tempdir().expect("a temporary directory");

@@ -5,14 +5,14 @@
 //!
 //! Needs a Docker engine (the tests build the image with `tests/docker/build.sh` first, once per
 //! process; a cold build is the static release build, minutes). Without one they fail saying so;
-//! `DSM_SKIP_DOCKER=1` skips them explicitly.
+//! `NEXTEST_PROFILE=no-docker` leaves them out (counted as skipped, see `.config/nextest.toml`).
 
 use mesh_node::access::policy::Role;
 use mesh_node::api::gateway::{CREATE_ORDER, GET_ORDER};
 use mesh_node::security::proof::Signer;
 use mesh_proto::v1::Order;
 use mesh_proto::v1::order_gateway_client::OrderGatewayClient;
-use mesh_tests::containers::{ContainerMesh, build_image, docker, docker_or_skip};
+use mesh_tests::containers::{ContainerMesh, build_image, docker, docker_required};
 use mesh_tests::{
     Credentials, MeshHarness as _, assert_eventually, get_order_request, keyed_order,
     orders_written_anywhere_are_read_everywhere, within_after,
@@ -203,9 +203,7 @@ async fn assert_image_shape(mesh: &ContainerMesh) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_created_through_one_container_are_read_through_the_others() {
-    if !docker_or_skip() {
-        return;
-    }
+    docker_required();
     within_after(build_image, 180, async {
         let mesh = ContainerMesh::start("read", 3).await;
         assert_image_shape(&mesh).await;
@@ -224,9 +222,7 @@ async fn orders_created_through_one_container_are_read_through_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_container_fails_only_its_shard_and_the_others_keep_serving() {
-    if !docker_or_skip() {
-        return;
-    }
+    docker_required();
     within_after(build_image, 240, async {
         let mesh = ContainerMesh::start("kill", 3).await;
         let (sf, oms) = (
@@ -293,9 +289,7 @@ async fn a_killed_container_fails_only_its_shard_and_the_others_keep_serving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_cut_off_the_network_loses_no_acknowledged_write() {
-    if !docker_or_skip() {
-        return;
-    }
+    docker_required();
     within_after(build_image, 240, async {
         let mesh = ContainerMesh::start("cut", 3).await;
         let (sf, oms) = (
@@ -520,9 +514,7 @@ async fn load_worker(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_under_load_fails_no_request_and_loses_no_write() {
-    if !docker_or_skip() {
-        return;
-    }
+    docker_required();
     within_after(build_image, 420, async {
         let mesh = ContainerMesh::start("roll", 3).await;
         let (sf, oms) = (
@@ -616,9 +608,7 @@ async fn a_rolling_restart_under_load_fails_no_request_and_loses_no_write() {
 /// every gateway, read through every gateway, and again after n3 is `docker kill`ed and started.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_scenario_orders_written_anywhere_are_read_everywhere_on_containers() {
-    if !docker_or_skip() {
-        return;
-    }
+    docker_required();
     within_after(build_image, 240, async {
         let mut mesh = ContainerMesh::start("scenario", 3).await;
         let written = orders_written_anywhere_are_read_everywhere(&mut mesh, "containers").await;

@@ -11,8 +11,8 @@
 //! On the sled store this replaced the drill failed at the first cut; on fjall it found that the
 //! keyspace directories were never synced (tests/power/README.md has both findings).
 //!
-//! Switches: `DSM_SKIP_FUSE=1` skips both tests here on a machine without FUSE (otherwise they fail naming
-//! what is missing). `DSM_POWER_SEED` replays a run's random choices. `DSM_POWER_METADATA=eager`
+//! Switches: `NEXTEST_PROFILE=no-fuse` leaves both tests out on a machine without FUSE, counted
+//! as skipped (otherwise they fail naming what is missing). `DSM_POWER_SEED` replays a run's random choices. `DSM_POWER_METADATA=eager`
 //! makes names durable without `fsyncdir`, to tell a store's missing directory syncs apart from
 //! its other losses.
 
@@ -50,9 +50,7 @@ const NODE_ID: &str = "n1";
 
 #[test]
 fn the_power_cut_filesystem_keeps_exactly_what_was_synced() {
-    let Some(python) = fuse_or_skip("the power-cut filesystem's test") else {
-        return;
-    };
+    let python = fuse_required("the power-cut filesystem's test");
     let mut child = Command::new(python)
         .arg(power_dir().join("test_lazyfs.py"))
         .arg("-v")
@@ -79,9 +77,7 @@ fn the_power_cut_filesystem_keeps_exactly_what_was_synced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_and_their_audit_records_survive_power_cuts() {
-    let Some(python) = fuse_or_skip("the power-loss drill") else {
-        return;
-    };
+    let python = fuse_required("the power-loss drill");
     within(DRILL_SECS, drill(python)).await;
 }
 
@@ -830,14 +826,9 @@ fn power_dir() -> PathBuf {
     workspace_root().join("tests/power")
 }
 
-/// The venv Python that serves the filesystem, or `None` (after saying so) when
-/// `DSM_SKIP_FUSE=1` asks to skip. Panics naming what is missing.
-fn fuse_or_skip(what: &str) -> Option<PathBuf> {
-    if std::env::var("DSM_SKIP_FUSE").is_ok_and(|v| v == "1") {
-        eprintln!("DSM_SKIP_FUSE=1: skipping {what} by request");
-        return None;
-    }
-    let skip = "or set DSM_SKIP_FUSE=1 to skip the FUSE tests explicitly";
+/// The venv Python that serves the filesystem. Panics naming what is missing.
+fn fuse_required(what: &str) -> PathBuf {
+    let skip = "or leave these tests out with NEXTEST_PROFILE=no-fuse";
     assert!(
         Path::new("/dev/fuse").exists(),
         "{what} needs FUSE, but /dev/fuse does not exist (load the fuse module; a container needs \
@@ -859,7 +850,7 @@ fn fuse_or_skip(what: &str) -> Option<PathBuf> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(python)
+    python
 }
 
 /// The power-cut filesystem over a backing directory, served by `tests/power/lazyfs.py`; the

@@ -1,6 +1,6 @@
 //! A third-party client: Python grpcio with stubs generated from `proto/` at run time, talking mTLS
-//! to a real node. Needs python3 and PyPI (the harness makes a venv under target/); set
-//! `DSM_SKIP_PYTHON=1` to opt out explicitly on a machine without them.
+//! to a real node. Needs python3 and PyPI (the harness makes a venv under target/); run
+//! with `NEXTEST_PROFILE=no-python` to leave it out on a machine without them.
 
 use mesh_node::access::policy::Role;
 use mesh_tests::{NodeProcess, Pki, python, within};
@@ -8,10 +8,6 @@ use std::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_client_creates_and_reads_orders_over_mtls() {
-    if std::env::var("DSM_SKIP_PYTHON").is_ok_and(|v| v == "1") {
-        eprintln!("DSM_SKIP_PYTHON=1: skipping the third-party client test by request");
-        return;
-    }
     let py = python();
     within(180, async move {
         let pki = Pki::new();

@@ -3,8 +3,8 @@
 //!
 //! The collector is `tests/python/otlp_receiver.py` (grpcio and the `opentelemetry-proto`
 //! messages, in the harness's venv): it needs python3 and PyPI on first use, and
-//! `DSM_SKIP_PYTHON=1` opts out explicitly, as for the other Python tests. `promtool` comes from
-//! the Debian package `prometheus` (`.ci/run` installs it); `DSM_SKIP_PROMTOOL=1` opts out.
+//! `NEXTEST_PROFILE=no-python` leaves it out. `promtool` comes from the Debian package
+//! `prometheus` (`.ci/run` installs it); `NEXTEST_PROFILE=no-promtool` leaves its test out.
 
 use mesh_node::access::policy::{Method, Role};
 use mesh_node::api::gateway::{CREATE_ORDER, GET_ORDER, LIST_CUSTOMER_ORDERS, UPDATE_ORDER_STATUS};
@@ -30,14 +30,6 @@ fn workspace_root() -> PathBuf {
         .parent()
         .expect("tests/ has a parent")
         .to_owned()
-}
-
-fn skipped(var: &str, what: &str) -> bool {
-    let skip = std::env::var(var).is_ok_and(|v| v == "1");
-    if skip {
-        eprintln!("{var}=1: skipping {what} by request");
-    }
-    skip
 }
 
 /// `tests/python/otlp_receiver.py`, listening on an ephemeral loopback port.
@@ -153,9 +145,6 @@ fn complete(spans: &[Value]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_requests_routing_hops_and_storage_are_traced_over_otlp_without_pii() {
-    if skipped("DSM_SKIP_PYTHON", "the OTLP trace export test") {
-        return;
-    }
     let py = python();
     let dir = tempfile::tempdir().expect("tempdir");
     let collector = Collector::start(&py, dir.path());
@@ -420,8 +409,8 @@ fn promtool_check(text: &str) -> (bool, String) {
         .unwrap_or_else(|e| {
             panic!(
                 "promtool could not be run ({e}): install the Debian package `prometheus` \
-                 (apt-get install prometheus; .ci/run does), or set DSM_SKIP_PROMTOOL=1 to skip \
-                 this test on purpose"
+                 (apt-get install prometheus; .ci/run does), or leave this test out \
+                 with NEXTEST_PROFILE=no-promtool"
             )
         });
     child
@@ -443,9 +432,6 @@ fn promtool_check(text: &str) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_of_nodes_that_served_traffic_pass_promtool_with_bounded_labels() {
-    if skipped("DSM_SKIP_PROMTOOL", "the promtool check of /metrics") {
-        return;
-    }
     // promtool's own lint must catch what this test relies on it for.
     let (ok, said) =
         promtool_check("# HELP x_requests Requests.\n# TYPE x_requests counter\nx_requests 1\n");
