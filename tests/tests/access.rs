@@ -1140,7 +1140,12 @@ async fn reveal_needs_a_reason_is_limited_per_principal_and_audited() {
         for r in &allowed {
             assert_eq!((r.purpose.as_str(), r.note.as_str()), ("slot-change", why));
             assert_eq!(r.fields.len(), 1);
-            assert_eq!(r.order.len(), 64, "the order is a keyed hash");
+            assert_eq!(r.order.len(), 64, "the order is a hash");
+            assert_ne!(
+                r.order,
+                mesh_node::audit::chain::hash_line(order.order_id.as_bytes()),
+                "the order is a keyed hash, not the plain SHA-256 of its id"
+            );
         }
         let fields: Vec<&str> = allowed.iter().map(|r| r.fields[0].as_str()).collect();
         assert_eq!(
@@ -1165,9 +1170,9 @@ async fn reveal_needs_a_reason_is_limited_per_principal_and_audited() {
         ));
         assert!(
             !contains(&disk, why.as_bytes()),
-            "reason words are sealed under the customer's key on disk"
+            "reason words are sealed under the node's key on disk"
         );
-        assert!(contains(&disk, b"sealed:v1:"));
+        assert!(contains(&disk, b"sealed:v2:"));
     })
     .await;
 }

@@ -79,8 +79,23 @@ async fn every_method_for_every_role_leaves_exactly_one_record_and_no_pii() {
             .find(|r| r.role == "oms" && r.action == GET_ORDER && r.principal.ends_with("/probe"))
             .expect("oms read");
         assert_eq!(oms_get.purpose, "ndr-callback");
-        assert_eq!(oms_get.order.len(), 64);
-        assert_eq!(oms_get.customer.len(), 64);
+        // Keyed hashes: hex of 32 bytes, and not the plain SHA-256 of the id, which anyone could
+        // compute from a guessable id (a length check alone cannot tell the two apart).
+        use mesh_node::audit::chain::hash_line as sha256_hex;
+        for (subject, id) in [
+            (&oms_get.order, order.order_id.as_str()),
+            (&oms_get.customer, "audit-cust-1"),
+        ] {
+            assert!(
+                subject.len() == 64 && subject.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{subject}"
+            );
+            assert_ne!(
+                *subject,
+                sha256_hex(id.as_bytes()),
+                "an unkeyed hash of {id}"
+            );
+        }
         assert!(oms_get.fields.contains(&"customer.address.city".to_owned()));
         for masked in ["customer.name", "customer.phone", "customer.address.line1"] {
             assert!(

@@ -303,6 +303,10 @@ async fn a_stolen_node_identity_cannot_read_or_widen_anything_on_other_shards() 
         let customer = mesh.customer_on(1, "victim");
         let mut owner = mesh.nodes[1].client(&sf).await;
         let order = create_ok(&mut owner, sample_order(&customer, 7)).await;
+        // n1 holds data of its own too, so the offline check of its disk below has something to
+        // look at (it passed over an empty set before).
+        let own = mesh.customer_on(0, "attacker-shard");
+        create_ok(&mut mesh.nodes[0].client(&sf).await, sample_order(&own, 8)).await;
         let get = get_order_request(&order.order_id);
 
         // The attacker holds node n1's certificate and key and speaks the peer protocol to n2.
@@ -428,7 +432,9 @@ async fn a_stolen_node_identity_cannot_read_or_widen_anything_on_other_shards() 
             .iter()
             .map(|p| p.get())
             .collect();
-        for p in inv["partitions"].as_object().expect("partitions").keys() {
+        let held = inv["partitions"].as_object().expect("partitions");
+        assert!(!held.is_empty(), "n1's disk holds no partition: {inv}");
+        for p in held.keys() {
             assert!(
                 owned.contains(&p.parse::<u16>().expect("p")),
                 "n1's disk holds partition {p} it does not own"
