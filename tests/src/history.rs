@@ -87,10 +87,24 @@ impl Counts {
     }
 
     fn failed_status(&self, s: &tonic::Status) {
+        // Numbers vary (partitions, milliseconds): masked; node ids (`n3`) are kept.
         let shape: String = s
             .message()
+            .split(' ')
+            .map(|word| {
+                let node =
+                    word.starts_with('n') && word[1..].starts_with(|c: char| c.is_ascii_digit());
+                if node {
+                    word.to_owned()
+                } else {
+                    word.chars()
+                        .map(|c| if c.is_ascii_digit() { '#' } else { c })
+                        .collect()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
             .chars()
-            .map(|c| if c.is_ascii_digit() { '#' } else { c })
             .take(160)
             .collect();
         self.failed(format!("{:?}: {shape}", s.code()));

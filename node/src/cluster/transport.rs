@@ -198,15 +198,17 @@ impl PeerTransport {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Forgets the failures of `nodes`, so the next call dials them at once: a layout that makes
-    /// them members says they are (back) up, and a backoff from when one was down would otherwise
-    /// refuse requests for its partitions for up to [`BACKOFF_MAX`].
+    /// Forgets what this node knew of the connections to `nodes`, so the next call dials them
+    /// afresh: a layout that makes them members says they are (back) up. A backoff from when one
+    /// was down would otherwise refuse requests for its partitions for up to [`BACKOFF_MAX`], and a
+    /// connection cached from before it restarted would fail the first call (and start a backoff).
     pub fn forget_failures<'a>(&self, nodes: impl IntoIterator<Item = &'a str>) {
         let mut peers = self.state();
         for node in nodes {
             if let Some(s) = peers.get_mut(node) {
                 s.failures = 0;
                 s.retry_at = None;
+                s.connection = None;
             }
         }
     }
