@@ -12,7 +12,9 @@
 //!   from the next handshake on, and every request on an open connection re-checks the peer's
 //!   certificate (revoked, expired, CA removed: the connection is closed).
 //! - A peer that fails is retried with exponential backoff (100 ms doubling to 5 s); until then
-//!   requests for it fail fast with `Unavailable` instead of hanging to their deadline.
+//!   requests for it fail fast with `Unavailable` instead of hanging to their deadline. A layout
+//!   that adds a member (a node joining or rejoining) clears its backoff and cached connection
+//!   ([`PeerTransport::forget_failures`], called by `Mesh::install`).
 
 use crate::cluster::layout::Member;
 use crate::cluster::link_filter::{LinkFilter, Verdict};
