@@ -205,16 +205,18 @@ fn commit_group(
     for (writes, _) in group.iter_mut() {
         merged.append(&mut writes.ops);
     }
-    // Data keys start with their partition (big-endian), so an import names its partition.
-    let imported = merged
-        .contains_key(&(Space::Meta, b"pending".to_vec()))
-        .then(|| {
+    // Data keys start with their partition (big-endian), so an import names its partitions (a
+    // group can merge several imports).
+    let imported: std::collections::BTreeSet<u16> =
+        if merged.contains_key(&(Space::Meta, b"pending".to_vec())) {
             merged
                 .keys()
-                .find(|(space, key)| *space == Space::Data && key.len() >= 2)
+                .filter(|(space, key)| *space == Space::Data && key.len() >= 2)
                 .map(|(_, key)| u16::from_be_bytes([key[0], key[1]]))
-        })
-        .flatten();
+                .collect()
+        } else {
+            std::collections::BTreeSet::new()
+        };
     if !merged.is_empty() {
         // Raised before the batch is visible, so a reader that sees it also sees this number.
         progress.visible.store(number, Ordering::SeqCst);
@@ -228,7 +230,7 @@ fn commit_group(
         }
         batch.commit()?;
         // A partition import (data with the pending set, in one batch): committed, not yet synced.
-        if let Some(p) = imported {
+        for p in imported {
             crate::fault::point_at("handoff-imported", p);
         }
     }
