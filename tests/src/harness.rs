@@ -90,6 +90,48 @@ pub fn owner_position<'a>(
         .expect("owner is a node")
 }
 
+/// `layout` with `node_id` added at a placeholder address: the assignment the control plane will
+/// sign when that node joins (placement depends on node ids only), so a test can choose data a
+/// change will move before it makes the change.
+pub fn with_member(layout: &Layout, node_id: &str) -> Layout {
+    let mut members = layout.members.clone();
+    members.push(mesh_node::cluster::layout::Member {
+        node_id: node_id.to_owned(),
+        peer_addr: "127.0.0.1:9".into(),
+        gateway_addr: "127.0.0.1:9".into(),
+    });
+    layout.next(members).expect("the next layout")
+}
+
+/// A customer id `<salt>-<n>` whose partition each `(layout, node)` gives to that node: for
+/// example a partition that moves n1 -> n3 between two layouts.
+pub fn customer_placed(salt: &str, placements: &[(&Layout, &str)]) -> String {
+    (0..)
+        .map(|i| format!("{salt}-{i}"))
+        .find(|c| {
+            let p = mesh_node::domain::ids::partition_of(c);
+            placements
+                .iter()
+                .all(|(l, node)| l.owner_of(p).node_id == *node)
+        })
+        .expect("a customer placed as asked")
+}
+
+/// A client name `<salt>-<n>` of `role` whose certificate identity is homed on `node` in `layout`
+/// (its reveal allowance is kept there).
+pub fn principal_homed_on(layout: &Layout, role: Role, node: &str, salt: &str) -> String {
+    (0..)
+        .map(|i| format!("{salt}-{i}"))
+        .find(|name| {
+            let principal = format!("spiffe://{}/client/{role}/{name}", crate::TRUST_DOMAIN);
+            layout
+                .owner_of(mesh_node::domain::ids::partition_of(&principal))
+                .node_id
+                == node
+        })
+        .expect("a principal homed there")
+}
+
 /// A customer id `<salt>-<n>` that `layout` assigns to the node at position `index` of `ids`.
 pub fn customer_owned_by<'a>(
     layout: &Layout,

@@ -87,28 +87,34 @@ impl Counts {
     }
 
     fn failed_status(&self, s: &tonic::Status) {
-        // Numbers vary (partitions, milliseconds): masked; node ids (`n3`) are kept.
-        let shape: String = s
-            .message()
-            .split(' ')
-            .map(|word| {
-                let node =
-                    word.starts_with('n') && word[1..].starts_with(|c: char| c.is_ascii_digit());
-                if node {
-                    word.to_owned()
-                } else {
-                    word.chars()
-                        .map(|c| if c.is_ascii_digit() { '#' } else { c })
-                        .collect()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-            .chars()
-            .take(160)
-            .collect();
-        self.failed(format!("{:?}: {shape}", s.code()));
+        self.failed(failure_shape(s));
     }
+}
+
+/// A failed call's code and message with its numbers masked (partitions, milliseconds) and node
+/// ids (`n3`) kept: failures of one kind group under one key. Messages name fields, partitions and
+/// nodes, never PII (see the node's `error.rs`).
+pub fn failure_shape(s: &tonic::Status) -> String {
+    let message: String = s
+        .message()
+        .split(' ')
+        .map(|word| {
+            let node = word.starts_with('n') && word[1..].starts_with(|c: char| c.is_ascii_digit());
+            if node {
+                word.to_owned()
+            } else {
+                word.chars()
+                    .map(|c| if c.is_ascii_digit() { '#' } else { c })
+                    .collect()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    format!(
+        "{:?}: {}",
+        s.code(),
+        message.chars().take(160).collect::<String>()
+    )
 }
 
 struct Clients {

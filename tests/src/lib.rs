@@ -42,7 +42,8 @@ pub use fixtures::{
     contact_handle, contains, create_ok, get_order_request, keyed_order, read_tree, sample_order,
 };
 pub use harness::{
-    GatewayClient, MeshHarness, Unsupported, customer_owned_by, layout_in, owner_position,
+    GatewayClient, MeshHarness, Unsupported, customer_owned_by, customer_placed, layout_in,
+    owner_position, principal_homed_on, with_member,
 };
 pub use mesh::TestMesh;
 pub use node::{NodeOptions, NodeProcess, free_port, http_get};

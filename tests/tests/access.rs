@@ -1506,20 +1506,9 @@ async fn reveal_reasons_stay_readable_to_auditors_after_the_partition_moves() {
     within(180, async {
         let mut mesh = TestMesh::start(2);
         let v1 = mesh.layout_now();
-        let mut members = v1.members.clone();
-        members.push(mesh_node::cluster::layout::Member {
-            node_id: "n3".into(),
-            peer_addr: "127.0.0.1:9".into(),
-            gateway_addr: "127.0.0.1:9".into(),
-        });
-        let v2 = v1.next(members).expect("v2");
-        let customer = (0..)
-            .map(|i| format!("evidence-{i}"))
-            .find(|c| {
-                let p = mesh_node::domain::ids::partition_of(c);
-                v1.owner_of(p).node_id == "n1" && v2.owner_of(p).node_id == "n3"
-            })
-            .expect("a partition that moves n1 -> n3");
+        let v2 = mesh_tests::with_member(&v1, "n3");
+        // A partition that moves n1 -> n3.
+        let customer = mesh_tests::customer_placed("evidence", &[(&v1, "n1"), (&v2, "n3")]);
         let order = shipped_order(&mesh.nodes[0], &mesh.pki, &customer, 4242).await;
         let why = "courier could not find the gate; buyer asked for a call";
         mesh.nodes[0]
@@ -1577,16 +1566,7 @@ async fn a_home_node_that_grants_every_reveal_cannot_lift_the_limit_on_other_own
         mesh.start_node("n2", &[("DSM_ACCESS_REVEAL_LIMIT", "1000")]);
         let layout = mesh.layout_now();
         // An oms desk homed on n2 (its allowance is kept there), revealing on n1's orders.
-        let desk = (0..)
-            .map(|i| format!("desk-{i}"))
-            .find(|name| {
-                let principal = format!("spiffe://{}/client/oms/{name}", mesh_tests::TRUST_DOMAIN);
-                layout
-                    .owner_of(mesh_node::domain::ids::partition_of(&principal))
-                    .node_id
-                    == "n2"
-            })
-            .expect("a principal homed on n2");
+        let desk = mesh_tests::principal_homed_on(&layout, Role::Oms, "n2", "desk");
         let customer = mesh.customer_on(0, "ceiling");
         let order = shipped_order(&mesh.nodes[0], &mesh.pki, &customer, 777).await;
         let mut oms = mesh.nodes[0]
@@ -1620,16 +1600,7 @@ async fn a_reveal_is_refused_when_the_principals_home_node_is_unreachable() {
     within(120, async {
         let mut mesh = TestMesh::start(2);
         let layout = mesh.layout_now();
-        let desk = (0..)
-            .map(|i| format!("desk-{i}"))
-            .find(|name| {
-                let principal = format!("spiffe://{}/client/oms/{name}", mesh_tests::TRUST_DOMAIN);
-                layout
-                    .owner_of(mesh_node::domain::ids::partition_of(&principal))
-                    .node_id
-                    == "n2"
-            })
-            .expect("a principal homed on n2");
+        let desk = mesh_tests::principal_homed_on(&layout, Role::Oms, "n2", "desk");
         let customer = mesh.customer_on(0, "ledger-down");
         let order = shipped_order(&mesh.nodes[0], &mesh.pki, &customer, 31).await;
         mesh.nodes[1].stop();

@@ -180,12 +180,9 @@ fn segment(dir: &Path) -> std::path::PathBuf {
     dir.join("segment-00000001.jsonl")
 }
 
-/// Rewrites every record (another principal), re-links the chain, and re-signs every checkpoint
-/// of node n1 over the new heads with the key and certificate in `cert`/`key` (PEM files): what
-/// someone who can rewrite the log would do with a key that is not n1's own.
-fn rewrite_and_resign(dir: &Path, cert: &Path, key: &Path) {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD;
+/// Gives every record another principal and re-links the chain with recomputed hashes; the new
+/// head (hash) of each record, by seq.
+fn rewrite_records(dir: &Path) -> std::collections::BTreeMap<u64, String> {
     let mut heads = std::collections::BTreeMap::new();
     edit_lines(dir, |l| {
         let mut prev = "0".repeat(64);
@@ -202,6 +199,16 @@ fn rewrite_and_resign(dir: &Path, cert: &Path, key: &Path) {
             heads.insert(rec["seq"].as_u64().expect("seq"), prev.clone());
         }
     });
+    heads
+}
+
+/// Rewrites every record (see [`rewrite_records`]) and re-signs every checkpoint
+/// of node n1 over the new heads with the key and certificate in `cert`/`key` (PEM files): what
+/// someone who can rewrite the log would do with a key that is not n1's own.
+fn rewrite_and_resign(dir: &Path, cert: &Path, key: &Path) {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let heads = rewrite_records(dir);
     let pem = std::fs::read_to_string(cert).expect("cert");
     let der = b64
         .decode(
@@ -378,20 +385,7 @@ async fn mesh_ctl_and_an_independent_verifier_detect_every_kind_of_tampering() {
                 "re-hashed forgery",
                 "rewritten",
                 Box::new(|d| {
-                    edit_lines(d, |l| {
-                        let mut prev = "0".repeat(64);
-                        for line in l.iter_mut() {
-                            let mut rec: serde_json::Map<String, serde_json::Value> =
-                                serde_json::from_str(line).expect("json");
-                            rec.insert(
-                                "principal".into(),
-                                "spiffe://mesh.test/client/oms/nobody".into(),
-                            );
-                            rec.insert("prev".into(), prev.clone().into());
-                            *line = serde_json::to_string(&rec).expect("json");
-                            prev = mesh_node::audit::chain::hash_line(line.as_bytes());
-                        }
-                    })
+                    rewrite_records(d);
                 }),
             ),
         ];

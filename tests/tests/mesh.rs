@@ -918,20 +918,9 @@ async fn a_spent_proof_is_refused_after_the_owner_restarts_and_after_its_partiti
         let mut mesh = TestMesh::start(2);
         let v1 = mesh.layout_now();
         // v2 adds n3; the customer's partition is n2's in v1 and n3's in v2.
-        let mut members = v1.members.clone();
-        members.push(mesh_node::cluster::layout::Member {
-            node_id: "n3".into(),
-            peer_addr: "127.0.0.1:9".into(),
-            gateway_addr: "127.0.0.1:9".into(),
-        });
-        let v2 = v1.next(members).expect("v2");
-        let customer = (0..)
-            .map(|i| format!("spent-{i}"))
-            .find(|c| {
-                let p = mesh_node::domain::ids::partition_of(c);
-                v1.owner_of(p).node_id == "n2" && v2.owner_of(p).node_id == "n3"
-            })
-            .expect("a partition that moves n2 -> n3");
+        let v2 = mesh_tests::with_member(&v1, "n3");
+        // A partition that moves n2 -> n3.
+        let customer = mesh_tests::customer_placed("spent", &[(&v1, "n2"), (&v2, "n3")]);
         let sf = mesh.pki.client(Role::Storefront);
         let order = create_ok(
             &mut mesh.nodes[1].client(&sf).await,

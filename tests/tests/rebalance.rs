@@ -190,20 +190,8 @@ async fn handoff_survives_a_crash(point: &str, victim: &str) {
         // A partition that moves n1 -> n3, with orders in it: the crash hits a real handoff (a
         // bare point fires on the first partition handed over, which almost never holds data).
         let v1 = mesh.layout_now();
-        let mut members = v1.members.clone();
-        members.push(mesh_node::cluster::layout::Member {
-            node_id: "n3".into(),
-            peer_addr: "127.0.0.1:9".into(),
-            gateway_addr: "127.0.0.1:9".into(),
-        });
-        let v2 = v1.next(members).expect("v2");
-        let customer = (0..)
-            .map(|i| format!("crashed-{i}"))
-            .find(|c| {
-                let p = mesh_node::domain::ids::partition_of(c);
-                v1.owner_of(p).node_id == "n1" && v2.owner_of(p).node_id == "n3"
-            })
-            .expect("a partition that moves n1 -> n3");
+        let v2 = mesh_tests::with_member(&v1, "n3");
+        let customer = mesh_tests::customer_placed("crashed", &[(&v1, "n1"), (&v2, "n3")]);
         let p = mesh_node::domain::ids::partition_of(&customer);
         let sf = mesh.pki.client(Role::Storefront);
         let mut n1 = mesh.nodes[mesh.index("n1")].client(&sf).await;
@@ -620,7 +608,6 @@ async fn mesh_ctl_scale_grows_a_local_mesh_resumes_after_kill_9_throttled_and_sh
 /// imports and shreds of the v2 change are on the trails of n3 and n2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_signed_layout_pulls_nothing_and_every_handoff_step_is_audited() {
-    use mesh_node::cluster::layout::Member;
     use mesh_node::domain::ids::partition_of;
     use mesh_proto::v1::peer_request::Body;
     use mesh_proto::v1::peer_response::Result as PeerResult;
@@ -632,22 +619,9 @@ async fn a_stale_signed_layout_pulls_nothing_and_every_handoff_step_is_audited()
         let v1 = mesh.layout_now();
         let v2 = mesh.change_members(&["n1", "n2", "n3"]).await;
         // v3 adds n4, which never starts: n3 applies it and keeps what moves to n4.
-        let mut members = v2.members.clone();
-        members.push(Member {
-            node_id: "n4".into(),
-            peer_addr: "127.0.0.1:9".into(),
-            gateway_addr: "127.0.0.1:9".into(),
-        });
-        let v3 = v2.next(members).expect("v3");
-        let customer = (0..)
-            .map(|i| format!("stale-{i}"))
-            .find(|c| {
-                let p = partition_of(c);
-                [(&v1, "n2"), (&v2, "n3"), (&v3, "n4")]
-                    .iter()
-                    .all(|(l, id)| l.owner_of(p).node_id == *id)
-            })
-            .expect("a partition that went n2 -> n3 -> n4");
+        let v3 = mesh_tests::with_member(&v2, "n4");
+        let customer =
+            mesh_tests::customer_placed("stale", &[(&v1, "n2"), (&v2, "n3"), (&v3, "n4")]);
         let p = partition_of(&customer);
         let n3 = mesh.index("n3");
         let sf = mesh.pki.client(Role::Storefront);

@@ -206,7 +206,8 @@ fn commit_group(
         merged.append(&mut writes.ops);
     }
     // Data keys start with their partition (big-endian), so an import names its partitions (a
-    // group can merge several imports).
+    // group can merge several imports). Only the crash point needs them: shipped builds skip this.
+    #[cfg(feature = "fault-injection")]
     let imported: std::collections::BTreeSet<u16> =
         if merged.contains_key(&(Space::Meta, b"pending".to_vec())) {
             merged
@@ -230,6 +231,7 @@ fn commit_group(
         }
         batch.commit()?;
         // A partition import (data with the pending set, in one batch): committed, not yet synced.
+        #[cfg(feature = "fault-injection")]
         for p in imported {
             crate::fault::point_at("handoff-imported", p);
         }

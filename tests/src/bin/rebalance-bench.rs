@@ -57,18 +57,11 @@ struct Phase {
 impl Phase {
     fn failed(&self, status: &tonic::Status) {
         self.failures.fetch_add(1, Ordering::Relaxed);
-        // Digits vary per partition and order: group by the message's shape.
-        let shape: String = status
-            .message()
-            .chars()
-            .map(|c| if c.is_ascii_digit() { '#' } else { c })
-            .take(200)
-            .collect();
         *self
             .why
             .lock()
             .expect("why")
-            .entry(format!("{:?}: {shape}", status.code()))
+            .entry(mesh_tests::history::failure_shape(status))
             .or_default() += 1;
     }
 }
