@@ -12,7 +12,8 @@
 //!   from the next handshake on, and every request on an open connection re-checks the peer's
 //!   certificate (revoked, expired, CA removed: the connection is closed).
 //! - A peer that fails is retried with exponential backoff (100 ms doubling to 5 s); until then
-//!   requests for it fail fast with `Unavailable` instead of hanging to their deadline. A layout
+//!   requests for it fail fast with `Unavailable` instead of hanging to their deadline, except
+//!   that a retry due within 250 ms is waited for (a single blip costs a request milliseconds). A layout
 //!   that adds a member (a node joining or rejoining) clears its backoff and cached connection
 //!   ([`PeerTransport::forget_failures`], called by `Mesh::install`).
 
@@ -42,6 +43,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 const KEEP_ALIVE: Duration = Duration::from_millis(750);
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A peer whose next attempt is due within this is waited for instead of refused.
+const BACKOFF_WAIT: Duration = Duration::from_millis(250);
 /// QUIC application close code for a refused peer.
 const REFUSED: u32 = 0x10;
 
@@ -241,7 +244,7 @@ impl PeerTransport {
             node: peer.node_id.clone(),
             reason,
         };
-        {
+        let wait_until = {
             let mut peers = self.state();
             let s = peers
                 .entry(peer.node_id.clone())
@@ -261,11 +264,22 @@ impl PeerTransport {
                 return Ok(c.clone());
             }
             if let Some(at) = s.retry_at.filter(|at| *at > Instant::now()) {
-                return Err(unavailable(format!(
-                    "last attempt failed; retrying in {} ms",
-                    (at - Instant::now()).as_millis()
-                )));
+                // A retry due within a moment (and before the deadline) is waited for: a blip
+                // (a restarted peer, a stale connection) then costs a request a few milliseconds,
+                // not a failure. A peer that keeps failing backs off past this and fails fast.
+                if at - Instant::now() > BACKOFF_WAIT || at >= deadline {
+                    return Err(unavailable(format!(
+                        "last attempt failed; retrying in {} ms",
+                        (at - Instant::now()).as_millis()
+                    )));
+                }
+                Some(at)
+            } else {
+                None
             }
+        };
+        if let Some(at) = wait_until {
+            tokio::time::sleep_until(at.into()).await;
         }
         let dialled_with = self.generation();
         let addr = tokio::net::lookup_host(&peer.peer_addr)
